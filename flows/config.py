@@ -1,0 +1,189 @@
+"""The application configuration: one YAML file, validated by strict pydantic models.
+
+Precedence: built-in defaults < YAML file < environment variables. An environment variable
+``HRMCOND__SECTION__KEY=value`` overrides ``section.key`` (the value is parsed as YAML, so ``true``, ``5``
+and ``[a, b]`` get their types). Unknown keys, wrong types and out-of-range values are errors that name the
+key; nothing falls back to a default silently. librdkafka settings are secrets: they never appear in a repr,
+a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from conditioning.config import ConditioningConfig
+from schemas.errors import ConfigError
+
+ENV_PREFIX = "HRMCOND__"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "conditioning" / "artifacts" / "default"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SessionConfig(_Strict):
+    """Which ticks count: US regular hours by default (LULD and Rule 201 are defined on them)."""
+
+    regular_hours_only: bool = True
+    timezone: str = "America/New_York"
+    open: dt.time = dt.time(9, 30)
+    close: dt.time = dt.time(16, 0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SessionConfig:
+        if self.open >= self.close:
+            raise ValueError(f"session open {self.open} must be before close {self.close}")
+        return self
+
+
+class PipelineConfig(_Strict):
+    #: Bar interval in event time; one context per symbol per bar.
+    bar_ms: int = Field(60_000, gt=0)
+    #: Trailing window over which the regime features are estimated.
+    lookback_s: int = Field(1_800, gt=0)
+    #: How far behind the symbol's newest tick a tick may arrive and still count; later ones are
+    #: dead-lettered with reason ``late``.
+    allowed_lateness_ms: int = Field(2_000, ge=0)
+    #: Quiet symbols still close their bars once wall-clock time passes the bar end by this much (live).
+    idle_close_ms: int = Field(5_000, ge=0)
+    #: TSRV slow-scale K; None = data-driven ``c * n^(2/3)``.
+    tsrv_k: int | None = Field(None, ge=1)
+    pattern_bars: int = Field(32, ge=2)
+    pattern_horizon_bars: int = Field(5, ge=1)
+    session: SessionConfig = SessionConfig()
+
+    @model_validator(mode="after")
+    def _lookback_covers_a_bar(self) -> PipelineConfig:
+        if self.lookback_s * 1000 < self.bar_ms:
+            raise ValueError(f"lookback_s ({self.lookback_s} s) must cover at least one bar ({self.bar_ms} ms)")
+        return self
+
+
+class TopicsConfig(_Strict):
+    ticks: str = "ticks"
+    contexts: str = "contexts"
+    features: str | None = "features"
+    dead_letter: str = "dead-letter"
+    #: Partitions used when the CLI or the embedded broker creates topics.
+    partitions: int = Field(3, ge=1)
+
+
+class KafkaConfig(_Strict):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topics: TopicsConfig = TopicsConfig()
+    #: Extra librdkafka settings (SASL/SSL, timeouts...) passed through to consumers and producers.
+    librdkafka: dict[str, SecretStr] = {}
+
+    def client_config(self) -> dict[str, str]:
+        """The settings for a confluent-kafka client, secrets revealed (never log the result)."""
+        conf = {k: v.get_secret_value() for k, v in self.librdkafka.items()}
+        conf["bootstrap.servers"] = self.bootstrap_servers
+        return conf
+
+
+class RecoveryConfig(_Strict):
+    #: Bytewax recovery store; None disables recovery.
+    dir: Path | None = None
+    snapshot_interval_s: float = Field(10.0, gt=0)
+    backup_interval_s: float = Field(0.0, ge=0)
+
+
+class ModelConfig(_Strict):
+    #: Directory with weights, normaliser, pattern index and manifest (see conditioning/artifacts.py).
+    dir: Path = DEFAULT_MODEL_DIR
+
+
+class MetricsConfig(_Strict):
+    #: Prometheus exposition port; None disables the endpoint.
+    port: int | None = Field(None, ge=1, le=65535)
+
+
+class AppConfig(_Strict):
+    conditioning: ConditioningConfig = ConditioningConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
+    model: ModelConfig = ModelConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the model-relevant configuration (recorded in artifacts and checked on load)."""
+        relevant = {"conditioning": self.conditioning.model_dump(mode="json"),
+                    "pipeline": self.pipeline.model_dump(mode="json")}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        if not all(path):
+            raise ConfigError(f"environment variable {name}: empty key segment (use {ENV_PREFIX}SECTION__KEY)")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {name} conflicts with another override")
+        try:
+            node[path[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"environment variable {name}: cannot parse {raw!r} as a YAML value") from err
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(err: pydantic.ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        secret = "librdkafka" in key
+        got = "" if secret or e["type"] == "missing" else f" (got {e['input']!r})"
+        lines.append(f"  {key}: {e['msg']}{got}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> AppConfig:
+    """Defaults, then the YAML file at ``path`` (if any), then ``HRMCOND__*`` environment overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except FileNotFoundError as err:
+            raise ConfigError(f"config file not found: {path}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded or {}
+    overrides = _env_overrides(os.environ if env is None else env)
+    if overrides:
+        source += " + environment"
+    try:
+        return AppConfig.model_validate(_merge(data, overrides))
+    except pydantic.ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None

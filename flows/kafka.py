@@ -1,0 +1,122 @@
+"""Thin confluent-kafka adapters: topic administration and a producer that never loses a failure.
+
+Bytewax's own ``KafkaSink`` has no delivery callback, so failed deliveries vanish; everything this project
+produces goes through :class:`CheckedProducer`, which raises on the first failed delivery.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from schemas.errors import DeliveryError, HrmcondError
+
+
+def _describe(err: KafkaError) -> str:
+    return f"{err.name()} (code {err.code()}): {err.str()}"
+
+
+def wait_for_broker(conf: Mapping[str, str], timeout_s: float = 30.0) -> None:
+    """Block until the cluster answers a metadata request, or raise after ``timeout_s``."""
+    admin = AdminClient(dict(conf))
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            return
+        except KafkaException as err:
+            last = err
+            time.sleep(0.1)
+    raise HrmcondError(f"Kafka at {conf.get('bootstrap.servers')} did not answer within {timeout_s} s: {last}")
+
+
+def ensure_topics(conf: Mapping[str, str], topics: Iterable[str], partitions: int, timeout_s: float = 30.0) -> None:
+    """Create the topics that do not exist yet, and wait until their metadata shows every partition.
+
+    Some brokers (Tansu) do not auto-create topics, and Bytewax's ``KafkaSource`` requires them to exist.
+    """
+    admin = AdminClient(dict(conf))
+    wanted = sorted(set(topics))
+    existing = admin.list_topics(timeout=timeout_s).topics
+    missing = [t for t in wanted if t not in existing]
+    if missing:
+        futures = admin.create_topics([NewTopic(t, partitions, 1) for t in missing], operation_timeout=timeout_s)
+        for topic, fut in futures.items():
+            try:
+                fut.result(timeout=timeout_s)
+            except KafkaException as err:
+                if err.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise HrmcondError(f"cannot create topic {topic!r}: {_describe(err.args[0])}") from err
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        meta = admin.list_topics(timeout=timeout_s).topics
+        if all(t in meta and meta[t].error is None and meta[t].partitions for t in wanted):
+            return
+        time.sleep(0.05)
+    raise HrmcondError(f"topics {wanted} did not appear in the metadata within {timeout_s} s")
+
+
+def delete_topics(conf: Mapping[str, str], topics: Iterable[str], timeout_s: float = 30.0) -> None:
+    admin = AdminClient(dict(conf))
+    for topic, fut in admin.delete_topics(sorted(set(topics)), operation_timeout=timeout_s).items():
+        try:
+            fut.result(timeout=timeout_s)
+        except KafkaException as err:
+            if err.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise HrmcondError(f"cannot delete topic {topic!r}: {_describe(err.args[0])}") from err
+
+
+class CheckedProducer:
+    """An idempotent producer whose failed deliveries raise :class:`DeliveryError` instead of vanishing.
+
+    ``produce`` is asynchronous; a failure reported by the delivery callback is raised on the next
+    ``produce``/``poll``/``flush`` call, so the caller (a dataflow sink) fails loudly and, with recovery,
+    replays from its last snapshot: at-least-once.
+    """
+
+    def __init__(self, conf: Mapping[str, str], flush_timeout_s: float = 30.0) -> None:
+        settings = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"}
+        settings.update(conf)
+        self._producer = Producer(settings)
+        self._failure: DeliveryError | None = None
+        self._flush_timeout_s = flush_timeout_s
+        self.delivered = 0
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            if self._failure is None:
+                self._failure = DeliveryError(
+                    f"delivery to {msg.topic()}[{msg.partition()}] failed: {_describe(err)}"
+                )
+        else:
+            self.delivered += 1
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    def produce(self, topic: str, value: bytes, key: bytes | str | None = None) -> None:
+        self._raise_failure()
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                # Local queue full: serve delivery reports to make room (back-pressure, not loss).
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        self._producer.poll(timeout_s)
+        self._raise_failure()
+
+    def flush(self) -> None:
+        remaining = self._producer.flush(self._flush_timeout_s)
+        self._raise_failure()
+        if remaining:
+            raise DeliveryError(f"{remaining} records still undelivered after {self._flush_timeout_s} s flush")

@@ -1,0 +1,137 @@
+"""Output wire formats: per-bar feature records, conditioning context records and dead letters.
+
+All three are JSON objects (one per Kafka message or JSONL line). Undefined numbers (too few observations)
+are ``null``, never NaN, so every record is valid JSON for any consumer.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Sequence
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from conditioning.features.types import (
+    FEATURE_LAYOUT_VERSION,
+    PATTERN_DIM,
+    REGIME_FEATURE_DIM,
+    SsrLuldState,
+)
+
+RECORD_SCHEMA_VERSION = 1
+CONTEXT_DIM = 256
+NUM_REGIMES = 8
+
+SsrLuldName = Literal["NORMAL", "SSR_ACTIVE", "LULD_LIMIT", "HALTED"]
+assert set(SsrLuldName.__args__) == {s.name for s in SsrLuldState}
+RagStatus = Literal["ok", "timeout", "disabled", "empty", "error"]
+OptFloat = float | None
+
+
+def finite_or_none(values: Sequence[float]) -> list[float | None]:
+    """NaN/inf -> None, so the JSON carries ``null`` instead of a non-standard token."""
+    return [float(v) if math.isfinite(v) else None for v in values]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    schema_version: Literal[1] = RECORD_SCHEMA_VERSION
+
+
+class FeatureRecord(_Record):
+    """One per symbol per bar: the window features behind a context (also the training data)."""
+
+    symbol: str
+    window_start_ns: int
+    window_end_ns: int
+    n_trades: int = Field(ge=0)
+    n_quotes: int = Field(ge=0)
+    rv: OptFloat
+    tsrv: OptFloat
+    bpv: OptFloat
+    amihud: OptFloat
+    ssr_luld_state: SsrLuldName
+    volume_profile: Annotated[list[OptFloat], Field(min_length=10, max_length=10)]
+    spread: Annotated[list[OptFloat], Field(min_length=3, max_length=3)]
+    #: Raw (unnormalised) 20-d regime features, layout ``conditioning.features.types.REGIME_FEATURE_NAMES``.
+    regime_features: Annotated[list[OptFloat], Field(min_length=REGIME_FEATURE_DIM, max_length=REGIME_FEATURE_DIM)]
+    pattern: Annotated[list[float], Field(min_length=PATTERN_DIM, max_length=PATTERN_DIM)]
+    flags: list[str] = []
+    feature_layout_version: int = FEATURE_LAYOUT_VERSION
+
+
+class ConditioningFlags(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enable_regime: bool
+    enable_rag: bool
+    enable_hybrid: bool
+    fail_open: bool
+
+
+class StageLatencies(BaseModel):
+    """Wall-clock milliseconds spent per stage for this record's batch (live runs only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    features_ms: float
+    regime_ms: float
+    rag_ms: float
+    fusion_ms: float
+    total_ms: float
+    #: Event time of the bar end to emission, in ms; the end-to-end staleness a consumer sees.
+    bar_to_emit_ms: float | None = None
+
+
+class ContextRecord(_Record):
+    """The pipeline's output: the 256-d conditioning context for one symbol at one bar close.
+
+    ``(symbol, window_end_ns)`` is the idempotency key: delivery is at-least-once, consumers keep the
+    first record per key (later duplicates are byte-identical apart from ``latency``).
+    """
+
+    symbol: str
+    window_end_ns: int
+    context: Annotated[list[float], Field(min_length=CONTEXT_DIM, max_length=CONTEXT_DIM)]
+    regime: str | None
+    regime_probs: Annotated[list[float], Field(min_length=NUM_REGIMES, max_length=NUM_REGIMES)] | None
+    ssr_luld_state: SsrLuldName
+    rag_status: RagStatus
+    flags: ConditioningFlags
+    model_version: str
+    #: None in deterministic replay output (latencies differ run to run).
+    latency: StageLatencies | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.symbol, self.window_end_ns)
+
+
+class DeadLetter(_Record):
+    """An input that could not be processed, kept whole with the reason: nothing is dropped silently."""
+
+    reason: str
+    detail: str
+    #: The original message bytes, base64.
+    raw_b64: str
+    key: str | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    #: Where it came from when not Kafka (a replay file), e.g. ``ticks.csv:1234``.
+    source: str | None = None
+    received_at_ns: int
+
+    @classmethod
+    def of(cls, raw: bytes, reason: str, detail: str, received_at_ns: int, **where: object) -> DeadLetter:
+        return cls(
+            raw_b64=base64.b64encode(raw).decode(),
+            reason=reason,
+            detail=detail,
+            received_at_ns=received_at_ns,
+            **where,
+        )
+
+    @property
+    def raw(self) -> bytes:
+        return base64.b64decode(self.raw_b64)

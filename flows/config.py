@@ -33,18 +33,13 @@ class _Strict(BaseModel):
 
 
 class SessionConfig(_Strict):
-    """Which ticks count: US regular hours by default (LULD and Rule 201 are defined on them)."""
+    """Which ticks count. Regular hours are 09:30-16:00 US/Eastern on weekdays not in ``holidays`` (the
+    session clock of ``conditioning.features.ssr_luld``: LULD and Rule 201 are defined on it). Ticks outside
+    are counted (``hrmcond_ticks_outside_session_total``), not processed."""
 
     regular_hours_only: bool = True
-    timezone: str = "America/New_York"
-    open: dt.time = dt.time(9, 30)
-    close: dt.time = dt.time(16, 0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> SessionConfig:
-        if self.open >= self.close:
-            raise ValueError(f"session open {self.open} must be before close {self.close}")
-        return self
+    #: Exchange holidays (no built-in calendar): dates on which no regular session is held.
+    holidays: tuple[dt.date, ...] = ()
 
 
 class PipelineConfig(_Strict):
@@ -139,7 +134,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
                 raise ConfigError(f"environment variable {name} conflicts with another override")
         try:
             node[path[-1]] = yaml.safe_load(raw)
-        except yaml.YAMLError as err:
+        except (yaml.YAMLError, ValueError) as err:
             raise ConfigError(f"environment variable {name}: cannot parse {raw!r} as a YAML value") from err
     return tree
 
@@ -175,7 +170,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             loaded = yaml.safe_load(path.read_text())
         except FileNotFoundError as err:
             raise ConfigError(f"config file not found: {path}") from err
-        except yaml.YAMLError as err:
+        except (yaml.YAMLError, ValueError) as err:  # PyYAML raises ValueError for impossible dates
             raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: top level must be a mapping, got {type(loaded).__name__}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pydantic
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -114,6 +115,6 @@ def test_generated_ticks_round_trip(kind, ts, price, size):
 
 def test_models_are_immutable():
     t = Reference(symbol="A", ts_ns=T0, prev_close=1.0, tier=1)
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError):
         t.prev_close = 2.0  # type: ignore[misc]
     assert Status(symbol="A", ts_ns=T0).halted is None

@@ -1,0 +1,151 @@
+"""The unified conditioner: normalised regime features + a pattern vector -> a 256-d context for FiLM.
+
+Every component is always built (so one artifact serves every flag setting); the flags only route:
+
+| regime | rag | hybrid | context |
+|---|---|---|---|
+| off | off | any | zeros: FiLM is then exactly the identity (see film.py) |
+| on | off | any | ``regime_ctx = W_r softmax(logits)`` |
+| off | on | any | ``rag_ctx`` (PatternRAG's head) |
+| on | on | off | ``regime_ctx + rag_ctx`` |
+| on | on | on | ``g * regime_ctx + (1 - g) * rag_ctx``, ``g = sigmoid(MLP([regime_ctx, rag_ctx]))`` per channel |
+
+``enable_hybrid`` with one branch off has nothing to fuse and gives that branch alone. When retrieval does
+not answer (``timeout``/``error``) or has nothing to offer (``empty`` library, or no neighbour known before
+the query window for a row), the RAG part is absent and the context is the regime part (zeros if regime is
+off too); with ``fail_open = false`` a ``timeout`` or ``error`` raises ``RagUnavailableError`` instead. An
+empty library is a cold start, not a failure, in both modes.
+
+The system never receives an identifier: ``features`` accepts only the two feature keys and refuses any
+other (a ``puzzle_id`` or symbol passed by mistake is an error, not silently ignored).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from conditioning.config import ConditioningConfig
+from conditioning.features.types import REGIME_FEATURE_DIM
+from conditioning.film import FiLMLayer
+from conditioning.rag import PatternRAG, RagStatus
+from conditioning.regime import RegimeClassifier
+
+FEATURE_KEYS = ("regime_features", "pattern_features")
+FUSION_HIDDEN = 32
+
+
+class RagUnavailableError(RuntimeError):
+    """Retrieval timed out or failed while ``fail_open`` is false."""
+
+
+class GatedFusion(nn.Module):
+    """Per-channel gate ``g = sigmoid(W2 GELU(W1 [a, b]))``; out ``= g a + (1 - g) b``. Starts at g = 0.5."""
+
+    def __init__(self, dim: int, hidden: int = FUSION_HIDDEN):
+        super().__init__()
+        self.down = nn.Linear(2 * dim, hidden)
+        self.up = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:  # [B, C], [B, C] -> [B, C]
+        g = torch.sigmoid(self.up(nn.functional.gelu(self.down(torch.cat([a, b], dim=-1)))))
+        return g * a + (1.0 - g) * b
+
+
+@dataclass(frozen=True)
+class ConditioningOutput:
+    context: Tensor  # [B, context_dim]
+    regime_probs: Tensor | None  # [B, num_regimes], None when regime is disabled
+    rag_status: RagStatus
+    latency_ms: dict[str, float] = field(default_factory=dict)  # regime, rag, fusion, total
+
+
+class ConditioningSystem(nn.Module):
+    def __init__(self, config: ConditioningConfig, *, rag_workers: int = 2):
+        super().__init__()
+        if not isinstance(config, ConditioningConfig):
+            raise TypeError(f"ConditioningSystem needs a ConditioningConfig, got {type(config).__name__}")
+        self.config = config
+        self.enable_regime = config.enable_regime
+        self.enable_rag = config.enable_rag
+        self.enable_hybrid = config.enable_hybrid
+        self.fail_open = config.fail_open
+        dim = config.film.context_dim
+        self.regime_classifier = RegimeClassifier(REGIME_FEATURE_DIM, config.regime.num_regimes)
+        self.regime_proj = nn.Linear(config.regime.num_regimes, dim, bias=False)
+        self.pattern_rag = PatternRAG(
+            config.rag.pattern_dim, dim, max_patterns=config.rag.max_patterns, workers=rag_workers
+        )
+        self.fusion = GatedFusion(dim)
+        self.film_layer = FiLMLayer(dim, config.film.target_dim)
+
+    def _batch(self, features: dict[str, Tensor]) -> int:
+        extra = sorted(set(features) - set(FEATURE_KEYS))
+        if extra:
+            raise ValueError(f"ConditioningSystem takes only {FEATURE_KEYS}; got extra keys {extra}. "
+                             "It must never see an identifier.")
+        needed = [k for k, on in zip(FEATURE_KEYS, (self.enable_regime, self.enable_rag), strict=True) if on]
+        missing = [k for k in needed if k not in features]
+        if missing:
+            raise ValueError(f"features lack {missing}, needed by the enabled branches")
+        sizes = {k: v.shape[0] for k, v in features.items()}
+        if not sizes or len(set(sizes.values())) != 1:
+            raise ValueError(f"features must hold at least one tensor, all with one batch size; got {sizes}")
+        return next(iter(sizes.values()))
+
+    def _run(self, features: dict[str, Tensor], query_windows: np.ndarray | Tensor | None) -> ConditioningOutput:
+        t0 = time.perf_counter()
+        batch = self._batch(features)
+        ref = self.regime_proj.weight
+        latency: dict[str, float] = {}
+        regime_ctx = probs = None
+        if self.enable_regime:
+            probs = torch.softmax(self.regime_classifier(features["regime_features"]), dim=-1)  # [B, R]
+            regime_ctx = self.regime_proj(probs)  # [B, C]
+        t1 = time.perf_counter()
+        rag_ctx, status, has_neighbours = None, "disabled", None
+        if self.enable_rag:
+            retrieval = self.pattern_rag.retrieve(
+                features["pattern_features"], self.config.rag.timeout_ms, query_windows
+            )
+            status = retrieval.status
+            if status == "ok":
+                rag_ctx = self.pattern_rag.project(retrieval)  # [B, C]
+                has_neighbours = torch.as_tensor(retrieval.valid.any(axis=1), device=ref.device)[:, None]
+            elif status in ("timeout", "error") and not self.fail_open:
+                raise RagUnavailableError(
+                    f"pattern retrieval {status} (timeout_ms={self.config.rag.timeout_ms}) with fail_open=false"
+                ) from retrieval.error
+        t2 = time.perf_counter()
+        if regime_ctx is None and rag_ctx is None:
+            context = torch.zeros(batch, ref.shape[0], dtype=ref.dtype, device=ref.device)
+        elif rag_ctx is None:
+            context = regime_ctx
+        elif regime_ctx is None:
+            context = rag_ctx
+        elif self.enable_hybrid:  # rows without a neighbour keep the regime part alone
+            context = torch.where(has_neighbours, self.fusion(regime_ctx, rag_ctx), regime_ctx)
+        else:
+            context = regime_ctx + rag_ctx
+        t3 = time.perf_counter()
+        latency = {"regime": (t1 - t0) * 1e3, "rag": (t2 - t1) * 1e3, "fusion": (t3 - t2) * 1e3,
+                   "total": (t3 - t0) * 1e3}
+        return ConditioningOutput(context, probs, status, latency)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        """``{"regime_features": [B, 20] normalised, "pattern_features": [B, 128]}`` -> context ``[B, 256]``."""
+        return self._run(features, None).context
+
+    @torch.inference_mode()
+    def condition(self, features: dict[str, Tensor],
+                  query_windows: np.ndarray | Tensor | None = None) -> ConditioningOutput:
+        """Inference for the dataflow, once per bar batch: the context plus regime probabilities, RAG status
+        and per-stage latencies (ms). ``query_windows [B, 2]`` int64 ``(start_ns, end_ns)`` makes retrieval
+        point-in-time (see rag.py)."""
+        return self._run(features, query_windows)

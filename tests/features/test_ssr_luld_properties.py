@@ -135,3 +135,41 @@ def test_streaming_reference_price_equals_the_batch_rule(trades) -> None:
     for ts_ns, price in trades:
         t.on_trade(ts_ns, price, 100)
     assert abs(t.reference_price - _reference_by_batch(trades)) <= 1e-9 * t.reference_price
+
+
+_mixed_ops = st.lists(
+    st.tuples(
+        st.sampled_from([0, 1, S, 7 * S, 60 * S, 600 * S, 3 * 3_600 * S]),  # ns since the previous op
+        st.sampled_from(["trade", "quote", "halted", "luld_pause", "ssr", "bands"]),
+        st.floats(min_value=50.0, max_value=150.0, allow_nan=False),
+        st.booleans(),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(ops=_mixed_ops)
+def test_events_are_chronological_and_halts_have_no_bands(ops) -> None:
+    t = SsrLuldTracker("XYZ")
+    for i in range(3):
+        t.on_reference(MON + timedelta(days=i), 100.0, 1)
+    ts_ns, last_event_ns = OPEN_NS, OPEN_NS
+    for gap, kind, price, flag in ops:
+        ts_ns += gap
+        if kind == "trade":
+            t.on_trade(ts_ns, price, 100)
+        elif kind == "quote":
+            t.on_quote(ts_ns, price, price + 0.01)
+        elif kind == "bands":
+            t.on_status(ts_ns, band_low=0.95 * price, band_high=1.05 * price)
+        else:
+            t.on_status(ts_ns, **{kind: flag})
+        state = t.state_at(ts_ns)
+        if state == SsrLuldState.HALTED or not regular_session(ts_ns):
+            assert t.bands is None
+        for event in t.drain_events():
+            # Time-driven transitions are stamped when they fell due: never before the previous event, never
+            # after the call that applied them.
+            assert last_event_ns <= event.ts_ns <= ts_ns
+            last_event_ns = event.ts_ns

@@ -1,7 +1,9 @@
 """Regime hysteresis: per-bar probabilities + SSR/LULD state -> the emitted regime of a symbol.
 
-Rules, applied once per bar (one smoother per symbol; it is a plain picklable object, so a Bytewax
-``stateful_map`` can keep it as the per-key state and snapshot it):
+The probabilities are first averaged over bars, ``p_t = a * probs_t + (1 - a) * p_{t-1}`` (``a = ema_alpha``;
+``1/a`` bars of memory), so one noisy bar cannot clear a margin on its own. Rules, applied once per bar
+(one smoother per symbol; a plain picklable object, so a Bytewax ``stateful_map`` can keep it as the
+per-key state and snapshot it):
 
 1. **SSR/LULD override.** The feed's ``SsrLuldState`` is ground truth for the two restriction regimes, so
    the classifier is never trusted for them: ``HALTED`` or ``LULD_LIMIT`` -> ``luld_active``;
@@ -49,19 +51,25 @@ class SmootherState:
     """Recurrent state of one symbol's smoother."""
 
     regime: int | None = None  # emitted regime index, None before the first bar
+    ema: np.ndarray | None = None  # [num_regimes] exponentially averaged probabilities
     bars_in_regime: int = 0  # bars the current regime has been emitted, this bar included
     switches: int = 0  # regime changes so far (first bar not counted): for monitoring
 
 
 class RegimeSmoother:
-    def __init__(self, min_dwell_bars: int = 20, enter_margin: float = 0.2, exit_prob: float = 0.2):
+    def __init__(
+        self, min_dwell_bars: int = 20, enter_margin: float = 0.2, exit_prob: float = 0.2, ema_alpha: float = 0.2
+    ):
         if min_dwell_bars < 1:
             raise ValueError(f"min_dwell_bars must be >= 1, got {min_dwell_bars}")
         if not 0.0 <= enter_margin < 1.0:
             raise ValueError(f"enter_margin must be in [0, 1), got {enter_margin}")
         if not 0.0 <= exit_prob < 1.0:
             raise ValueError(f"exit_prob must be in [0, 1), got {exit_prob}")
+        if not 0.0 < ema_alpha <= 1.0:
+            raise ValueError(f"ema_alpha must be in (0, 1], got {ema_alpha}")
         self.min_dwell_bars = min_dwell_bars
+        self.ema_alpha = ema_alpha
         self.enter_margin = enter_margin
         self.exit_prob = exit_prob
         self.state = SmootherState()
@@ -79,6 +87,8 @@ class RegimeSmoother:
         if probs.shape != (len(REGIME_NAMES),) or not np.all(np.isfinite(probs)):
             raise ValueError(f"probs must be {len(REGIME_NAMES)} finite probabilities, got {probs!r}")
         st = self.state
+        st.ema = probs if st.ema is None else self.ema_alpha * probs + (1.0 - self.ema_alpha) * st.ema
+        probs = st.ema
         override = _OVERRIDE.get(SsrLuldState(ssr_luld))
         if override is not None:
             target = override

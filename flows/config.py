@@ -56,6 +56,9 @@ class PipelineConfig(_Strict):
     tsrv_k: int | None = Field(None, ge=1)
     pattern_bars: int = Field(32, ge=2)
     pattern_horizon_bars: int = Field(5, ge=1)
+    #: Add matured patterns to the RAG library while running. Each worker updates its own copy, so with
+    #: several workers retrieval (and the output) depends on how symbols are spread; off = frozen library.
+    rag_online_updates: bool = True
     session: SessionConfig = SessionConfig()
 
     @model_validator(mode="after")

@@ -1,0 +1,223 @@
+"""Per-symbol event-time bar logic: the state the dataflow keeps for each symbol.
+
+Ticks of one symbol may arrive slightly out of order (several venues, several producers). They wait in a
+small reorder buffer and are released in event-time order once the symbol's watermark,
+``newest tick - allowed_lateness``, passes them; a bar ``[end - bar, end)`` closes when the watermark
+reaches ``end``. A tick older than what was already released (or than a closed bar) is *late*: it comes back
+as a dead letter (reason ``late``) instead of being applied out of order or lost.
+
+Quiet symbols still close their bars: a :class:`Heartbeat` (replay: the file source's event-time clock)
+or, live, the wall clock (``idle_close_ms`` after a bar end, via Bytewax's ``notify_at``) advances the
+watermark without a tick.
+
+A bar is emitted when it saw trades or quotes, or while the symbol is halted or in a LULD limit state
+(a halted symbol keeps publishing its HALTED state). Outside the regular session (when configured) ticks
+are counted and skipped: LULD/SSR and the features are defined on the regular session.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from bytewax.operators import StatefulLogic
+
+from conditioning.features.ssr_luld import session_day, trading_date
+from conditioning.features.state import BarFeatures, FeatureParams, SymbolFeatures
+from conditioning.features.types import SsrLuldState
+from flows.config import PipelineConfig
+from flows.metrics import METRICS
+from schemas.records import DeadLetter
+from schemas.ticks import Quote, Reference, Status, Trade
+
+Tick = Trade | Quote | Reference | Status
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Event-time clock for one symbol: every tick of this symbol before ``ts_ns`` has been sent."""
+
+    symbol: str
+    ts_ns: int
+
+
+def feature_params(cfg: PipelineConfig) -> FeatureParams:
+    return FeatureParams(
+        bar_ns=cfg.bar_ms * 1_000_000,
+        lookback_ns=cfg.lookback_s * 1_000_000_000,
+        tsrv_k=cfg.tsrv_k,
+        pattern_bars=cfg.pattern_bars,
+        pattern_horizon_bars=cfg.pattern_horizon_bars,
+    )
+
+
+@dataclass
+class SymbolState:
+    """Everything one symbol carries between ticks; pickled into Bytewax recovery snapshots."""
+
+    features: SymbolFeatures
+    #: Reorder buffer: (ts_ns, arrival sequence, tick); the sequence keeps equal timestamps in arrival order.
+    pending: list[tuple[int, int, Tick]] = field(default_factory=list)
+    seq: int = 0
+    newest_ns: int = 0
+    #: Wall-clock arrival of the newest tick: live, event time is taken to run on at wall-clock speed from it.
+    newest_wall_ns: int = 0
+    #: Everything before this event time has been applied; a tick below it is late.
+    released_ns: int = 0
+    #: End of the bar currently filling (0 before the first tick).
+    bar_end_ns: int = 0
+    ticks_in_bar: int = 0
+    #: End of the feature state's open bar (it keeps one open from its first tick on, sessions or not).
+    features_end_ns: int = 0
+
+
+class SymbolLogic(StatefulLogic):
+    """Bytewax ``stateful`` logic for one symbol: ticks and heartbeats in, BarFeatures and dead letters out."""
+
+    def __init__(self, cfg: PipelineConfig, wall_clock: bool, state: SymbolState | None = None):
+        self.cfg = cfg
+        self.bar_ns = cfg.bar_ms * 1_000_000
+        self.lateness_ns = cfg.allowed_lateness_ms * 1_000_000
+        self.wall_clock = wall_clock
+        #: Built on the first item (Bytewax's builder is not told the key), or restored from a snapshot.
+        self.state = state
+
+    # -- Bytewax hooks ------------------------------------------------------------------------------------
+    def on_item(self, value: Tick | Heartbeat) -> tuple[list[BarFeatures | DeadLetter], bool]:
+        out: list[BarFeatures | DeadLetter] = []
+        if isinstance(value, Heartbeat):
+            if self.state is not None:
+                self._advance(value.ts_ns, out)
+            return out, StatefulLogic.RETAIN
+        if self.state is None:
+            self.state = SymbolState(features=SymbolFeatures(value.symbol, feature_params(self.cfg)))
+        st = self.state
+        if value.ts_ns < st.released_ns:
+            METRICS.late_ticks.inc()
+            out.append(_late(value, st.released_ns))
+            return out, StatefulLogic.RETAIN
+        heapq.heappush(st.pending, (value.ts_ns, st.seq, value))
+        st.seq += 1
+        if value.ts_ns > st.newest_ns:
+            st.newest_ns = value.ts_ns
+            st.newest_wall_ns = time.time_ns()
+        self._advance(st.newest_ns - self.lateness_ns, out)
+        return out, StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[BarFeatures | DeadLetter], bool]:
+        # Silence is information: with no tick for a while, event time has moved on at least as far as the
+        # wall clock since the newest tick (minus a grace period for feed delays).
+        out: list[BarFeatures | DeadLetter] = []
+        st = self.state
+        idle_ns = time.time_ns() - st.newest_wall_ns
+        self._advance(st.newest_ns + idle_ns - self.cfg.idle_close_ms * 1_000_000, out)
+        return out, StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[BarFeatures | DeadLetter], bool]:
+        out: list[BarFeatures | DeadLetter] = []
+        st = self.state
+        if st is not None and (st.pending or st.bar_end_ns):
+            # End of input: everything pending is final, and the bar holding the last tick closes.
+            last = max([t for t, _, _ in st.pending] + [st.released_ns])
+            self._advance(last, out)
+            if st.bar_end_ns:
+                self._close_through(st.bar_end_ns, out)
+        return out, StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if not self.wall_clock or self.state is None or not self.state.bar_end_ns:
+            return None
+        st = self.state
+        due_wall_ns = st.newest_wall_ns + (st.bar_end_ns - st.newest_ns) + self.cfg.idle_close_ms * 1_000_000
+        return datetime.fromtimestamp(due_wall_ns / 1e9, tz=UTC)
+
+    def snapshot(self) -> SymbolState | None:
+        return self.state
+
+    # -- event time ---------------------------------------------------------------------------------------
+    def _advance(self, watermark_ns: int, out: list) -> None:
+        """Apply every buffered tick at or before ``watermark_ns`` in order, closing bars on the way."""
+        st = self.state
+        while st.pending and st.pending[0][0] <= watermark_ns:
+            ts, _, tick = heapq.heappop(st.pending)
+            self._close_through(ts, out)
+            self._apply(tick, out)
+            st.released_ns = ts
+        if watermark_ns > st.released_ns:
+            self._close_through(watermark_ns, out)
+            st.released_ns = max(st.released_ns, watermark_ns)
+
+    def _close_through(self, ts_ns: int, out: list) -> None:
+        """Close every bar that ends at or before ``ts_ns`` (bars are ``[end - bar, end)``)."""
+        st = self.state
+        while st.bar_end_ns and st.bar_end_ns <= ts_ns:
+            end = st.bar_end_ns
+            bar = st.features.close_bar(end)
+            st.features_end_ns = end + self.bar_ns
+            if st.ticks_in_bar or bar.ssr_luld_state in (SsrLuldState.HALTED, SsrLuldState.LULD_LIMIT):
+                out.append(bar)
+            st.ticks_in_bar = 0
+            st.bar_end_ns = self._next_bar_end(end)
+
+    def _next_bar_end(self, end_ns: int) -> int:
+        """The next bar end after ``end_ns`` that lies inside a session (bars outside it are never emitted)."""
+        nxt = end_ns + self.bar_ns
+        if not self.cfg.session.regular_hours_only:
+            return nxt
+        day = session_day(trading_date(nxt - 1), self.cfg.session.holidays)
+        if day.open_ns < nxt < day.close_ns + self.bar_ns:
+            return nxt
+        return 0  # the session is over: the next in-session tick opens a new bar
+
+    def _apply(self, tick: Tick, out: list) -> None:
+        st, f = self.state, self.state.features
+        if isinstance(tick, Reference):
+            f.on_reference(tick.date or trading_date(tick.ts_ns), tick.prev_close, tick.tier)
+            return
+        if isinstance(tick, Status):
+            self._roll_features(tick.ts_ns)
+            f.on_status(
+                tick.ts_ns, halted=tick.halted, luld_pause=tick.luld_pause, ssr=tick.ssr,
+                band_low=tick.band_low, band_high=tick.band_high,
+            )
+            return
+        if self.cfg.session.regular_hours_only:
+            day = session_day(trading_date(tick.ts_ns), self.cfg.session.holidays)
+            if not day.open_ns <= tick.ts_ns < day.close_ns:
+                METRICS.ticks_outside_session.inc()
+                return
+        if not st.bar_end_ns:
+            st.bar_end_ns = (tick.ts_ns // self.bar_ns + 1) * self.bar_ns
+        self._roll_features(tick.ts_ns)
+        st.ticks_in_bar += 1
+        if isinstance(tick, Trade):
+            f.on_trade(tick.ts_ns, tick.price, tick.size)
+        else:
+            if tick.crossed:
+                METRICS.crossed_quotes.inc()
+            f.on_quote(tick.ts_ns, tick.bid, tick.bid_size, tick.ask, tick.ask_size)
+
+
+    def _roll_features(self, ts_ns: int) -> None:
+        """Between sessions no bar is emitted, but the feature state must still see its bars closed (as
+        empty ones) before a tick of a later bar; the discarded result is an out-of-session bar."""
+        st = self.state
+        if st.features_end_ns and ts_ns >= st.features_end_ns:
+            start = ts_ns - ts_ns % self.bar_ns
+            st.features.close_bar(start)
+            st.features_end_ns = start + self.bar_ns
+        elif not st.features_end_ns:
+            st.features_end_ns = ts_ns - ts_ns % self.bar_ns + self.bar_ns
+
+
+def _late(tick: Tick, released_ns: int) -> DeadLetter:
+    return DeadLetter.of(
+        tick.model_dump_json().encode(),
+        "late",
+        f"event time {tick.ts_ns} is before {released_ns}, already applied for {tick.symbol} "
+        "(beyond pipeline.allowed_lateness_ms)",
+        time.time_ns(),
+        key=tick.symbol,
+    )

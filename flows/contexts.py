@@ -1,0 +1,159 @@
+"""From closed bars to context records: batched model inference, then per-symbol regime hysteresis.
+
+Inference runs once per micro-batch of bars (all symbols a worker closed in one activation), so the
+models see batches rather than single rows; the regime smoother is per-symbol state and runs after it in a
+keyed ``stateful_map``. Matured patterns (outcome now known) join the RAG library after the batch has been
+conditioned, so a bar never retrieves a pattern that became known at or after its own close.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from conditioning.features.state import BarFeatures
+from conditioning.hysteresis import RegimeSmoother
+from conditioning.regime import REGIME_NAMES
+from conditioning.system import ConditioningSystem
+from flows.config import AppConfig
+from flows.metrics import METRICS
+from schemas.records import (
+    ConditioningFlags,
+    ContextRecord,
+    FeatureRecord,
+    StageLatencies,
+    finite_or_none,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ContextDraft:
+    """A context before regime smoothing (which needs the symbol's history)."""
+
+    bar: BarFeatures
+    context: list[float]
+    regime_probs: list[float] | None
+    rag_status: str
+    latency: StageLatencies | None
+
+
+def feature_record(bar: BarFeatures) -> FeatureRecord:
+    return FeatureRecord(
+        symbol=bar.symbol,
+        window_start_ns=bar.window_start_ns,
+        window_end_ns=bar.window_end_ns,
+        n_trades=bar.n_trades,
+        n_quotes=bar.n_quotes,
+        rv=finite_or_none([bar.rv])[0],
+        tsrv=finite_or_none([bar.tsrv])[0],
+        bpv=finite_or_none([bar.bpv])[0],
+        amihud=finite_or_none([bar.amihud])[0],
+        ssr_luld_state=bar.ssr_luld_state.name,
+        volume_profile=finite_or_none(bar.volume_profile),
+        spread=finite_or_none(bar.spread),
+        regime_features=finite_or_none(bar.regime_features),
+        pattern=[float(x) for x in bar.pattern],
+        flags=list(bar.flags),
+    )
+
+
+class ContextEngine:
+    """Holds the loaded models of one worker and turns bar batches into context drafts."""
+
+    def __init__(self, cfg: AppConfig, system: ConditioningSystem, normalizer, model_version: str,
+                 deterministic: bool):
+        self.cfg = cfg
+        self.system = system.eval()
+        self.normalizer = normalizer
+        self.model_version = model_version
+        #: Replay: no wall-clock dependence in the output (no latencies, RAG waits instead of timing out).
+        self.deterministic = deterministic
+        self.flags = ConditioningFlags(
+            enable_regime=cfg.conditioning.enable_regime,
+            enable_rag=cfg.conditioning.enable_rag,
+            enable_hybrid=cfg.conditioning.enable_hybrid,
+            fail_open=cfg.conditioning.fail_open,
+        )
+
+    def drafts(self, bars: list[BarFeatures]) -> list[tuple[str, ContextDraft]]:
+        if not bars:
+            return []
+        t0 = time.perf_counter()
+        raw = np.stack([b.regime_features for b in bars])  # [B, 20]
+        regime_x = torch.from_numpy(self.normalizer.transform(raw))  # [B, 20]
+        pattern_x = torch.from_numpy(np.stack([b.pattern for b in bars]).astype(np.float32))  # [B, 128]
+        windows = np.array([[b.window_start_ns, b.window_end_ns] for b in bars], dtype=np.int64)  # [B, 2]
+        t1 = time.perf_counter()
+        out = self.system.condition({"regime_features": regime_x, "pattern_features": pattern_x}, windows)
+        # A pattern from a window without data (all-zero vector) or whose outcome stayed undefined cannot be
+        # retrieved meaningfully; it is left out of the library.
+        matured = [p for b in bars for p in b.matured
+                   if np.any(p.vector) and np.isfinite(p.vector).all() and np.isfinite(p.outcome).all()]
+        if matured and self.cfg.pipeline.rag_online_updates:
+            self.system.pattern_rag.update_pattern_library(matured)
+        features_ms = (t1 - t0) * 1e3
+        total_ms = features_ms + out.latency_ms["total"]
+        METRICS.context_latency_ms.observe(total_ms)
+        METRICS.rag_status.labels(out.rag_status).inc(len(bars))
+        latency = None
+        if not self.deterministic:
+            lat = out.latency_ms
+            latency = StageLatencies(features_ms=features_ms, regime_ms=lat["regime"], rag_ms=lat["rag"],
+                                     fusion_ms=lat["fusion"], total_ms=total_ms)
+        ctx = out.context.float().numpy()
+        probs = None if out.regime_probs is None else out.regime_probs.float().numpy()
+        return [
+            (b.symbol, ContextDraft(
+                bar=b,
+                context=ctx[i].tolist(),
+                regime_probs=None if probs is None else probs[i].tolist(),
+                rag_status=out.rag_status,
+                latency=latency,
+            ))
+            for i, b in enumerate(bars)
+        ]
+
+    def finish(self, smoother: RegimeSmoother | None, draft: ContextDraft
+               ) -> tuple[RegimeSmoother | None, tuple[ContextRecord, FeatureRecord]]:
+        """Per symbol: smooth the regime, build the records. ``smoother`` is the symbol's state."""
+        regime = None
+        if draft.regime_probs is not None:
+            if smoother is None:
+                smoother = RegimeSmoother.from_stability_threshold(
+                    self.cfg.conditioning.regime.stability_threshold
+                )
+            regime = REGIME_NAMES[smoother.update(np.asarray(draft.regime_probs), draft.bar.ssr_luld_state)]
+        latency = draft.latency
+        if latency is not None:
+            lag_ms = (time.time_ns() - draft.bar.window_end_ns) / 1e6
+            latency = latency.model_copy(update={"bar_to_emit_ms": lag_ms})
+        record = ContextRecord(
+            symbol=draft.bar.symbol,
+            window_end_ns=draft.bar.window_end_ns,
+            context=draft.context,
+            regime=regime,
+            regime_probs=draft.regime_probs,
+            ssr_luld_state=draft.bar.ssr_luld_state.name,
+            rag_status=draft.rag_status,
+            flags=self.flags,
+            model_version=self.model_version,
+            latency=latency,
+        )
+        METRICS.contexts.labels(regime or "none").inc()
+        return smoother, (record, feature_record(draft.bar))
+
+
+def load_engine(cfg: AppConfig, deterministic: bool) -> ContextEngine:
+    """Load the model directory named by ``cfg.model.dir`` (manifest checked) into a worker's engine."""
+    from conditioning.artifacts import load_model
+
+    conditioning = cfg.conditioning
+    if deterministic:
+        # Replay must not depend on machine load: retrieval waits for its answer instead of timing out.
+        rag = conditioning.rag.model_copy(update={"timeout_ms": 10_000})
+        conditioning = conditioning.model_copy(update={"rag": rag})
+    model = load_model(cfg.model.dir, conditioning)
+    return ContextEngine(cfg, model.system, model.normalizer, model.version, deterministic)

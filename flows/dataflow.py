@@ -1,0 +1,116 @@
+"""The dataflow: ticks -> validated ticks -> per-symbol bars and features -> contexts (+ features, dead letters).
+
+::
+
+    ticks (Kafka or file) ─ decode ─┬─ dead letters ───────────────────────────────────────┐
+                                    └─ key by symbol ─ bars (SymbolLogic) ─┬─ late ticks ──┴─> dead-letter sink
+                                                                          └─ BarFeatures ─ infer (micro-batch)
+                                                     ─ key by symbol ─ regime hysteresis ─┬─> contexts sink
+                                                                                          └─> features sink
+
+Live and replay run this same graph; only the source, the sinks and the clock differ.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import DynamicSink
+
+from conditioning.features.state import BarFeatures
+from flows.bars import Heartbeat, SymbolLogic
+from flows.config import AppConfig
+from flows.contexts import ContextEngine
+from flows.metrics import METRICS
+from flows.sinks import Keyed
+from schemas.errors import TickDecodeError
+from schemas.records import ContextRecord, DeadLetter, FeatureRecord
+from schemas.ticks import decode_tick
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sinks:
+    contexts: DynamicSink
+    dead_letters: DynamicSink
+    features: DynamicSink | None = None
+
+
+def decode_message(msg: KafkaSourceMessage | KafkaError) -> list:
+    """One Kafka message -> a tick, or a dead letter that says why (librdkafka errors included)."""
+    now = time.time_ns()
+    if isinstance(msg, KafkaError):
+        err = msg.err
+        METRICS.consumer_errors.labels(err.name()).inc()
+        log.error("Kafka consumer error %s (code %s): %s", err.name(), err.code(), err.str())
+        raw = msg.msg.value() if msg.msg is not None and msg.msg.value() is not None else b""
+        return [DeadLetter.of(raw, "consumer_error", f"{err.name()}: {err.str()}", now,
+                              topic=msg.msg.topic() if msg.msg is not None else None)]
+    where = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}
+    key = msg.key.decode(errors="replace") if msg.key is not None else None
+    raw = msg.value if msg.value is not None else b""
+    try:
+        tick = decode_tick(raw)
+    except TickDecodeError as err:
+        return [DeadLetter.of(raw, err.reason, err.detail, now, key=key, **where)]
+    if key is not None and key != tick.symbol:
+        # The key decides the partition and so the worker: a mismatch would split a symbol's state.
+        return [DeadLetter.of(raw, "key_mismatch", f"message key {key!r} != symbol {tick.symbol!r}", now,
+                              key=key, **where)]
+    return [tick]
+
+
+def _count_tick(tick):
+    if not isinstance(tick, Heartbeat):
+        METRICS.ticks.labels(tick.kind).inc()
+    return tick
+
+
+def _dead_letter_out(dl: DeadLetter) -> Keyed:
+    METRICS.dead_letters.labels(dl.reason).inc()
+    where = dl.source or (f"{dl.topic}:{dl.partition}:{dl.offset:020d}" if dl.offset is not None else "")
+    return (dl.key or "", dl.model_dump_json().encode(), f"{where} {dl.reason} {dl.raw_b64}")
+
+
+def _record_out(record: ContextRecord | FeatureRecord) -> Keyed:
+    return (record.symbol, record.model_dump_json().encode(), f"{record.window_end_ns:020d} {record.symbol}")
+
+
+def build_flow(
+    cfg: AppConfig,
+    source: Source,
+    sinks: Sinks,
+    engine: Callable[[], ContextEngine],
+    *,
+    kafka_input: bool,
+    wall_clock: bool,
+    name: str = "hrm_conditioning",
+) -> Dataflow:
+    """Wire the graph. ``engine`` builds the worker's models (called once, when the flow is built)."""
+    ctx_engine = engine()
+    flow = Dataflow(name)
+    raw = op.input("ticks_in", flow, source)
+    items = op.flat_map("decode", raw, decode_message) if kafka_input else raw
+    split = op.branch("split_dead_in", items, lambda x: isinstance(x, DeadLetter))
+    ticks = op.map("count_ticks", split.falses, _count_tick)
+    keyed = op.key_on("key_symbol", ticks, lambda t: t.symbol)
+    bar_out = op.stateful("bars", keyed, lambda resume: SymbolLogic(cfg.pipeline, wall_clock, resume))
+    bar_split = op.branch("split_late", op.key_rm("unkey_bars", bar_out), lambda x: isinstance(x, BarFeatures))
+    drafts = op.flat_map_batch("infer", bar_split.trues, ctx_engine.drafts)
+    records = op.stateful_map("regime_hysteresis", drafts, ctx_engine.finish)
+    contexts = op.map("ctx_out", op.key_rm("unkey_ctx", records), lambda pair: _record_out(pair[0]))
+    op.output("contexts_out", contexts, sinks.contexts)
+    if sinks.features is not None:
+        feats = op.map("feat_out", op.key_rm("unkey_feat", records), lambda pair: _record_out(pair[1]))
+        op.output("features_out", feats, sinks.features)
+    dead = op.merge("dead", split.trues, bar_split.falses)
+    op.output("dead_out", op.map("dl_out", dead, _dead_letter_out), sinks.dead_letters)
+    return flow

@@ -1,0 +1,50 @@
+"""Prometheus metrics of the pipeline (exposed on ``metrics.port`` when set; read by the demo summary)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+
+_LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 80, 100, 250, 1000)
+
+
+@dataclass(frozen=True)
+class _Metrics:
+    ticks: Counter
+    dead_letters: Counter
+    late_ticks: Counter
+    ticks_outside_session: Counter
+    crossed_quotes: Counter
+    bars: Counter
+    contexts: Counter
+    rag_status: Counter
+    context_latency_ms: Histogram
+    consumer_errors: Counter
+
+
+METRICS = _Metrics(
+    ticks=Counter("hrmcond_ticks", "Ticks accepted, by kind", ["kind"]),
+    dead_letters=Counter("hrmcond_dead_letters", "Inputs dead-lettered, by reason", ["reason"]),
+    late_ticks=Counter("hrmcond_late_ticks", "Ticks beyond the allowed lateness"),
+    ticks_outside_session=Counter("hrmcond_ticks_outside_session", "Ticks outside the regular session, skipped"),
+    crossed_quotes=Counter("hrmcond_crossed_quotes", "Crossed quotes seen (excluded from spread features)"),
+    bars=Counter("hrmcond_bars", "Bars closed and emitted"),
+    contexts=Counter("hrmcond_contexts", "Context records emitted, by regime", ["regime"]),
+    rag_status=Counter("hrmcond_rag_status", "RAG outcome per context (timeout = fail-open)", ["status"]),
+    context_latency_ms=Histogram(
+        "hrmcond_context_latency_ms", "Model time per context batch (features to context), ms",
+        buckets=_LATENCY_BUCKETS_MS,
+    ),
+    consumer_errors=Counter("hrmcond_consumer_errors", "librdkafka consumer errors, by code", ["code"]),
+)
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    """Current value of a metric sample (0 when never touched), e.g. ``sample("hrmcond_late_ticks_total")``."""
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def serve(port: int | None) -> None:
+    if port is not None:
+        start_http_server(port)

@@ -1,0 +1,74 @@
+"""Running a dataflow: one process in-thread, or a cluster of local processes (scale-out)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from bytewax._bytewax import cli_main, init_db_dir
+from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig
+
+from flows.broker import free_port
+from flows.config import RecoveryConfig as RecoverySettings
+from schemas.errors import HrmcondError
+
+
+def recovery_config(settings: RecoverySettings, processes: int) -> RecoveryConfig | None:
+    """Bytewax's recovery store, initialised on first use (one partition per worker process)."""
+    if settings.dir is None:
+        return None
+    db = Path(settings.dir)
+    if not any(db.glob("part-*.sqlite3")):
+        db.mkdir(parents=True, exist_ok=True)
+        init_db_dir(db, processes)
+    return RecoveryConfig(str(db), backup_interval=timedelta(seconds=settings.backup_interval_s))
+
+
+def run_process(
+    flow: Dataflow,
+    *,
+    process_id: int = 0,
+    addresses: list[str] | None = None,
+    epoch_s: float = 1.0,
+    recovery: RecoveryConfig | None = None,
+) -> None:
+    """Run this process's share of ``flow`` (all of it when ``addresses`` is None); blocks until done."""
+    cli_main(
+        flow,
+        workers_per_process=1,
+        process_id=process_id if addresses else None,
+        addresses=addresses,
+        epoch_interval=timedelta(seconds=epoch_s),
+        recovery_config=recovery,
+    )
+
+
+def spawn_cluster(argv: list[str], processes: int) -> None:
+    """Re-run this command as ``processes`` local worker processes (``--process-id i --addresses ...``).
+
+    Worker threads in one process share the GIL, so scale-out uses processes (one worker each). Any child
+    failing fails the whole run, and the others are stopped.
+    """
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    children = [
+        subprocess.Popen([sys.executable, "-m", "flows.cli", *argv, "--process-id", str(i), "--addresses", addresses],
+                         env=os.environ.copy())
+        for i in range(processes)
+    ]
+    codes = []
+    try:
+        for child in children:
+            codes.append(child.wait())
+            if codes[-1] != 0:
+                break
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+                child.wait()
+    if any(codes):
+        raise HrmcondError(f"a worker process failed (exit codes {codes}); see its log above")

@@ -142,7 +142,7 @@ class ConditioningSystem(nn.Module):
         """``{"regime_features": [B, 20] normalised, "pattern_features": [B, 128]}`` -> context ``[B, 256]``."""
         return self._run(features, None).context
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def condition(self, features: dict[str, Tensor],
                   query_windows: np.ndarray | Tensor | None = None) -> ConditioningOutput:
         """Inference for the dataflow, once per bar batch: the context plus regime probabilities, RAG status

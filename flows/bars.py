@@ -127,10 +127,15 @@ class SymbolLogic(StatefulLogic):
         return out, StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        if not self.wall_clock or self.state is None or not self.state.bar_end_ns:
-            return None
         st = self.state
-        due_wall_ns = st.newest_wall_ns + (st.bar_end_ns - st.newest_ns) + self.cfg.idle_close_ms * 1_000_000
+        if not self.wall_clock or st is None:
+            return None
+        # The next event time that would close something: the open bar's end, or that of the oldest tick
+        # still waiting in the reorder buffer.
+        target = st.bar_end_ns or (st.pending and (st.pending[0][0] // self.bar_ns + 1) * self.bar_ns)
+        if not target:
+            return None
+        due_wall_ns = st.newest_wall_ns + (target - st.newest_ns) + self.cfg.idle_close_ms * 1_000_000
         return datetime.fromtimestamp(due_wall_ns / 1e9, tz=UTC)
 
     def snapshot(self) -> SymbolState | None:

@@ -1,0 +1,130 @@
+"""Per-symbol event-time logic: reordering within the allowed lateness, late ticks dead-lettered, bars closed
+by ticks, heartbeats, the wall clock and end of input, the session filter, snapshots."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from conditioning.features.state import BarFeatures
+from flows.bars import Heartbeat, SymbolLogic
+from flows.config import PipelineConfig, SessionConfig
+from schemas.records import DeadLetter
+from schemas.ticks import Quote, Status, Trade
+
+OPEN = 1_514_903_400_000_000_000  # 2018-01-02 09:30:00 ET
+S = 1_000_000_000
+MIN = 60 * S
+
+
+def cfg(**over) -> PipelineConfig:
+    base = dict(bar_ms=60_000, lookback_s=1800, allowed_lateness_ms=2_000)
+    return PipelineConfig(**(base | over))
+
+
+def trade(t_ns: int, price: float = 100.0) -> Trade:
+    return Trade(symbol="AAA", ts_ns=t_ns, price=price, size=100)
+
+
+def quote(t_ns: int) -> Quote:
+    return Quote(symbol="AAA", ts_ns=t_ns, bid=99.99, bid_size=100, ask=100.01, ask_size=100)
+
+
+def feed(logic: SymbolLogic, items) -> list:
+    out = []
+    for item in items:
+        emitted, _ = logic.on_item(item)
+        out.extend(emitted)
+    return out
+
+
+def bars(out) -> list[BarFeatures]:
+    return [x for x in out if isinstance(x, BarFeatures)]
+
+
+def test_out_of_order_within_lateness_is_reordered_not_late():
+    logic = SymbolLogic(cfg(), wall_clock=False)
+    out = feed(logic, [trade(OPEN + 10 * S), trade(OPEN + 9 * S), trade(OPEN + 11 * S)])
+    assert not [x for x in out if isinstance(x, DeadLetter)]
+    out += feed(logic, [trade(OPEN + MIN + 5 * S)])  # watermark passes the first bar's end
+    (bar,) = bars(out)
+    assert bar.window_end_ns == OPEN + MIN and bar.n_trades == 3
+
+
+def test_late_tick_is_dead_lettered_with_reason():
+    logic = SymbolLogic(cfg(), wall_clock=False)
+    out = feed(logic, [trade(OPEN + 10 * S), trade(OPEN + 20 * S), trade(OPEN + 12 * S)])
+    dead = [x for x in out if isinstance(x, DeadLetter)]
+    assert len(dead) == 1 and dead[0].reason == "late" and dead[0].key == "AAA"
+    assert Trade.model_validate_json(dead[0].raw) == trade(OPEN + 12 * S)  # the tick itself is kept
+
+
+def test_tick_at_bar_end_belongs_to_next_bar():
+    logic = SymbolLogic(cfg(allowed_lateness_ms=0), wall_clock=False)
+    out = feed(logic, [trade(OPEN + 1 * S), trade(OPEN + MIN), trade(OPEN + 2 * MIN)])
+    assert [b.n_trades for b in bars(out)] == [1, 2]  # trailing window: 1, then 1 + 1
+
+
+def test_heartbeat_closes_bars_of_a_quiet_symbol():
+    logic = SymbolLogic(cfg(), wall_clock=False)
+    out = feed(logic, [trade(OPEN + 1 * S)])
+    assert not bars(out)
+    out = feed(logic, [Heartbeat("AAA", OPEN + MIN)])
+    assert [b.window_end_ns for b in bars(out)] == [OPEN + MIN]
+    # empty bars after it are not emitted
+    assert not bars(feed(logic, [Heartbeat("AAA", OPEN + 5 * MIN)]))
+
+
+def test_halted_symbol_keeps_emitting_its_state():
+    logic = SymbolLogic(cfg(), wall_clock=False)
+    feed(logic, [trade(OPEN + 1 * S), Status(symbol="AAA", ts_ns=OPEN + 2 * S, halted=True)])
+    out = feed(logic, [Heartbeat("AAA", OPEN + 4 * MIN)])
+    states = [b.ssr_luld_state.name for b in bars(out)]
+    assert states == ["HALTED"] * 4
+
+
+def test_eof_flushes_pending_and_closes_last_bar():
+    logic = SymbolLogic(cfg(), wall_clock=False)
+    out = feed(logic, [trade(OPEN + 1 * S), quote(OPEN + 61 * S), trade(OPEN + 62 * S)])
+    assert [b.window_end_ns for b in bars(out)] == [OPEN + MIN]  # watermark 62 s - 2 s lateness
+    out, _ = logic.on_eof()
+    (last,) = bars(out)
+    assert last.window_end_ns == OPEN + 2 * MIN and last.n_trades == 2 and last.n_quotes == 1
+
+
+def test_session_filter_skips_and_rolls_over_the_night():
+    logic = SymbolLogic(cfg(), wall_clock=False)
+    pre_open = OPEN - 10 * MIN
+    day2 = OPEN + 24 * 3600 * S
+    out = feed(logic, [trade(pre_open), trade(OPEN + 5 * S), trade(OPEN + 390 * MIN - S), trade(day2 + S)])
+    out += logic.on_eof()[0]
+    ends = [b.window_end_ns for b in bars(out)]
+    assert ends == [OPEN + MIN, OPEN + 390 * MIN, day2 + MIN]
+    logic2 = SymbolLogic(cfg(session=SessionConfig(regular_hours_only=False)), wall_clock=False)
+    out2 = feed(logic2, [trade(pre_open), trade(OPEN + 5 * S)]) + logic2.on_eof()[0]
+    assert [b.window_end_ns for b in bars(out2)] == [pre_open + MIN - pre_open % MIN, OPEN + MIN]
+
+
+def test_wall_clock_idle_close(monkeypatch):
+    now = [OPEN + 10 * S]
+    monkeypatch.setattr("flows.bars.time.time_ns", lambda: now[0])
+    logic = SymbolLogic(cfg(idle_close_ms=5_000), wall_clock=True)
+    feed(logic, [trade(OPEN + 10 * S)])
+    due = logic.notify_at()
+    assert due.timestamp() == pytest.approx((OPEN + MIN + 5 * S) / 1e9)
+    now[0] = OPEN + MIN + 5 * S
+    out, _ = logic.on_notify()
+    assert [b.window_end_ns for b in bars(out)] == [OPEN + MIN]
+
+
+def test_snapshot_round_trip_continues_identically():
+    items = [trade(OPEN + i * 7 * S, 100 + (i % 5) / 10) for i in range(40)]
+    a = SymbolLogic(cfg(), wall_clock=False)
+    out_a = feed(a, items)
+    b = SymbolLogic(cfg(), wall_clock=False)
+    out_b = feed(b, items[:17])
+    b = SymbolLogic(cfg(), wall_clock=False, state=pickle.loads(pickle.dumps(b.snapshot())))
+    out_b += feed(b, items[17:])
+    assert [x.window_end_ns for x in bars(out_a)] == [x.window_end_ns for x in bars(out_b)]
+    assert [x.tsrv for x in bars(out_a)] == [x.tsrv for x in bars(out_b)]

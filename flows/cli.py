@@ -63,86 +63,42 @@ def _config(args: argparse.Namespace):
 
 # -- commands ---------------------------------------------------------------------------------------------
 def cmd_replay(args: argparse.Namespace) -> None:
-    from flows.contexts import load_engine
-    from flows.dataflow import Sinks, build_flow
+    from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
     from flows.runner import run_process, spawn_cluster
-    from flows.sinks import JsonlPartSink, merge_parts
-    from flows.sources.table import ReplayInput, TableSource
 
+    outputs = ReplayOutputs(args.out, args.features_out, args.dead_letters_out)
     if args.processes > 1 and args.process_id is None:
         spawn_cluster(sys.argv[1:], args.processes)
-        _merge_outputs(args, merge_parts)
-        return
-    cfg = _config(args)
-    table, reference = load_input(args)
-    name = str(args.ticks or args.trades or args.lobster)
-    inp = ReplayInput(table, reference, cfg.pipeline.bar_ms * 1_000_000, source_name=name)
-    outs = [args.out, args.features_out, args.dead_letters_out]
-    sinks = Sinks(
-        contexts=JsonlPartSink(args.out),
-        features=JsonlPartSink(args.features_out) if args.features_out else None,
-        dead_letters=JsonlPartSink(args.dead_letters_out or _dead_path(args.out)),
-    )
-    for path in outs:
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-    flow = build_flow(cfg, TableSource(inp), sinks, lambda: load_engine(cfg, deterministic=True),
-                      kafka_input=False, wall_clock=False)
-    log.info("replaying %d ticks, %d reference rows", table.num_rows, len(reference))
-    addresses = args.addresses.split(";") if args.addresses else None
-    run_process(flow, process_id=args.process_id or 0, addresses=addresses)
-    if addresses is None:
-        _merge_outputs(args, merge_parts)
-
-
-def _dead_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".dead-letters.jsonl")
-
-
-def _merge_outputs(args: argparse.Namespace, merge_parts) -> None:
-    n = merge_parts(args.out)
-    dead = merge_parts(args.dead_letters_out or _dead_path(args.out))
-    msg = f"wrote {n} contexts to {args.out}, {dead} dead letters"
-    if args.features_out:
-        msg += f", {merge_parts(args.features_out)} feature records to {args.features_out}"
-    print(msg)
+    else:
+        cfg = _config(args)
+        table, reference = load_input(args)
+        name = str(args.ticks or args.trades or args.lobster)
+        flow = build_replay_flow(cfg, table, reference, outputs, source_name=name)
+        log.info("replaying %d ticks, %d reference rows", table.num_rows, len(reference))
+        addresses = args.addresses.split(";") if args.addresses else None
+        run_process(flow, process_id=args.process_id or 0, addresses=addresses)
+        if addresses is not None:
+            return  # the parent merges once every worker is done
+    counts = finish_replay(outputs)
+    print(", ".join(f"{n} {what}" for what, n in counts.items()) + f" -> {outputs.contexts.parent}")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from bytewax.connectors.kafka import OFFSET_BEGINNING, KafkaSource
-
-    from flows.contexts import load_engine
-    from flows.dataflow import Sinks, build_flow
-    from flows.kafka import ensure_topics
+    from flows.live import build_live_flow
     from flows.metrics import serve
     from flows.runner import recovery_config, run_process, spawn_cluster
-    from flows.sinks import KafkaRecordSink
 
     cfg = _config(args)
     if args.recovery_dir is not None:
         cfg = cfg.model_copy(update={"recovery": cfg.recovery.model_copy(update={"dir": args.recovery_dir})})
+    recovery = recovery_config(cfg.recovery, max(1, args.processes))  # initialised once, before any worker
     if args.processes > 1 and args.process_id is None:
         spawn_cluster(sys.argv[1:], args.processes)
         return
-    conf = cfg.kafka.client_config()
-    topics = cfg.kafka.topics
-    ensure_topics(conf, [t for t in (topics.ticks, topics.contexts, topics.features, topics.dead_letter) if t],
-                  topics.partitions)
     serve(cfg.metrics.port)
-    source = KafkaSource(
-        [cfg.kafka.bootstrap_servers], [topics.ticks], tail=not args.until_eof, starting_offset=OFFSET_BEGINNING,
-        add_config={k: v for k, v in conf.items() if k != "bootstrap.servers"}, raise_on_errors=False,
-    )
-    sinks = Sinks(
-        contexts=KafkaRecordSink(conf, topics.contexts),
-        features=KafkaRecordSink(conf, topics.features) if topics.features else None,
-        dead_letters=KafkaRecordSink(conf, topics.dead_letter),
-    )
-    flow = build_flow(cfg, source, sinks, lambda: load_engine(cfg, deterministic=False),
-                      kafka_input=True, wall_clock=True)
+    flow = build_live_flow(cfg, until_eof=args.until_eof)
     addresses = args.addresses.split(";") if args.addresses else None
-    recovery = recovery_config(cfg.recovery, max(1, args.processes))
-    log.info("consuming %s from %s", topics.ticks, cfg.kafka.bootstrap_servers)
+    log.info("consuming %s from %s", cfg.kafka.topics.ticks, cfg.kafka.bootstrap_servers)
     run_process(flow, process_id=args.process_id or 0, addresses=addresses, recovery=recovery,
                 epoch_s=cfg.recovery.snapshot_interval_s if recovery else 1.0)
 

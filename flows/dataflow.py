@@ -4,9 +4,10 @@
 
     ticks (Kafka or file) ─ decode ─┬─ dead letters ───────────────────────────────────────┐
                                     └─ key by symbol ─ bars (SymbolLogic) ─┬─ late ticks ──┴─> dead-letter sink
-                                                                          └─ BarFeatures ─ infer (micro-batch)
-                                                     ─ key by symbol ─ regime hysteresis ─┬─> contexts sink
-                                                                                          └─> features sink
+                                                                          └─ BarFeatures ─ one key: infer
+                                                 (InferenceLogic, micro-batches) ─ key by symbol ─ regime
+                                                 hysteresis ─┬─> contexts sink
+                                                             └─> features sink
 
 Live and replay run this same graph; only the source, the sinks and the clock differ.
 """
@@ -27,7 +28,7 @@ from bytewax.outputs import DynamicSink
 from conditioning.features.state import BarFeatures
 from flows.bars import Heartbeat, SymbolLogic
 from flows.config import AppConfig
-from flows.contexts import ContextEngine
+from flows.contexts import ContextEngine, InferenceLogic
 from flows.metrics import METRICS
 from flows.sinks import Keyed
 from schemas.errors import TickDecodeError
@@ -104,7 +105,9 @@ def build_flow(
     keyed = op.key_on("key_symbol", ticks, lambda t: t.symbol)
     bar_out = op.stateful("bars", keyed, lambda resume: SymbolLogic(cfg.pipeline, wall_clock, resume))
     bar_split = op.branch("split_late", op.key_rm("unkey_bars", bar_out), lambda x: isinstance(x, BarFeatures))
-    drafts = op.flat_map_batch("infer", bar_split.trues, ctx_engine.drafts)
+    one_key = op.key_on("all_bars", bar_split.trues, lambda _: "model")
+    drafts = op.key_rm("unkey_model", op.stateful_batch(
+        "infer", one_key, lambda resume: InferenceLogic(ctx_engine, resume)))
     records = op.stateful_map("regime_hysteresis", drafts, ctx_engine.finish)
     contexts = op.map("ctx_out", op.key_rm("unkey_ctx", records), lambda pair: _record_out(pair[0]))
     op.output("contexts_out", contexts, sinks.contexts)

@@ -40,6 +40,7 @@ from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
 from conditioning.features.types import SsrLuldState
+from schemas.errors import HrmcondError
 
 __all__ = [
     "BAND_TOLERANCE_USD",
@@ -104,7 +105,7 @@ SsrLuldEventKind = Literal[
 ]
 
 
-class SsrLuldInputError(ValueError):
+class SsrLuldInputError(HrmcondError, ValueError):
     """An argument violates the contract of this module; the message names the value and the symbol."""
 
 

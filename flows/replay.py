@@ -1,0 +1,60 @@
+"""The replay graph: a tick table in, deterministic JSON Lines files out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from bytewax.dataflow import Dataflow
+
+from flows.config import AppConfig
+from flows.contexts import ContextEngine, load_engine
+from flows.dataflow import Sinks, build_flow
+from flows.sinks import JsonlPartSink, merge_parts
+from flows.sources.table import ReplayInput, TableSource
+from schemas.canonical import ReferenceRow
+
+
+@dataclass(frozen=True)
+class ReplayOutputs:
+    contexts: Path
+    features: Path | None = None
+    dead_letters: Path | None = None
+
+    @property
+    def dead_letters_path(self) -> Path:
+        return self.dead_letters or self.contexts.with_name(self.contexts.stem + ".dead-letters.jsonl")
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.contexts, self.features, self.dead_letters_path) if p is not None]
+
+
+def build_replay_flow(
+    cfg: AppConfig,
+    ticks: pa.Table,
+    reference: Sequence[ReferenceRow],
+    outputs: ReplayOutputs,
+    *,
+    source_name: str = "ticks",
+    engine: ContextEngine | None = None,
+) -> Dataflow:
+    for path in outputs.paths():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    inp = ReplayInput(ticks, tuple(reference), cfg.pipeline.bar_ms * 1_000_000, source_name=source_name)
+    sinks = Sinks(
+        contexts=JsonlPartSink(outputs.contexts),
+        features=JsonlPartSink(outputs.features) if outputs.features else None,
+        dead_letters=JsonlPartSink(outputs.dead_letters_path),
+    )
+    return build_flow(cfg, TableSource(inp), sinks, lambda: engine or load_engine(cfg, deterministic=True),
+                      kafka_input=False, wall_clock=False)
+
+
+def finish_replay(outputs: ReplayOutputs) -> dict[str, int]:
+    """Merge the workers' part files into the final, ordered outputs; record counts per output."""
+    counts = {"contexts": merge_parts(outputs.contexts), "dead_letters": merge_parts(outputs.dead_letters_path)}
+    if outputs.features:
+        counts["features"] = merge_parts(outputs.features)
+    return counts

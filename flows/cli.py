@@ -66,6 +66,8 @@ def cmd_replay(args: argparse.Namespace) -> None:
     from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
     from flows.runner import run_process, spawn_cluster
 
+    if args.out is None and args.features_out is None:
+        raise HrmcondError("give --out (contexts) and/or --features-out (feature records)")
     outputs = ReplayOutputs(args.out, args.features_out, args.dead_letters_out)
     if args.processes > 1 and args.process_id is None:
         spawn_cluster(sys.argv[1:], args.processes)
@@ -80,7 +82,7 @@ def cmd_replay(args: argparse.Namespace) -> None:
         if addresses is not None:
             return  # the parent merges once every worker is done
     counts = finish_replay(outputs)
-    print(", ".join(f"{n} {what}" for what, n in counts.items()) + f" -> {outputs.contexts.parent}")
+    print("wrote " + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items()))
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -170,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_input_args(p)
     cfg_arg(p)
     cluster_args(p)
-    p.add_argument("--out", type=Path, required=True, help="contexts JSONL")
+    p.add_argument("--out", type=Path, help="contexts JSONL (omit with --features-out: features only, no model)")
     p.add_argument("--features-out", type=Path, help="feature records JSONL")
     p.add_argument("--dead-letters-out", type=Path, help="dead letters JSONL (default: beside --out)")
     p.set_defaults(fn=cmd_replay)

@@ -28,7 +28,7 @@ from bytewax.outputs import DynamicSink
 from conditioning.features.state import BarFeatures
 from flows.bars import Heartbeat, SymbolLogic
 from flows.config import AppConfig
-from flows.contexts import ContextEngine, InferenceLogic
+from flows.contexts import ContextEngine, InferenceLogic, feature_record
 from flows.metrics import METRICS
 from flows.sinks import Keyed
 from schemas.errors import TickDecodeError
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Sinks:
-    contexts: DynamicSink
+    contexts: DynamicSink | None
     dead_letters: DynamicSink
     features: DynamicSink | None = None
 
@@ -89,14 +89,14 @@ def build_flow(
     cfg: AppConfig,
     source: Source,
     sinks: Sinks,
-    engine: Callable[[], ContextEngine],
+    engine: Callable[[], ContextEngine] | None,
     *,
     kafka_input: bool,
     wall_clock: bool,
     name: str = "hrm_conditioning",
 ) -> Dataflow:
-    """Wire the graph. ``engine`` builds the worker's models (called once, when the flow is built)."""
-    ctx_engine = engine()
+    """Wire the graph. ``engine`` builds the worker's models (called once, when the flow is built); without
+    one the graph stops at the features (training data, which must not need a trained model)."""
     flow = Dataflow(name)
     raw = op.input("ticks_in", flow, source)
     items = op.flat_map("decode", raw, decode_message) if kafka_input else raw
@@ -105,6 +105,15 @@ def build_flow(
     keyed = op.key_on("key_symbol", ticks, lambda t: t.symbol)
     bar_out = op.stateful("bars", keyed, lambda resume: SymbolLogic(cfg.pipeline, wall_clock, resume))
     bar_split = op.branch("split_late", op.key_rm("unkey_bars", bar_out), lambda x: isinstance(x, BarFeatures))
+    dead = op.merge("dead", split.trues, bar_split.falses)
+    op.output("dead_out", op.map("dl_out", dead, _dead_letter_out), sinks.dead_letters)
+    if engine is None:
+        if sinks.features is None:
+            raise ValueError("a features-only flow needs a features sink")
+        feats = op.map("feat_only_out", bar_split.trues, lambda bar: _record_out(feature_record(bar)))
+        op.output("features_out", feats, sinks.features)
+        return flow
+    ctx_engine = engine()
     one_key = op.key_on("all_bars", bar_split.trues, lambda _: "model")
     drafts = op.key_rm("unkey_model", op.stateful_batch(
         "infer", one_key, lambda resume: InferenceLogic(ctx_engine, resume)))
@@ -114,6 +123,4 @@ def build_flow(
     if sinks.features is not None:
         feats = op.map("feat_out", op.key_rm("unkey_feat", records), lambda pair: _record_out(pair[1]))
         op.output("features_out", feats, sinks.features)
-    dead = op.merge("dead", split.trues, bar_split.falses)
-    op.output("dead_out", op.map("dl_out", dead, _dead_letter_out), sinks.dead_letters)
     return flow

@@ -19,13 +19,14 @@ from schemas.canonical import ReferenceRow
 
 @dataclass(frozen=True)
 class ReplayOutputs:
-    contexts: Path
+    contexts: Path | None
     features: Path | None = None
     dead_letters: Path | None = None
 
     @property
     def dead_letters_path(self) -> Path:
-        return self.dead_letters or self.contexts.with_name(self.contexts.stem + ".dead-letters.jsonl")
+        main = self.contexts or self.features
+        return self.dead_letters or main.with_name(main.stem + ".dead-letters.jsonl")
 
     def paths(self) -> list[Path]:
         return [p for p in (self.contexts, self.features, self.dead_letters_path) if p is not None]
@@ -40,21 +41,24 @@ def build_replay_flow(
     source_name: str = "ticks",
     engine: ContextEngine | None = None,
 ) -> Dataflow:
+    """Contexts (with ``outputs.contexts``) or, without it, feature records only (no model needed)."""
     for path in outputs.paths():
         path.parent.mkdir(parents=True, exist_ok=True)
     inp = ReplayInput(ticks, tuple(reference), cfg.pipeline.bar_ms * 1_000_000, source_name=source_name)
     sinks = Sinks(
-        contexts=JsonlPartSink(outputs.contexts),
+        contexts=JsonlPartSink(outputs.contexts) if outputs.contexts else None,
         features=JsonlPartSink(outputs.features) if outputs.features else None,
         dead_letters=JsonlPartSink(outputs.dead_letters_path),
     )
-    return build_flow(cfg, TableSource(inp), sinks, lambda: engine or load_engine(cfg, deterministic=True),
-                      kafka_input=False, wall_clock=False)
+    make_engine = (lambda: engine or load_engine(cfg, deterministic=True)) if outputs.contexts else None
+    return build_flow(cfg, TableSource(inp), sinks, make_engine, kafka_input=False, wall_clock=False)
 
 
 def finish_replay(outputs: ReplayOutputs) -> dict[str, int]:
     """Merge the workers' part files into the final, ordered outputs; record counts per output."""
-    counts = {"contexts": merge_parts(outputs.contexts), "dead_letters": merge_parts(outputs.dead_letters_path)}
+    counts = {"dead_letters": merge_parts(outputs.dead_letters_path)}
+    if outputs.contexts:
+        counts["contexts"] = merge_parts(outputs.contexts)
     if outputs.features:
         counts["features"] = merge_parts(outputs.features)
     return counts

@@ -25,9 +25,9 @@ normaliser and the label thresholds are fitted on the training split only.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -42,9 +42,8 @@ _COL = {name: i for i, name in enumerate(REGIME_FEATURE_NAMES)}
 
 
 class Normalizer(Protocol):
-    """What training needs of ``conditioning.features.normalize.FeatureNormalizer``."""
+    """What training needs of a fitted ``conditioning.features.normalize.FeatureNormalizer``."""
 
-    def fit(self, x: np.ndarray) -> Any: ...
     def transform(self, x: np.ndarray) -> np.ndarray: ...
     def to_dict(self) -> dict: ...
 
@@ -159,23 +158,25 @@ def fingerprint(*arrays: np.ndarray) -> str:
 
 
 def fit_regime_classifier(
-    raw: np.ndarray, trend_score: np.ndarray, normalizer: Normalizer | None = None, *, val_fraction: float = 0.2,
-    epochs: int = 30, seed: int = 0, progress: bool = True,
+    raw: np.ndarray, trend_score: np.ndarray, fit_normalizer: Callable[[np.ndarray], Normalizer] | None = None, *,
+    val_fraction: float = 0.2, epochs: int = 30, seed: int = 0, progress: bool = True,
 ) -> RegimeFit:
-    """``hrmcond train-regime``: rows in time order -> normaliser + classifier + held-out evaluation."""
+    """``hrmcond train-regime``: rows in time order -> normaliser + classifier + held-out evaluation.
+
+    ``fit_normalizer(raw_train) -> fitted normaliser`` defaults to ``FeatureNormalizer.fit``."""
     raw, trend_score = _check_raw(raw, trend_score)
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     cut = int(round(len(raw) * (1.0 - val_fraction)))
     if cut < 10 or len(raw) - cut < 10:
         raise ValueError(f"{len(raw)} rows leave too few for a split at val_fraction={val_fraction}")
-    if normalizer is None:
+    if fit_normalizer is None:
         from conditioning.features.normalize import FeatureNormalizer
 
-        normalizer = FeatureNormalizer()
+        fit_normalizer = FeatureNormalizer.fit
     rules = LabelRules.fit(raw[:cut], trend_score[:cut])
     labels = rules.apply(raw, trend_score)
-    normalizer.fit(raw[:cut])
+    normalizer = fit_normalizer(raw[:cut])
     x = np.asarray(normalizer.transform(raw), dtype=np.float32)
     model = train_classifier(x[:cut], labels[:cut], epochs=epochs, seed=seed, progress=progress)
     pred = predict(model, x[cut:])

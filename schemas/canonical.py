@@ -86,9 +86,7 @@ class ReferenceRow:
 def new_york_ns(date: dt.date, wall_clock: dt.time) -> int:
     """Nanoseconds since the Unix epoch (UTC) of a New York wall-clock time on ``date`` (tz database DST)."""
     since_epoch = dt.datetime.combine(date, wall_clock, tzinfo=NEW_YORK) - _EPOCH
-    return (
-        since_epoch.days * 86_400 + since_epoch.seconds
-    ) * 1_000_000_000 + since_epoch.microseconds * 1_000
+    return (since_epoch.days * 86_400 + since_epoch.seconds) * 1_000_000_000 + since_epoch.microseconds * 1_000
 
 
 REGULAR_OPEN = dt.time(9, 30)
@@ -112,9 +110,7 @@ def session_mask(
     for d in np.unique(day):
         date = dt.date(1970, 1, 1) + dt.timedelta(days=int(d))
         on_day = day == d
-        mask[on_day] = (ts_ns[on_day] >= new_york_ns(date, open_time)) & (
-            ts_ns[on_day] < new_york_ns(date, close_time)
-        )
+        mask[on_day] = (ts_ns[on_day] >= new_york_ns(date, open_time)) & (ts_ns[on_day] < new_york_ns(date, close_time))
     return mask
 
 
@@ -145,8 +141,7 @@ def validate_ticks(table: pa.Table, source: str | Path = "<table>") -> None:
     """
     if table.schema != CANONICAL_SCHEMA:
         raise TickFileError(
-            f"{source}: schema differs from the canonical tick schema:\n{table.schema}\nexpected:\n"
-            f"{CANONICAL_SCHEMA}"
+            f"{source}: schema differs from the canonical tick schema:\n{table.schema}\nexpected:\n{CANONICAL_SCHEMA}"
         )
     if table.num_rows == 0:
         return
@@ -159,9 +154,7 @@ def validate_ticks(table: pa.Table, source: str | Path = "<table>") -> None:
     ts = col["ts_ns"].fill_null(0).to_numpy()
     with np.errstate(invalid="ignore"):
         positive = {name: present[name] & np.isfinite(values[name]) & (values[name] > 0) for name in values}
-        non_negative = {
-            name: present[name] & np.isfinite(values[name]) & (values[name] >= 0) for name in values
-        }
+        non_negative = {name: present[name] & np.isfinite(values[name]) & (values[name] >= 0) for name in values}
     has_bid = present["bid"] | present["bid_size"]
     has_ask = present["ask"] | present["ask_size"]
 
@@ -204,24 +197,18 @@ def row_problems(rules: Iterable[tuple[np.ndarray, str, str]]) -> list[tuple[int
     """``(row, column, message)`` for the first rows flagged by each ``(bad_mask, column, message)`` rule,
     in row order (rows 0-based here)."""
     return sorted(
-        (int(row), column, message)
-        for mask, column, message in rules
-        for row in np.flatnonzero(mask)[:_MAX_REPORTED]
+        (int(row), column, message) for mask, column, message in rules for row in np.flatnonzero(mask)[:_MAX_REPORTED]
     )
 
 
-def bad_rows_error(
-    source: str | Path, table: pa.Table, problems: Sequence[tuple[int, str, str]]
-) -> TickFileError:
+def bad_rows_error(source: str | Path, table: pa.Table, problems: Sequence[tuple[int, str, str]]) -> TickFileError:
     """A :class:`TickFileError` listing the first ``problems`` with the offending values of ``table``."""
     lines = [
         f"  row {row + 1}, column {column!r} = {table.column(column)[row].as_py()!r}: {message}"
         for row, column, message in problems[:_MAX_REPORTED]
     ]
     more = f"\n  ... and more (first {_MAX_REPORTED} shown)" if len(problems) > _MAX_REPORTED else ""
-    return TickFileError(
-        f"{source}: invalid tick rows (rows 1-based, header not counted):\n" + "\n".join(lines) + more
-    )
+    return TickFileError(f"{source}: invalid tick rows (rows 1-based, header not counted):\n" + "\n".join(lines) + more)
 
 
 def _suffix(path: Path) -> str:

@@ -298,6 +298,7 @@ class _Scenario:
         if s0 == self.limit_s:
             return self._stage_limit_up(log_price)
         if s0 == self.pause_end_s + 1:
+            # Regular trades resume against the scripted post-reopening quote, not the pre-limit one.
             last = self.scripted.slice(self.scripted.num_rows - 1)
             book.set(
                 1,

@@ -188,15 +188,16 @@ def fit_regime_classifier(
 
 def build_pattern_library(
     patterns: Iterable[Pattern], *, as_of_ns: int | None = None, max_patterns: int = 10_000,
-    context_dim: int = 256, chunk: int = 2_048, progress: bool = True,
+    context_dim: int = 256, chunk: int = 2_048, progress: bool = True, rag: PatternRAG | None = None,
 ) -> PatternRAG:
     """``hrmcond build-patterns``: a point-in-time library from replayed history.
 
     Patterns are inserted in the order their outcomes became known (``outcome_end_ns``), so eviction drops the
-    oldest knowledge first; with ``as_of_ns`` any pattern whose outcome was not yet known is refused.
+    oldest knowledge first; with ``as_of_ns`` any pattern whose outcome was not yet known is refused. ``rag``:
+    fill this (a loaded model's) library instead of a new one (``max_patterns``/``context_dim`` then unused).
     """
     ordered = sorted(patterns, key=lambda p: p.outcome_end_ns)
-    rag = PatternRAG(PATTERN_DIM, context_dim, max_patterns=max_patterns)
+    rag = rag or PatternRAG(PATTERN_DIM, context_dim, max_patterns=max_patterns)
     for start in tqdm(range(0, len(ordered), chunk), desc="build-patterns", unit="chunk", disable=not progress):
         rag.update_pattern_library(ordered[start : start + chunk], as_of_ns=as_of_ns)
     return rag

@@ -94,6 +94,15 @@ class SymbolLogic(StatefulLogic):
         if self.state is None:
             self.state = SymbolState(features=SymbolFeatures(value.symbol, feature_params(self.cfg)))
         st = self.state
+        if isinstance(value, Reference):
+            # Reference data is stamped with the start of its trading date and may be published days ahead:
+            # it waits for its date in the buffer but never moves the symbol's clock, and is never late.
+            if value.ts_ns < st.released_ns:
+                self._apply(value, out)
+            else:
+                heapq.heappush(st.pending, (value.ts_ns, st.seq, value))
+                st.seq += 1
+            return out, StatefulLogic.RETAIN
         if value.ts_ns < st.released_ns:
             METRICS.late_ticks.inc()
             out.append(_late(value, st.released_ns))

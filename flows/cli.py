@@ -151,7 +151,110 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_zma_study(args: argparse.Namespace) -> None:
     from conditioning.sim import zma
 
-    zma.main([] if args.days is None else ["--days", str(args.days)])
+    zma.main(args.rest)
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from conditioning.sim import market
+
+    market.main(args.rest)
+
+
+def _feature_table(paths: list[Path]):
+    from conditioning.datasets import feature_table, read_feature_records
+
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise HrmcondError(f"feature files not found: {', '.join(missing)} (make them with hrmcond replay "
+                           "--features-out)")
+    table = feature_table(read_feature_records(paths))
+    if not len(table):
+        raise HrmcondError(f"no feature records in {', '.join(map(str, paths))}")
+    return table
+
+
+def cmd_train_regime(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+
+    from conditioning.artifacts import save_model
+    from conditioning.datasets import trend_score
+    from conditioning.regime import REGIME_NAMES
+    from conditioning.system import ConditioningSystem
+    from conditioning.train import fit_regime_classifier
+
+    cfg = _config(args)
+    table = _feature_table(args.features)
+    usable = np.isfinite(table.raw).all(axis=1)
+    print(f"{len(table):,} feature records, {usable.sum():,} with every regime feature defined (warm-up and "
+          "quote-less bars left out)")
+    torch.manual_seed(args.seed)  # the heads trained later with HRM start from a reproducible init
+    fit = fit_regime_classifier(table.raw[usable], trend_score(table.pattern[usable]), epochs=args.epochs,
+                                seed=args.seed)
+    system = ConditioningSystem(cfg.conditioning)
+    system.regime_classifier.load_state_dict(fit.model.state_dict())
+    save_model(args.out, system, fit.normalizer, training_fingerprint=fit.fingerprint, extra=fit.summary())
+    width = max(map(len, REGIME_NAMES))
+    print(f"held-out accuracy {fit.accuracy:.3f}, Cohen's kappa {fit.kappa:.3f}; confusion (rows: weak label):")
+    print(" " * (width + 1) + " ".join(f"{n[:6]:>6}" for n in REGIME_NAMES))
+    for name, row in zip(REGIME_NAMES, fit.confusion, strict=True):
+        print(f"{name:>{width}} " + " ".join(f"{v:>6d}" for v in row))
+    print(f"model written to {args.out}")
+
+
+def cmd_build_patterns(args: argparse.Namespace) -> None:
+    import datetime as dt
+
+    from conditioning.artifacts import load_model, save_model
+    from conditioning.train import build_pattern_library
+
+    table = _feature_table(args.features)
+    model = load_model(args.model)
+    as_of = None
+    if args.as_of:
+        as_of = int(dt.datetime.fromisoformat(args.as_of).astimezone(dt.UTC).timestamp() * 1e9)
+    patterns = [p for p in table.patterns if as_of is None or p.outcome_end_ns <= as_of]
+    build_pattern_library(patterns, rag=model.system.pattern_rag, as_of_ns=as_of)
+    manifest = model.manifest
+    extra = {**manifest.get("extra", {}), "pattern_library": {
+        "patterns_seen": len(patterns), "patterns_kept": model.system.pattern_rag.size, "as_of_ns": as_of}}
+    save_model(args.model, model.system, model.normalizer, training_fingerprint=manifest["training_fingerprint"],
+               extra=extra)
+    print(f"pattern library: {model.system.pattern_rag.size:,} of {len(patterns):,} point-in-time patterns "
+          f"-> {args.model}")
+
+
+def cmd_audit_leakage(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from conditioning.audit import audit_leakage
+    from conditioning.features.ssr_luld import trading_date
+    from schemas.records import ContextRecord
+
+    with open(args.contexts, "rb") as f:
+        records = [ContextRecord.model_validate_json(line) for line in f if line.strip()]
+    if not records:
+        raise HrmcondError(f"no context records in {args.contexts}")
+    ids = np.array([r.symbol for r in records])
+    episodes = np.array([f"{r.symbol}@{trading_date(r.window_end_ns)}" for r in records])
+    outputs = {"context (256-d, k-means codes)": np.array([r.context for r in records], dtype=np.float32)}
+    if all(r.regime is not None for r in records):
+        from conditioning.regime import REGIME_INDEX
+
+        outputs["emitted regime"] = np.array([REGIME_INDEX[r.regime] for r in records])
+    print(f"MI(output, id) with id = symbol (the puzzle id HRM would see), episodes = symbol-days: "
+          f"{len(records):,} samples, {len(set(ids))} ids, {len(set(episodes))} episodes")
+    failed = False
+    for name, out in outputs.items():
+        rep = audit_leakage(out, ids, episodes, n_permutations=args.permutations, seed=args.seed)
+        o, c = rep.observed, rep.control
+        print(f"- {name}: MI {o.mi_bits:.4f} bits (null {o.null_mean_bits:.4f}, excess {o.excess_bits:+.4f}, "
+              f"p={o.p_value:.3f}) -> {'LEAK' if o.flagged else 'no leak'}; positive control: excess "
+              f"{c.excess_bits:+.4f} bits, p={c.p_value:.3f} -> {'caught' if c.flagged else 'MISSED'}")
+        failed |= not rep.passed
+    print("audit " + ("FAILED" if failed else "passed") + " (threshold 0.1 bits)")
+    if failed:
+        raise SystemExit(1)
 
 
 # -- parser -----------------------------------------------------------------------------------------------
@@ -207,13 +310,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export_schemas)
 
     p = sub.add_parser("zma-study", help="TSRV/RV simulation study (ZMA 2005 design); writes docs/zma_study.md")
-    p.add_argument("--days", type=int)
     p.set_defaults(fn=cmd_zma_study)
+
+    p = sub.add_parser("simulate", help="simulated multi-symbol market -> canonical ticks + reference CSV",
+                       add_help=False)
+    p.set_defaults(fn=cmd_simulate)
+
+    p = sub.add_parser("train-regime", help="fit the normaliser and the regime classifier from feature records")
+    cfg_arg(p)
+    p.add_argument("--features", type=Path, nargs="+", required=True, help="feature JSONL from hrmcond replay")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_train_regime)
+
+    p = sub.add_parser("build-patterns", help="point-in-time pattern library from feature records into a model")
+    p.add_argument("--features", type=Path, nargs="+", required=True)
+    p.add_argument("--model", type=Path, required=True, help="model directory (updated in place)")
+    p.add_argument("--as-of", help="ISO time: only patterns whose outcome was known by then")
+    p.set_defaults(fn=cmd_build_patterns)
+
+    p = sub.add_parser("audit-leakage", help="MI(context, id) vs a block-permutation null, with a positive control")
+    p.add_argument("--contexts", type=Path, required=True, help="contexts JSONL from hrmcond replay")
+    p.add_argument("--permutations", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_audit_leakage)
     return parser
 
 
+#: Commands that hand their arguments to a module's own parser (``hrmcond simulate --help`` shows them).
+PASSTHROUGH = {"simulate", "zma-study"}
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command in PASSTHROUGH:
+        args.rest = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

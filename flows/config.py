@@ -25,7 +25,7 @@ from conditioning.config import ConditioningConfig
 from schemas.errors import ConfigError
 
 ENV_PREFIX = "HRMCOND__"
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "conditioning" / "artifacts" / "default"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "conditioning" / "pretrained" / "default"
 
 
 class _Strict(BaseModel):

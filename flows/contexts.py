@@ -33,6 +33,7 @@ from schemas.records import (
     ConditioningFlags,
     ContextRecord,
     FeatureRecord,
+    MaturedPattern,
     StageLatencies,
     finite_or_none,
 )
@@ -65,6 +66,11 @@ def feature_record(bar: BarFeatures) -> FeatureRecord:
         spread=finite_or_none(bar.spread),
         regime_features=finite_or_none(bar.regime_features),
         pattern=[float(x) for x in bar.pattern],
+        matured=[
+            MaturedPattern(start_ns=p.start_ns, end_ns=p.end_ns, outcome_end_ns=p.outcome_end_ns,
+                           outcome=[float(x) for x in p.outcome])
+            for p in bar.matured if np.isfinite(p.outcome).all()
+        ],
         flags=list(bar.flags),
     )
 
@@ -74,6 +80,9 @@ class ContextEngine:
 
     def __init__(self, cfg: AppConfig, system: ConditioningSystem, normalizer, model_version: str,
                  deterministic: bool):
+        # Batches are small (one activation's bars); intra-op threads only contend with the dataflow and the
+        # retrieval workers for the cores (measured: several x slower per batch with torch's default).
+        torch.set_num_threads(1)
         self.cfg = cfg
         self.system = system.eval()
         self.normalizer = normalizer
@@ -191,4 +200,17 @@ def load_engine(cfg: AppConfig, deterministic: bool) -> ContextEngine:
         rag = conditioning.rag.model_copy(update={"timeout_ms": 10_000})
         conditioning = conditioning.model_copy(update={"rag": rag})
     model = load_model(cfg.model.dir, conditioning)
-    return ContextEngine(cfg, model.system, model.normalizer, model.version, deterministic)
+    return ContextEngine(cfg, model.system, model.normalizer, model_version(cfg.model.dir), deterministic)
+
+
+def model_version(directory) -> str:
+    """``<dir name>@<sha256 of every file, 12 hex>``: names exactly the weights, normaliser and library used."""
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha256()
+    root = Path(directory)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return f"{root.name}@{digest.hexdigest()[:12]}"

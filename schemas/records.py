@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from conditioning.features.types import (
     FEATURE_LAYOUT_VERSION,
+    OUTCOME_DIM,
     PATTERN_DIM,
     REGIME_FEATURE_DIM,
     SsrLuldState,
@@ -40,6 +41,18 @@ class _Record(BaseModel):
     schema_version: Literal[1] = RECORD_SCHEMA_VERSION
 
 
+class MaturedPattern(BaseModel):
+    """The outcome of an earlier bar's pattern, known as of this bar (point in time): the pattern vector is
+    the ``pattern`` of this symbol's feature record with ``window_end_ns == end_ns``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    start_ns: int
+    end_ns: int
+    outcome_end_ns: int
+    #: ``conditioning.features.types.OUTCOME_NAMES``: forward log return, forward log realised variance.
+    outcome: Annotated[list[float], Field(min_length=OUTCOME_DIM, max_length=OUTCOME_DIM)]
+
+
 class FeatureRecord(_Record):
     """One per symbol per bar: the window features behind a context (also the training data)."""
 
@@ -58,6 +71,8 @@ class FeatureRecord(_Record):
     #: Raw (unnormalised) 20-d regime features, layout ``conditioning.features.types.REGIME_FEATURE_NAMES``.
     regime_features: Annotated[list[OptFloat], Field(min_length=REGIME_FEATURE_DIM, max_length=REGIME_FEATURE_DIM)]
     pattern: Annotated[list[float], Field(min_length=PATTERN_DIM, max_length=PATTERN_DIM)]
+    #: Patterns whose outcome became known at this bar (what ``hrmcond build-patterns`` learns from).
+    matured: list[MaturedPattern] = []
     flags: list[str] = []
     feature_layout_version: int = FEATURE_LAYOUT_VERSION
 

@@ -11,7 +11,7 @@ from conditioning.features.state import BarFeatures
 from flows.bars import Heartbeat, SymbolLogic
 from flows.config import PipelineConfig, SessionConfig
 from schemas.records import DeadLetter
-from schemas.ticks import Quote, Status, Trade
+from schemas.ticks import Quote, Reference, Status, Trade
 
 OPEN = 1_514_903_400_000_000_000  # 2018-01-02 09:30:00 ET
 S = 1_000_000_000
@@ -58,6 +58,19 @@ def test_late_tick_is_dead_lettered_with_reason():
     dead = [x for x in out if isinstance(x, DeadLetter)]
     assert len(dead) == 1 and dead[0].reason == "late" and dead[0].key == "AAA"
     assert Trade.model_validate_json(dead[0].raw) == trade(OPEN + 12 * S)  # the tick itself is kept
+
+
+def test_reference_published_ahead_neither_advances_the_clock_nor_is_late():
+    import datetime as dt
+
+    logic = SymbolLogic(cfg(), wall_clock=False)
+    day3 = Reference(symbol="AAA", ts_ns=OPEN + 2 * 86_400 * S, prev_close=50.0, tier=2, date=dt.date(2018, 1, 4))
+    day1 = Reference(symbol="AAA", ts_ns=OPEN - 600 * S, prev_close=100.0, tier=1, date=dt.date(2018, 1, 2))
+    out = feed(logic, [day3, trade(OPEN + S), day1, trade(OPEN + 30 * S)])
+    assert not [x for x in out if isinstance(x, DeadLetter)]
+    # the 2018-01-02 prior close applies: a sale at -10% triggers SSR on day 1
+    out = feed(logic, [trade(OPEN + 40 * S, 90.0), trade(OPEN + 2 * MIN)])
+    assert [b.ssr_luld_state.name for b in bars(out)] == ["SSR_ACTIVE"]
 
 
 def test_tick_at_bar_end_belongs_to_next_bar():

@@ -83,6 +83,10 @@ class SymbolLogic(StatefulLogic):
         self.wall_clock = wall_clock
         #: Built on the first item (Bytewax's builder is not told the key), or restored from a snapshot.
         self.state = state
+        if state is not None:
+            # A stopped pipeline's clock stands still: after a restart, idle time counts from now, or every
+            # open bar would close at once on resume and the replayed ticks would come back as late.
+            state.newest_wall_ns = time.time_ns()
 
     # -- Bytewax hooks ------------------------------------------------------------------------------------
     def on_item(self, value: Tick | Heartbeat) -> tuple[list[BarFeatures | DeadLetter], bool]:

@@ -86,6 +86,9 @@ def cmd_replay(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from bytewax.errors import BytewaxRuntimeError
+
+    from flows.kafka import flush_all_producers
     from flows.live import build_live_flow
     from flows.metrics import serve
     from flows.runner import recovery_config, run_process, spawn_cluster
@@ -98,11 +101,30 @@ def cmd_run(args: argparse.Namespace) -> None:
         spawn_cluster(sys.argv[1:], args.processes)
         return
     serve(cfg.metrics.port)
+    # SIGTERM (an orchestrator's stop) behaves like Ctrl-C: Bytewax stops at the next check, the sinks flush
+    # and close; with recovery the last completed epoch is the resume point.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     flow = build_live_flow(cfg, until_eof=args.until_eof)
     addresses = args.addresses.split(";") if args.addresses else None
     log.info("consuming %s from %s", cfg.kafka.topics.ticks, cfg.kafka.bootstrap_servers)
-    run_process(flow, process_id=args.process_id or 0, addresses=addresses, recovery=recovery,
-                epoch_s=cfg.recovery.snapshot_interval_s if recovery else 1.0)
+    try:
+        run_process(flow, process_id=args.process_id or 0, addresses=addresses, recovery=recovery,
+                    epoch_s=cfg.recovery.snapshot_interval_s if recovery else 1.0)
+    except BytewaxRuntimeError as err:
+        if not _interrupted(err):
+            raise
+        flush_all_producers()
+        log.info("stopped by signal; pending output delivered")
+
+
+def _interrupted(err: BaseException) -> bool:
+    """Whether Bytewax stopped because of SIGINT/SIGTERM: it reports the signal itself, or the interrupt
+    surfaced inside one of our callbacks and comes wrapped."""
+    while err is not None:
+        if isinstance(err, KeyboardInterrupt) or "signal received" in str(err):
+            return True
+        err = err.__cause__
+    return False
 
 
 def cmd_produce(args: argparse.Namespace) -> None:

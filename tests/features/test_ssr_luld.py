@@ -319,6 +319,17 @@ def test_limit_state_cleared_before_15_seconds() -> None:
     assert kinds(t) == ["limit_enter", "limit_exit"]
 
 
+def test_crossed_nbbo_neither_enters_nor_clears_a_limit_state() -> None:
+    t = opened()
+    start = et(MON, 10, 1)
+    t.on_quote(start, 105.2, 104.0)  # bid above the upper band, but crossed: not a market
+    assert t.state_at(start + S) == SsrLuldState.NORMAL and kinds(t) == []
+    t.on_quote(start + S, 105.0, 105.05)  # a sound NBBO at the band
+    t.on_quote(start + 2 * S, 104.0, 103.9)  # crossed again: the limit state stands
+    assert t.state_at(start + 3 * S) == SsrLuldState.LULD_LIMIT
+    assert kinds(t) == ["limit_enter"]
+
+
 def test_limit_state_becomes_a_five_minute_pause_at_15_seconds() -> None:
     t = opened()
     start = et(MON, 10, 1)

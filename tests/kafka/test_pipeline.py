@@ -256,3 +256,17 @@ def test_sigterm_stops_gracefully(tmp_path, kafka_cluster, kafka_topics, market)
     assert proc.wait(timeout=60) == 0
     # what was emitted before the stop is all there, valid and unique after dedupe
     assert contexts_of(conf, cfg.kafka.topics.contexts)
+
+
+def test_produce_command_replays_a_file_into_a_topic(tmp_path, kafka_cluster, kafka_topics, market):
+    from flows.cli import main
+    from schemas.canonical import write_reference, write_ticks
+
+    cfg, path = make_config(tmp_path, kafka_cluster, new_topics(kafka_topics))
+    ticks, ref = tmp_path / "t.parquet", tmp_path / "r.csv"
+    write_ticks(market.ticks, ticks)
+    write_reference(market.reference, ref)
+    main(["produce", "--config", str(path), "--format", "canonical", "--ticks", str(ticks), "--reference", str(ref)])
+    got = [decode_tick(raw) for raw in read_topic(cfg.kafka.client_config(), cfg.kafka.topics.ticks)]
+    assert len(got) == market.ticks.num_rows + len(market.reference)
+    assert sum(t.kind == "reference" for t in got) == len(market.reference)

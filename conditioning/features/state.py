@@ -5,14 +5,27 @@ Design (why it is fast and bounded):
 - **Per tick** only O(1) Python work: a trade appends its price and size to the open bar's lists and adds its
   effective-spread term; a quote closes the time weight of the previous quote and records the mid if it moved.
   Everything else waits for the bar close.
-- **Per bar** the open bar is frozen into numpy arrays and kept in a deque of the last ``lookback / bar`` bars
-  (every bar, also an empty one, so the deque is exactly the trailing window). The window estimators are
-  computed at the close from those per-bar arrays and per-bar partial sums: vectorised work proportional to
-  the ticks in the window, i.e. amortised ``lookback / bar`` (30 by default) array element operations per
-  tick in C, no Python per-tick loop. TSRV needs the window's whole price path anyway (its K-lag differences
-  and its data-driven K change with every window), so no running-sum shortcut exists for it.
-- **Memory**: the window's ticks, ``pattern_bars`` per-bar summaries, ``pattern_horizon_bars`` pending
-  patterns and the SSR/LULD tracker's bounded state. Instances pickle (Bytewax snapshots).
+- **Per bar close** the open bar's ticks are written once into preallocated FIFO buffers that hold the trailing
+  window's ticks contiguously, oldest first (trade price, size and log price; log mids), and its partial sums
+  into one row of a per-bar table of the last ``lookback / bar`` bars (every bar, also an empty one, so the
+  table is exactly the trailing window). The bar that leaves the window is dropped by moving the buffers'
+  heads: no per-close concatenation and no per-close ``log`` of the whole window.
+- **Per window** the estimators run on views of those buffers: RV, BPV and TSRV on the contiguous log price
+  path (TSRV needs the whole path anyway: its K-lag differences and its data-driven K change with every
+  window), the volume profile on the window's prices and sizes, and every additive quantity (quote counts,
+  spread integrals, effective-spread sums) as ONE numpy reduction over the per-bar table. Those window sums are
+  recomputed from the per-bar sums at each close instead of being kept as running totals (add the new bar,
+  subtract the evicted one): running totals drift by the rounding of every subtraction, which the 1e-9
+  agreement with the batch oracle cannot afford once a window's sums shrink by orders of magnitude (an opening
+  print leaving the window); summing ``lookback / bar`` (30) rows is one C loop.
+- **Idle bars** (no tick, and no quote that could still accrue time weight) are cheap: a close of ``K`` such
+  bars in one call (the dataflow's overnight catch-up) writes ``min(K, lookback / bar)`` empty rows and
+  ``min(K, pattern_bars)`` history entries, O(min(K, lookback)) instead of K closes; once ``pattern_bars``
+  idle bars have passed the pattern inputs no longer change and the last pattern vector is reused.
+- **Memory**: the window's ticks (buffers sized to twice the live window and shrunk after a burst),
+  ``lookback / bar`` per-bar rows, ``pattern_bars`` per-bar summaries, ``pattern_horizon_bars`` pending
+  patterns and the SSR/LULD tracker's bounded state. Instances pickle (Bytewax snapshots) without the
+  buffers' spare capacity.
 
 Price series for the realized measures: log trade prices; when the window has no trade but valid quotes, the
 log mid-quote, recorded at each change of the mid (size-only NBBO updates carry no price information and
@@ -33,7 +46,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from conditioning.features.liquidity import amihud
+from conditioning.features.liquidity import AMIHUD_SCALE
 from conditioning.features.pattern import PATTERN_BARS, pattern_outcome, pattern_vector
 from conditioning.features.realized import DEFAULT_MIN_RETURNS, realized_measures
 from conditioning.features.spreads import is_valid_quote, mid_quote_volatility
@@ -142,21 +155,99 @@ class _OpenBar:
         self.quoted_time = 0  # ns under a fresh valid quote
 
 
-class _Bar(NamedTuple):
-    """A closed bar: arrays of its ticks and its partial sums."""
+class _Fifo:
+    """Float64 rows in arrival order whose live part is contiguous: column ``j`` of the live rows is the view
+    ``data[j, head:tail]`` (columns are stored row-major, ``data`` is ``[width, capacity]``).
 
-    start_ns: int
-    prices: np.ndarray  # [n_trades] USD
-    sizes: np.ndarray  # [n_trades] shares
-    log_mids: np.ndarray  # [n_mid_changes]
-    n_quotes: int
-    n_invalid_quotes: int
-    dollar_volume: float
-    eff_num: float
-    eff_volume: float
-    quoted_rel_time: float
-    quoted_time: int
-    end_log_mid: float  # log mid of the fresh valid quote at the bar end, else NaN
+    ``append`` writes after ``tail`` and ``drop`` advances ``head``. When an append does not fit, the live rows
+    move to the front of a new buffer of twice the rows then needed (at least ``min_capacity``): every row is
+    copied O(1) times on average, the window is always one slice (no concatenation), and the buffer shrinks
+    back after a burst. Pickles only the live rows.
+    """
+
+    __slots__ = ("_data", "_head", "_tail", "_min_capacity")
+
+    def __init__(self, width: int, min_capacity: int) -> None:
+        self._data = np.empty((width, min_capacity))
+        self._head = self._tail = 0
+        self._min_capacity = min_capacity
+
+    def __len__(self) -> int:
+        return self._tail - self._head
+
+    def column(self, j: int) -> np.ndarray:
+        """View of column ``j`` of the live rows, oldest first (valid until the next append)."""
+        return self._data[j, self._head : self._tail]
+
+    def columns(self, lo: int, hi: int) -> np.ndarray:
+        """View ``[hi - lo, len]`` of columns ``lo..hi-1`` of the live rows."""
+        return self._data[lo:hi, self._head : self._tail]
+
+    def append_row(self, row: tuple[float, ...]) -> None:
+        if self._tail == self._data.shape[1]:
+            self._reallocate(len(self) + 1)
+        self._data[:, self._tail] = row
+        self._tail += 1
+
+    def append_block(self, k: int, *columns: list[float]) -> np.ndarray:
+        """Append ``k`` rows given column by column (fewer columns than ``width``: the rest are left for the
+        caller to fill); returns the view ``[width, k]`` of the new rows."""
+        if self._tail + k > self._data.shape[1]:
+            self._reallocate(len(self) + k)
+        t = self._tail
+        for j, col in enumerate(columns):
+            self._data[j, t : t + k] = col
+        self._tail = t + k
+        return self._data[:, t : t + k]
+
+    def oldest(self, j: int) -> float:
+        """Column ``j`` of the oldest live row."""
+        return float(self._data[j, self._head])
+
+    def drop(self, k: int) -> None:
+        """Forget the ``k`` oldest rows."""
+        self._head += k
+        if self._head == self._tail:
+            self._head = self._tail = 0
+
+    def _reallocate(self, needed: int) -> None:
+        data = np.empty((self._data.shape[0], max(2 * needed, self._min_capacity)))
+        n = len(self)
+        data[:, :n] = self._data[:, self._head : self._tail]
+        self._data, self._head, self._tail = data, 0, n
+
+    def __getstate__(self) -> tuple[np.ndarray, int]:
+        return self._data[:, self._head : self._tail].copy(), self._min_capacity
+
+    def __setstate__(self, state: tuple[np.ndarray, int]) -> None:
+        live, self._min_capacity = state
+        self._data = np.empty((live.shape[0], max(2 * live.shape[1], self._min_capacity)))
+        self._data[:, : live.shape[1]] = live
+        self._head, self._tail = 0, live.shape[1]
+
+
+# Columns of the trade buffer (one row per trade of the window).
+_PRICE, _SIZE, _LOG_PRICE = range(3)
+
+# Columns of the per-bar table (one row per bar of the window). _N_QUOTES.._QUOTED_TIME are contiguous: the
+# window's additive sums are one reduction over them.
+(
+    _N_TRADES,  # trades in the bar
+    _N_MIDS,  # recorded mid changes in the bar
+    _N_QUOTES,  # quotes in the bar (valid or not)
+    _N_INVALID_QUOTES,  # crossed / locked / one-sided quotes
+    _EFF_NUM,  # sum size * |P - M| / M over trades with a fresh valid quote
+    _EFF_VOLUME,  # sum size over those trades
+    _QUOTED_REL_TIME,  # integral of (A - B) / M dt under a fresh valid quote, ns
+    _QUOTED_TIME,  # ns under a fresh valid quote
+    _END_LOG_MID,  # log mid of the fresh valid quote at the bar end, else NaN
+    _ILLIQ_PREV,  # Amihud term |r| / DV of the bar, r from the previous traded bar's last price (0 if untraded)
+    _ILLIQ_OPEN,  # the same with r from the bar's own first trade (for the window's first traded bar)
+) = range(11)
+_BAR_WIDTH = 11
+_ADDITIVE = slice(_N_QUOTES, _QUOTED_TIME + 1)
+#: The row of a bar without ticks and without quote time: what an idle bar adds to the per-bar table.
+_IDLE_ROW = (0.0,) * _END_LOG_MID + (math.nan, 0.0, 0.0)
 
 
 class _PendingPattern(NamedTuple):
@@ -188,9 +279,15 @@ class SymbolFeatures:
         self._q_rel = math.nan
         self._accrued_to = 0  # time up to which the prevailing quote's weight is booked
         self._last_mid = math.nan  # last recorded mid (for change detection)
-        # closed bars and per-bar history
-        self._bars: deque[_Bar] = deque(maxlen=params.lookback_bars)
+        # the trailing window: per-bar table and the ticks of those bars (see the module docstring)
+        self._bars = _Fifo(_BAR_WIDTH, 2 * params.lookback_bars)
+        self._trades = _Fifo(3, 64)  # _PRICE, _SIZE, _LOG_PRICE
+        self._mids = _Fifo(1, 16)  # log mid at each recorded change
         self._bars_closed = 0
+        # closed bars in a row without a trade and without quote time: from pattern_bars on, the pattern
+        # inputs are constant, and _idle_pattern caches the vector computed from them
+        self._quiet_bars = 0
+        self._idle_pattern: np.ndarray | None = None
         self._log_price = math.nan  # log of the last trade price seen
         n = params.pattern_bars
         self._hist_returns: deque[float] = deque([math.nan] * n, maxlen=n)
@@ -288,7 +385,11 @@ class SymbolFeatures:
     # ------------------------------------------------------------------------------------------ bars
 
     def close_bar(self, window_end_ns: int) -> BarFeatures:
-        """Close every bar ending at or before ``window_end_ns`` and return the features of the trailing window."""
+        """Close every bar ending at or before ``window_end_ns`` and return the features of the trailing window.
+
+        Costs O(min(K, lookback_bars)) for ``K`` idle bars (see the module docstring), so the dataflow's one
+        call across a night or a weekend is cheap.
+        """
         if window_end_ns % self._bar_ns:
             raise ValueError(
                 f"close_bar({window_end_ns}) for {self.symbol} is not on the bar grid "
@@ -302,41 +403,90 @@ class SymbolFeatures:
                 f"are already closed"
             )
         while self._bar_end <= window_end_ns:
-            self._close_open_bar()
+            if self._pending or not self._open_bar_is_idle():
+                self._close_open_bar()
+            else:  # no pattern to mature: every remaining bar is idle, close them at once
+                self._close_idle_bars((window_end_ns - self._bar_end) // self._bar_ns + 1)
         return self._window_features(window_end_ns)
+
+    def _open_bar_is_idle(self) -> bool:
+        """No tick in the open bar, and the prevailing quote (if any) went stale by the bar's start, so neither
+        this bar nor any later one accrues quote time or has a fresh end-of-bar mid until the next tick."""
+        bar = self._bar
+        return (
+            not bar.n_quotes and not bar.prices and (not self._q_valid or self._q_ts + self._stale_ns <= bar.start_ns)
+        )
 
     def _close_open_bar(self) -> None:
         bar, end = self._bar, self._bar_end
         self._accrue(end)
-        prices = np.array(bar.prices, dtype=np.float64)
-        sizes = np.array(bar.sizes, dtype=np.float64)
+        n = len(bar.prices)
+        if n:
+            prices, sizes, log_prices = self._trades.append_block(n, bar.prices, bar.sizes)
+            np.log(prices, out=log_prices)
+            volume, dollar_volume = float(sizes.sum()), float(np.dot(prices, sizes))
+            close = math.log(bar.prices[-1])
+            ret_prev, ret_open = close - self._log_price, close - math.log(bar.prices[0])
+            illiq_prev, illiq_open = abs(ret_prev) / dollar_volume, abs(ret_open) / dollar_volume
+            self._log_price = close
+        else:
+            volume, ret_prev, illiq_prev, illiq_open = 0.0, math.nan, 0.0, 0.0
+        if bar.mids:
+            mids = self._mids.append_block(len(bar.mids), bar.mids)[0]
+            np.log(mids, out=mids)
         fresh = self._q_valid and end - self._q_ts <= self._stale_ns
-        self._bars.append(
-            _Bar(
-                start_ns=bar.start_ns,
-                prices=prices,
-                sizes=sizes,
-                log_mids=np.log(np.array(bar.mids, dtype=np.float64)),
-                n_quotes=bar.n_quotes,
-                n_invalid_quotes=bar.n_invalid_quotes,
-                dollar_volume=float(np.dot(prices, sizes)),
-                eff_num=bar.eff_num,
-                eff_volume=bar.eff_volume,
-                quoted_rel_time=bar.quoted_rel_time,
-                quoted_time=bar.quoted_time,
-                end_log_mid=math.log(self._q_mid) if fresh else math.nan,
+        self._push_bar(
+            (
+                n,
+                len(bar.mids),
+                bar.n_quotes,
+                bar.n_invalid_quotes,
+                bar.eff_num,
+                bar.eff_volume,
+                bar.quoted_rel_time,
+                bar.quoted_time,
+                math.log(self._q_mid) if fresh else math.nan,
+                illiq_prev,
+                illiq_open,
             )
         )
-        previous = self._log_price
-        if prices.size:
-            self._log_price = math.log(prices[-1])
-        self._hist_returns.append(self._log_price - previous)
-        self._hist_volumes.append(float(sizes.sum()))
-        self._hist_spreads.append(bar.quoted_rel_time / bar.quoted_time if bar.quoted_time else math.nan)
-        self._hist_trades.append(float(prices.size))
+        spread = bar.quoted_rel_time / bar.quoted_time if bar.quoted_time else math.nan
+        self._record_history(ret_prev if n else self._log_price - self._log_price, volume, spread, float(n))
+        if n or bar.quoted_time:
+            self._quiet_bars, self._idle_pattern = 0, None
+        else:
+            self._quiet_bars += 1
         self._bars_closed += 1
         self._mature_patterns(end)
         self._open_bar(end)
+
+    def _close_idle_bars(self, k: int) -> None:
+        """Close ``k`` idle bars (see :meth:`_open_bar_is_idle`) in O(min(k, lookback_bars)), with no pattern
+        pending: the state ends exactly as after ``k`` calls of :meth:`_close_open_bar`."""
+        for _ in range(min(k, self.params.lookback_bars)):
+            self._push_bar(_IDLE_ROW)
+        for _ in range(min(k, self.params.pattern_bars)):
+            self._record_history(self._log_price - self._log_price, 0.0, math.nan, 0.0)
+        self._quiet_bars += k
+        self._bars_closed += k
+        self._open_bar(self._bar_end + (k - 1) * self._bar_ns)
+
+    def _push_bar(self, row: tuple[float, ...]) -> None:
+        """Append a closed bar's row (its ticks are already in the buffers); evict the bar leaving the window."""
+        bars = self._bars
+        if len(bars) == self.params.lookback_bars:
+            self._trades.drop(int(bars.oldest(_N_TRADES)))
+            self._mids.drop(int(bars.oldest(_N_MIDS)))
+            bars.drop(1)
+        bars.append_row(row)
+
+    def _record_history(self, ret: float, volume: float, spread: float, n_trades: float) -> None:
+        """Per-bar inputs of the pattern vector: the close-to-close log return of the last price (0 in a bar
+        without trades, NaN before the first trade), volume, time-weighted relative spread and trade count."""
+        self._hist_returns.append(ret)
+        self._hist_volumes.append(volume)
+        self._hist_spreads.append(spread)
+        self._hist_trades.append(n_trades)
 
     def _mature_patterns(self, now_ns: int) -> None:
         horizon = self.params.pattern_horizon_bars
@@ -359,59 +509,44 @@ class SymbolFeatures:
 
     def _window_features(self, end_ns: int) -> BarFeatures:
         params = self.params
-        bars = self._bars  # exactly the window's bars (fewer only at the start of the stream)
+        bars, trades = self._bars, self._trades  # exactly the window's bars (fewer only at the start of the stream)
         start_ns = end_ns - params.lookback_ns
         flags: list[str] = []
+        n_trades = len(trades)
 
-        prices = np.concatenate([b.prices for b in bars])
-        sizes = np.concatenate([b.sizes for b in bars])
-        if prices.size:
-            log_prices = np.log(prices)
+        if n_trades:
+            log_prices = trades.column(_LOG_PRICE)
         else:
-            log_prices = np.concatenate([b.log_mids for b in bars])
+            log_prices = self._mids.column(0)
             if log_prices.size:
                 flags.append("mid_quote_prices")
         realized = realized_measures(log_prices, k=params.tsrv_k, min_returns=params.min_returns)
         flags.extend(realized.flags)
+        illiq = self._window_amihud() if n_trades else math.nan
 
-        bar_returns, dollar_volumes = [], []
-        last_close = math.nan
-        for b in bars:
-            if b.prices.size:
-                close = math.log(b.prices[-1])
-                base = last_close if not math.isnan(last_close) else math.log(b.prices[0])
-                bar_returns.append(close - base)
-                dollar_volumes.append(b.dollar_volume)
-                last_close = close
-        illiq = amihud(np.array(bar_returns), np.array(dollar_volumes))
-
-        quoted_time = sum(b.quoted_time for b in bars)
-        eff_volume = sum(b.eff_volume for b in bars)
+        n_quotes, n_invalid, eff_num, eff_volume, quoted_rel_time, quoted_time = (
+            bars.columns(_ADDITIVE.start, _ADDITIVE.stop).sum(axis=1).tolist()
+        )
         spread = np.array(
             [
-                sum(b.quoted_rel_time for b in bars) / quoted_time if quoted_time else math.nan,
-                2.0 * sum(b.eff_num for b in bars) / eff_volume if eff_volume else math.nan,
-                mid_quote_volatility(np.array([b.end_log_mid for b in bars])),
+                quoted_rel_time / quoted_time if quoted_time else math.nan,
+                2.0 * eff_num / eff_volume if eff_volume else math.nan,
+                mid_quote_volatility(bars.column(_END_LOG_MID)),
             ]
         )
         if not quoted_time:
             flags.append("no_valid_quote")
-        if any(b.n_invalid_quotes for b in bars):
+        if n_invalid:
             flags.append("invalid_quotes_filtered")
 
-        profile = volume_at_price(prices, sizes)
+        profile = volume_at_price(trades.column(_PRICE), trades.column(_SIZE))
         state = self._ssr.state_at(end_ns)
         one_hot = np.zeros(len(SsrLuldState))
         one_hot[state] = 1.0
         regime = np.concatenate([[realized.tsrv, realized.bpv, illiq], one_hot, profile, spread])  # [20]
 
         if self._bars_closed >= params.pattern_bars:
-            vector = pattern_vector(
-                np.array(self._hist_returns),
-                np.array(self._hist_volumes),
-                np.array(self._hist_spreads),
-                np.array(self._hist_trades),
-            )
+            vector = self._pattern()
             self._pending.append(
                 _PendingPattern(
                     end_ns - params.pattern_bars * params.bar_ns,
@@ -433,8 +568,8 @@ class SymbolFeatures:
             symbol=self.symbol,
             window_start_ns=start_ns,
             window_end_ns=end_ns,
-            n_trades=int(prices.size),
-            n_quotes=sum(b.n_quotes for b in bars),
+            n_trades=n_trades,
+            n_quotes=int(n_quotes),
             rv=realized.rv,
             tsrv=realized.tsrv,
             bpv=realized.bpv,
@@ -447,6 +582,31 @@ class SymbolFeatures:
             matured=matured,
             flags=tuple(flags),
         )
+
+    def _window_amihud(self) -> float:
+        """``1e6 * mean_b |r_b| / DV_b`` over the window's traded bars (definition in ``liquidity``) from the
+        per-bar terms: ``r_b`` runs from the previous traded bar's last price, except for the window's first
+        traded bar, whose return runs from its own first trade (nothing before the window leaks in)."""
+        bars = self._bars
+        traded = bars.column(_N_TRADES).nonzero()[0]
+        first = int(traded[0])
+        total = float(bars.column(_ILLIQ_PREV)[first + 1 :].sum()) + float(bars.column(_ILLIQ_OPEN)[first])
+        return AMIHUD_SCALE * total / traded.size
+
+    def _pattern(self) -> np.ndarray:
+        """The pattern vector of the last ``pattern_bars`` bars; after that many quiet bars in a row its inputs
+        are constant (zero returns, volumes and trades, NaN spreads), so the vector is computed once per run."""
+        if self._idle_pattern is not None:
+            return self._idle_pattern.copy()  # records never share an array
+        vector = pattern_vector(
+            np.array(self._hist_returns),
+            np.array(self._hist_volumes),
+            np.array(self._hist_spreads),
+            np.array(self._hist_trades),
+        )
+        if self._quiet_bars >= self.params.pattern_bars:
+            self._idle_pattern = vector
+        return vector
 
 
 def replay(

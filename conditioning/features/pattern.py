@@ -35,11 +35,17 @@ RV_FLOOR = 1e-12
 def _zscore(x: np.ndarray) -> np.ndarray:
     finite = np.isfinite(x)
     out = np.zeros_like(x)
-    if finite.sum() < 2:
+    v = x[finite]
+    m = v.shape[0]
+    if m < 2:
         return out
-    mean, sd = x[finite].mean(), x[finite].std()
+    # sum/dot rather than mean()/std(): on 32 elements numpy's reductions are mostly call overhead, and this
+    # runs at every bar close of every symbol.
+    mean = v.sum() / m
+    d = v - mean
+    sd = math.sqrt(d.dot(d) / m)
     if sd > 0.0:
-        out[finite] = (x[finite] - mean) / sd
+        out[finite] = d / sd
     return out
 
 

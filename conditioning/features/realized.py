@@ -157,11 +157,13 @@ def huang_tauchen_z(rv: float, bpv: float, tq: float, n: int) -> float:
 
 
 def realized_measures(
-    log_prices: np.ndarray, *, k: int | None = None, min_returns: int = DEFAULT_MIN_RETURNS
+    log_prices: np.ndarray, *, k: int | None = None, min_returns: int = DEFAULT_MIN_RETURNS, jump_test: bool = True
 ) -> RealizedMeasures:
     """RV, BPV, TSRV (eq. 64) and the Huang-Tauchen z of one window of log prices ``Y_0..Y_n``.
 
-    ``k`` fixes the number of TSRV subsamples; ``None`` chooses it with :func:`choose_tsrv_k`. With fewer than
+    ``jump_test=False`` skips the z statistic (NaN), whose tripower quarticity costs as much as the rest together
+    and which the streaming features do not publish. ``k`` fixes the number of TSRV subsamples; ``None``
+    chooses it with :func:`choose_tsrv_k`. With fewer than
     ``max(min_returns, 4)`` returns everything is NaN and ``few_obs`` is flagged; a fixed ``k`` larger than
     ``n // 2`` leaves only TSRV NaN (flag ``few_obs_tsrv``). Never raises on short or constant input.
     """
@@ -191,5 +193,5 @@ def realized_measures(
     else:
         flags.append("few_obs_tsrv")
         tsrv_value, k_used = math.nan, 0
-    z = huang_tauchen_z(rv, bpv, tripower_quarticity(r), n)
+    z = huang_tauchen_z(rv, bpv, tripower_quarticity(r), n) if jump_test else math.nan
     return RealizedMeasures(n, rv, bpv, tsrv_value, k_used, z, tuple(flags))

@@ -520,7 +520,7 @@ class SymbolFeatures:
             log_prices = self._mids.column(0)
             if log_prices.size:
                 flags.append("mid_quote_prices")
-        realized = realized_measures(log_prices, k=params.tsrv_k, min_returns=params.min_returns)
+        realized = realized_measures(log_prices, k=params.tsrv_k, min_returns=params.min_returns, jump_test=False)
         flags.extend(realized.flags)
         illiq = self._window_amihud() if n_trades else math.nan
 

@@ -54,6 +54,9 @@ from conditioning.features.types import OUTCOME_DIM, Pattern
 RagStatus = Literal["ok", "timeout", "disabled", "empty", "error"]
 
 OVERFETCH = 4
+#: Up to this many eligible entries, the point-in-time fallback is an exact numpy search over them (an hnswlib
+#: filter calls back into Python for every node it visits: ~4 ms a row on a 10k index when few entries pass).
+EXACT_MAX = 4_096
 SUMMARY_DIM = 2 * OUTCOME_DIM + 2
 HEAD_HIDDEN = 64
 
@@ -170,8 +173,14 @@ class PatternRAG(nn.Module):
         self._end_ns = np.zeros(n, dtype=np.int64)
         self._outcome_end_ns = np.zeros(n, dtype=np.int64)
         self._outcome = np.zeros((n, OUTCOME_DIM), dtype=np.float32)
+        self._unit = np.zeros((n, self.pattern_dim), dtype=np.float32)  # unit-norm copies, for exact search
         self._outcome_mean = np.zeros(OUTCOME_DIM, dtype=np.float32)
         self._outcome_std = np.ones(OUTCOME_DIM, dtype=np.float32)
+
+    def clear_library(self) -> None:
+        """Empty the library (an exclusive update: running queries finish first)."""
+        with self._lock.write():
+            self._reset_library()
 
     @property
     def size(self) -> int:
@@ -207,6 +216,7 @@ class PatternRAG(nn.Module):
         with self._lock.write():
             slots = (self._total + np.arange(len(patterns))) % self.max_patterns  # [n]
             self._index.add_items(vectors, slots)  # an existing label is updated in place
+            self._unit[slots] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
             self._symbol[slots] = [p.symbol for p in patterns]
             self._start_ns[slots] = [p.start_ns for p in patterns]
             self._end_ns[slots] = [p.end_ns for p in patterns]
@@ -258,6 +268,9 @@ class PatternRAG(nn.Module):
             for key in ("start_ns", "end_ns", "outcome_end_ns", "outcome"):
                 getattr(self, f"_{key}")[:n] = meta[key]
             if n:
+                vectors = np.asarray(index.get_items(np.arange(n)), dtype=np.float32)  # [n, D]
+                self._unit[:n] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+            if n:
                 self._outcome_mean = meta["outcome"].mean(axis=0)
                 self._outcome_std = np.maximum(meta["outcome"].std(axis=0), 1e-8).astype(np.float32)
 
@@ -298,12 +311,22 @@ class PatternRAG(nn.Module):
         for i in range(len(query)):
             keep_l, keep_d = labels[i, ok[i]][:k], dist[i, ok[i]][:k]
             eligible = int(np.count_nonzero(self._outcome_end_ns[:n] <= starts[i]))
-            if len(keep_l) < min(k, eligible):  # over-fetch was not enough: exact filtered search
+            if len(keep_l) < min(k, eligible) <= EXACT_MAX:  # over-fetch was not enough, few are eligible
+                keep_l, keep_d = self._exact_known(query[i], int(starts[i]), min(k, eligible), n)
+            elif len(keep_l) < min(k, eligible):  # over-fetch was not enough: filtered graph search
                 known = partial(_known_by, self._outcome_end_ns, int(starts[i]))
                 keep_l, keep_d = self._knn(query[i : i + 1], min(k, eligible), known)
                 keep_l, keep_d = keep_l[0].astype(np.int64), keep_d[0]
             out_l[i, : len(keep_l)], out_d[i, : len(keep_d)] = keep_l, keep_d
         return out_l, out_d
+
+    def _exact_known(self, query: np.ndarray, start_ns: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact cosine k-NN among the entries known by ``start_ns``: labels ``[k]`` int64, distances ``[k]``."""
+        labels = np.flatnonzero(self._outcome_end_ns[:n] <= start_ns)  # [E]
+        norm = float(np.linalg.norm(query))
+        dist = 1.0 - self._unit[labels] @ (query / norm if norm > 0 else query)  # [E]
+        order = np.argsort(dist, kind="stable")[:k]
+        return labels[order].astype(np.int64), dist[order].astype(np.float32)
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_guard:

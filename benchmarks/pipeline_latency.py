@@ -1,0 +1,152 @@
+"""End-to-end latency through the replay dataflow: per bar batch and per context, primary and fail-open paths.
+
+Writes benchmarks/results/pipeline_latency.json. Run: ``.venv/bin/python benchmarks/pipeline_latency.py``.
+
+The graph is ``flows.replay.build_replay_flow`` run by ``flows.runner.run_process`` (one worker), with the
+shipped default model and every conditioning path on, but with a **live-mode** engine
+(``load_engine(cfg, deterministic=False)``): retrieval has its real ``timeout_ms`` deadline and each context
+carries its stage latencies. Measured:
+
+- ``batch_ms``: wall time of one inference step (``ContextEngine.drafts``: normalisation, regime classifier,
+  retrieval, fusion, library update) per bar batch (the bars that close together; ``batch_size`` given);
+- ``context_total_ms``: per context, the model latency its batch took (``StageLatencies.total_ms``: feature
+  stacking + regime + RAG + fusion), with the stage split ``regime_ms`` / ``rag_ms``;
+- ``replay_s``, ``contexts_per_s``: the whole replay, ticks to merged JSONL, wall clock.
+
+Workloads: the real TAQ sample (one stock, two days: one bar per batch) and a simulated day of 20 symbols
+(~20 bars per batch). Fail-open: the same simulated day with the index search slowed past the deadline (each
+``PatternRAG._knn`` call sleeps ``timeout_ms + 40`` ms first), so every batch waits out ``timeout_ms`` and falls
+back to the regime part (``rag_status = timeout``). Budgets (spec): < 100 ms primary, < 80 ms fail-open.
+Bar-to-emit lag is not reported: in replay, event time is history, not now.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from conditioning.sim.market import MarketConfig, simulate_market
+from flows.config import AppConfig, load_config
+from flows.contexts import ContextEngine, load_engine
+from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
+from flows.runner import run_process
+from schemas.records import ContextRecord
+
+OUT = Path(__file__).resolve().parent / "results" / "pipeline_latency.json"
+SHARED = Path(os.environ.get("HRMCOND_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SLOW_EXTRA_MS = 40
+
+
+def all_flags_config() -> AppConfig:
+    cfg = load_config(env={})
+    cond = cfg.conditioning.model_copy(
+        update={"enable_regime": True, "enable_rag": True, "enable_hybrid": True, "fail_open": True}
+    )
+    return cfg.model_copy(update={"conditioning": cond})
+
+
+def pct(values) -> dict[str, float]:
+    v = np.asarray(values, dtype=np.float64)
+    p50, p99 = np.percentile(v, [50, 99])
+    return {"p50_ms": float(p50), "p99_ms": float(p99), "max_ms": float(v.max()), "n": int(v.size)}
+
+
+def timed_engine(cfg: AppConfig, slow_rag: bool) -> tuple[ContextEngine, list[tuple[int, float]]]:
+    """A live-mode engine whose ``drafts`` calls are timed: ``[(batch size, ms)]``."""
+    engine = load_engine(cfg, deterministic=False)
+    calls: list[tuple[int, float]] = []
+    drafts = engine.drafts
+
+    def timed(bars):
+        t0 = time.perf_counter()
+        out = drafts(bars)
+        calls.append((len(bars), (time.perf_counter() - t0) * 1e3))
+        return out
+
+    engine.drafts = timed
+    if slow_rag:
+        rag = engine.system.pattern_rag
+        knn = rag._knn
+        delay = (cfg.conditioning.rag.timeout_ms + SLOW_EXTRA_MS) / 1e3
+
+        def slow_knn(*args, **kwargs):
+            time.sleep(delay)
+            return knn(*args, **kwargs)
+
+        rag._knn = slow_knn
+    return engine, calls
+
+
+def run(cfg: AppConfig, ticks, reference, slow_rag: bool) -> dict:
+    engine, calls = timed_engine(cfg, slow_rag)
+    with tempfile.TemporaryDirectory() as tmp:
+        outputs = ReplayOutputs(contexts=Path(tmp) / "contexts.jsonl")
+        t0 = time.perf_counter()
+        run_process(build_replay_flow(cfg, ticks, reference, outputs, engine=engine))
+        finish_replay(outputs)
+        wall = time.perf_counter() - t0
+        with open(outputs.contexts, "rb") as f:
+            records = [ContextRecord.model_validate_json(line) for line in f if line.strip()]
+    engine.system.pattern_rag.close()
+    lat = [r.latency for r in records]
+    sizes = np.array([b for b, _ in calls])
+    return {
+        "ticks": ticks.num_rows,
+        "contexts": len(records),
+        "rag_status": dict(Counter(r.rag_status for r in records)),
+        "replay_s": wall,
+        "contexts_per_s": len(records) / wall,
+        "batches": len(calls),
+        "batch_size": {"mean": float(sizes.mean()), "max": int(sizes.max())},
+        "batch_ms": pct([ms for _, ms in calls]),
+        "batch_ms_per_bar": pct([ms / b for b, ms in calls]),
+        "context_total_ms": pct([x.total_ms for x in lat]),
+        "context_regime_ms": pct([x.regime_ms for x in lat]),
+        "context_rag_ms": pct([x.rag_ms for x in lat]),
+    }
+
+
+def main() -> None:
+    from flows.sources.taq import read_taq
+
+    cfg = all_flags_config()
+    workloads = {}
+    taq = read_taq(SHARED / "taq_XXX_20180102-03_trades.csv.gz", SHARED / "taq_XXX_20180102-03_quotes.csv.gz")
+    workloads["taq_real_1_symbol_2_days"] = (taq, ())
+    market = simulate_market(MarketConfig(n_symbols=20, n_days=1, seed=7, start=dt.date(2024, 3, 4)))
+    workloads["sim_20_symbols_1_day"] = (market.ticks, market.reference)
+    results = {}
+    for name, (ticks, reference) in workloads.items():
+        results[f"{name}/primary"] = run(cfg, ticks, reference, slow_rag=False)
+        print(name, "primary", json.dumps({k: results[f"{name}/primary"][k] for k in ("batch_ms", "rag_status")}))
+    results["sim_20_symbols_1_day/fail_open_slow_rag"] = run(cfg, market.ticks, market.reference, slow_rag=True)
+    print("fail-open", json.dumps(results["sim_20_symbols_1_day/fail_open_slow_rag"]["batch_ms"]))
+    report = {
+        "budgets_ms": {"primary": 100, "fail_open": 80},
+        "setup": {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                  "machine": platform.machine(), "python": platform.python_version(),
+                  "rag_timeout_ms": cfg.conditioning.rag.timeout_ms, "slow_rag_sleep_ms":
+                  cfg.conditioning.rag.timeout_ms + SLOW_EXTRA_MS, "model": str(cfg.model.dir.name),
+                  "bar_ms": cfg.pipeline.bar_ms, "workers": 1},
+        "results": results,
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(report, indent=2))
+    for name, r in results.items():
+        print(f"{name}: batch p50/p99 {r['batch_ms']['p50_ms']:.2f}/{r['batch_ms']['p99_ms']:.2f} ms "
+              f"(mean batch {r['batch_size']['mean']:.1f}), context total p50/p99 "
+              f"{r['context_total_ms']['p50_ms']:.2f}/{r['context_total_ms']['p99_ms']:.2f} ms, "
+              f"{r['contexts_per_s']:.0f} contexts/s, rag {r['rag_status']}")
+
+
+if __name__ == "__main__":
+    main()

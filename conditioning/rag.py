@@ -311,7 +311,7 @@ class PatternRAG(nn.Module):
         for i in range(len(query)):
             keep_l, keep_d = labels[i, ok[i]][:k], dist[i, ok[i]][:k]
             eligible = int(np.count_nonzero(self._outcome_end_ns[:n] <= starts[i]))
-            if len(keep_l) < min(k, eligible) <= EXACT_MAX:  # over-fetch was not enough, few are eligible
+            if len(keep_l) < min(k, eligible) and eligible <= EXACT_MAX:  # over-fetch fell short, few are eligible
                 keep_l, keep_d = self._exact_known(query[i], int(starts[i]), min(k, eligible), n)
             elif len(keep_l) < min(k, eligible):  # over-fetch was not enough: filtered graph search
                 known = partial(_known_by, self._outcome_end_ns, int(starts[i]))

@@ -31,11 +31,12 @@ from safetensors.torch import load_file, save_file
 from conditioning.config import ConditioningConfig
 from conditioning.features.types import FEATURE_LAYOUT_VERSION
 from conditioning.system import ConditioningSystem
+from schemas.errors import HrmcondError
 
 MANIFEST_FORMAT = 1
 
 
-class ArtifactMismatchError(ValueError):
+class ArtifactMismatchError(HrmcondError, ValueError):
     """A model directory does not match what the loader expects."""
 
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from conditioning.config import ConditioningConfig
 from conditioning.features.types import REGIME_FEATURE_DIM
 from conditioning.film import FiLMLayer
-from conditioning.rag import PatternRAG, RagStatus
+from conditioning.rag import PatternRAG, RagStatus, Retrieval
 from conditioning.regime import RegimeClassifier
 
 FEATURE_KEYS = ("regime_features", "pattern_features")
@@ -99,7 +99,8 @@ class ConditioningSystem(nn.Module):
             raise ValueError(f"features must hold at least one tensor, all with one batch size; got {sizes}")
         return next(iter(sizes.values()))
 
-    def _run(self, features: dict[str, Tensor], query_windows: np.ndarray | Tensor | None) -> ConditioningOutput:
+    def _run(self, features: dict[str, Tensor], query_windows: np.ndarray | Tensor | None,
+             timeout_ms: float | None = None) -> ConditioningOutput:
         t0 = time.perf_counter()
         batch = self._batch(features)
         ref = self.regime_proj.weight
@@ -111,16 +112,16 @@ class ConditioningSystem(nn.Module):
         t1 = time.perf_counter()
         rag_ctx, status, has_neighbours = None, "disabled", None
         if self.enable_rag:
-            retrieval = self.pattern_rag.retrieve(
-                features["pattern_features"], self.config.rag.timeout_ms, query_windows
-            )
+            budget_ms = self.config.rag.timeout_ms if timeout_ms is None else timeout_ms
+            retrieval = (self.pattern_rag.retrieve(features["pattern_features"], budget_ms, query_windows)
+                         if budget_ms > 0 else Retrieval("timeout"))  # the caller's deadline has passed
             status = retrieval.status
             if status == "ok":
                 rag_ctx = self.pattern_rag.project(retrieval)  # [B, C]
                 has_neighbours = torch.as_tensor(retrieval.valid.any(axis=1), device=ref.device)[:, None]
             elif status in ("timeout", "error") and not self.fail_open:
                 raise RagUnavailableError(
-                    f"pattern retrieval {status} (timeout_ms={self.config.rag.timeout_ms}) with fail_open=false"
+                    f"pattern retrieval {status} (timeout_ms={budget_ms}) with fail_open=false"
                 ) from retrieval.error
         t2 = time.perf_counter()
         if regime_ctx is None and rag_ctx is None:
@@ -143,9 +144,10 @@ class ConditioningSystem(nn.Module):
         return self._run(features, None).context
 
     @torch.no_grad()
-    def condition(self, features: dict[str, Tensor],
-                  query_windows: np.ndarray | Tensor | None = None) -> ConditioningOutput:
+    def condition(self, features: dict[str, Tensor], query_windows: np.ndarray | Tensor | None = None,
+                  timeout_ms: float | None = None) -> ConditioningOutput:
         """Inference for the dataflow, once per bar batch: the context plus regime probabilities, RAG status
         and per-stage latencies (ms). ``query_windows [B, 2]`` int64 ``(start_ns, end_ns)`` makes retrieval
-        point-in-time (see rag.py)."""
-        return self._run(features, query_windows)
+        point-in-time (see rag.py). ``timeout_ms`` overrides ``rag.timeout_ms`` for this call (a caller that
+        splits a batch passes what is left of one deadline; 0 = already past it, fail open at once)."""
+        return self._run(features, query_windows, timeout_ms)

@@ -1,6 +1,7 @@
 """Training functions behind the CLI (``hrmcond train-regime``, ``build-patterns``, ``audit-leakage``).
 
-Weak labels. The first regime model learns rules over the RAW 20-d features (``REGIME_FEATURE_NAMES``) plus
+Weak labels. The first regime model learns rules over the un-normalised 20-d features (``REGIME_FEATURE_NAMES``:
+TSRV, BPV and Amihud relative to the symbol's own trailing baseline, so "high" means high for that stock) plus
 one statistic the features do not hold, ``trend_score`` (e.g. the lookback log return / sqrt(realised
 variance), or the first-order return autocorrelation: positive = trending, negative = mean reverting).
 Thresholds are quantiles of the *training* split, kept in ``LabelRules`` (and in the artifact). First matching
@@ -8,9 +9,9 @@ rule wins:
 
 1. ``luld_active``: the LULD_LIMIT or HALTED one-hot is set;
 2. ``ssr_active``: the SSR_ACTIVE one-hot is set;
-3. ``illiquid``: amihud >= its 90% quantile;
-4. ``high_vol``: tsrv or bpv >= its 80% quantile;
-5. ``low_vol``: tsrv and bpv both <= their 20% quantiles;
+3. ``illiquid``: log_amihud_rel >= its 90% quantile;
+4. ``high_vol``: log_tsrv_rel or log_bpv_rel >= its 80% quantile;
+5. ``low_vol``: log_tsrv_rel and log_bpv_rel both <= their 20% quantiles;
 6. ``trending``: trend_score >= its 80% quantile;
 7. ``mean_reverting``: trend_score <= its 20% quantile;
 8. ``normal``: otherwise.
@@ -64,14 +65,14 @@ class LabelRules:
     def fit(cls, raw: np.ndarray, trend_score: np.ndarray) -> LabelRules:
         raw, trend_score = _check_raw(raw, trend_score)
         q = np.quantile
-        tsrv, bpv, amihud = raw[:, _COL["tsrv"]], raw[:, _COL["bpv"]], raw[:, _COL["amihud"]]
+        tsrv, bpv, amihud = (raw[:, _COL[f"log_{name}_rel"]] for name in ("tsrv", "bpv", "amihud"))
         return cls(float(q(tsrv, 0.8)), float(q(tsrv, 0.2)), float(q(bpv, 0.8)), float(q(bpv, 0.2)),
                    float(q(amihud, 0.9)), float(q(trend_score, 0.8)), float(q(trend_score, 0.2)))
 
     def apply(self, raw: np.ndarray, trend_score: np.ndarray) -> np.ndarray:
         """``raw [N, 20]``, ``trend_score [N]`` -> regime index ``[N]`` (int64)."""
         raw, trend_score = _check_raw(raw, trend_score)
-        tsrv, bpv, amihud = raw[:, _COL["tsrv"]], raw[:, _COL["bpv"]], raw[:, _COL["amihud"]]
+        tsrv, bpv, amihud = (raw[:, _COL[f"log_{name}_rel"]] for name in ("tsrv", "bpv", "amihud"))
         rules = [  # first match wins
             ("luld_active", (raw[:, _COL["ssr_luld_luld_limit"]] > 0.5) | (raw[:, _COL["ssr_luld_halted"]] > 0.5)),
             ("ssr_active", raw[:, _COL["ssr_luld_ssr_active"]] > 0.5),

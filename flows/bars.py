@@ -50,6 +50,7 @@ def feature_params(cfg: PipelineConfig) -> FeatureParams:
         tsrv_k=cfg.tsrv_k,
         pattern_bars=cfg.pattern_bars,
         pattern_horizon_bars=cfg.pattern_horizon_bars,
+        baseline_halflife_bars=cfg.baseline_halflife_bars,
     )
 
 

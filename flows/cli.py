@@ -270,11 +270,13 @@ def cmd_audit_leakage(args: argparse.Namespace) -> None:
     for name, out in outputs.items():
         rep = audit_leakage(out, ids, episodes, n_permutations=args.permutations, seed=args.seed)
         o, c = rep.observed, rep.control
-        print(f"- {name}: MI {o.mi_bits:.4f} bits (null {o.null_mean_bits:.4f}, excess {o.excess_bits:+.4f}, "
-              f"p={o.p_value:.3f}) -> {'LEAK' if o.flagged else 'no leak'}; positive control: excess "
-              f"{c.excess_bits:+.4f} bits, p={c.p_value:.3f} -> {'caught' if c.flagged else 'MISSED'}")
-        failed |= not rep.passed
-    print("audit " + ("FAILED" if failed else "passed") + " (threshold 0.1 bits)")
+        verdict = "LEAK" if o.excess_bits >= rep.max_bits else "within budget"
+        detect = "detectable" if o.p_value < 0.05 else "not detectable"
+        print(f"- {name}: MI {o.mi_bits:.4f} bits (null {o.null_mean_bits:.4f}, excess {o.excess_bits:+.4f} bits, "
+              f"{detect} at p={o.p_value:.3f}) -> {verdict}; positive control: excess {c.excess_bits:+.4f} bits, "
+              f"p={c.p_value:.3f} -> {'caught' if c.flagged else 'MISSED'}")
+        failed |= not rep.within_budget
+    print("audit " + ("FAILED" if failed else "passed") + " (excess MI < 0.1 bits, positive control caught)")
     if failed:
         raise SystemExit(1)
 

@@ -56,6 +56,8 @@ class PipelineConfig(_Strict):
     tsrv_k: int | None = Field(None, ge=1)
     pattern_bars: int = Field(32, ge=2)
     pattern_horizon_bars: int = Field(5, ge=1)
+    #: Half-life of the per-symbol level baselines in bars (conditioning/features/baseline.py).
+    baseline_halflife_bars: float = Field(1_950.0, gt=0)
     #: Add matured patterns to the RAG library while running. Each worker updates its own copy, so with
     #: several workers retrieval (and the output) depends on how symbols are spread; off = frozen library.
     rag_online_updates: bool = True

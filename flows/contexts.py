@@ -101,7 +101,11 @@ class ContextEngine:
 
     def drafts(self, bars: list[BarFeatures]) -> tuple[list[tuple[str, ContextDraft]], list[Pattern]]:
         """Condition a batch; returns the drafts and the patterns this batch added to the library."""
-        drafts = [d for start in range(0, len(bars), INFER_ROWS) for d in self._chunk(bars[start:start + INFER_ROWS])]
+        # One retrieval deadline for the whole batch: chunks after it fail open at once instead of each
+        # waiting out its own timeout (N bars would otherwise wait N / INFER_ROWS timeouts).
+        deadline = time.perf_counter() + self.system.config.rag.timeout_ms / 1e3
+        drafts = [d for start in range(0, len(bars), INFER_ROWS)
+                  for d in self._chunk(bars[start:start + INFER_ROWS], deadline)]
         # A pattern from a window without data (all-zero vector) or whose outcome stayed undefined cannot be
         # retrieved meaningfully; it is left out of the library.
         matured = [p for b in bars for p in b.matured
@@ -111,7 +115,7 @@ class ContextEngine:
         self.add_patterns(matured)
         return drafts, matured
 
-    def _chunk(self, bars: list[BarFeatures]) -> list[tuple[str, ContextDraft]]:
+    def _chunk(self, bars: list[BarFeatures], deadline: float) -> list[tuple[str, ContextDraft]]:
         """At most INFER_ROWS bars, padded to exactly INFER_ROWS rows with copies of the first.
 
         Why pad: float32 matrix products give last-bit differences for the same row in batches of different
@@ -127,7 +131,9 @@ class ContextEngine:
         pattern_x = torch.from_numpy(np.stack([b.pattern for b in rows]).astype(np.float32))  # [R, 128]
         windows = np.array([[b.window_start_ns, b.window_end_ns] for b in rows], dtype=np.int64)  # [R, 2]
         t1 = time.perf_counter()
-        out = self.system.condition({"regime_features": regime_x, "pattern_features": pattern_x}, windows)
+        # Replay never races the clock (its generous per-call timeout applies); live shares the batch deadline.
+        left_ms = None if self.deterministic else max(0.0, (deadline - time.perf_counter()) * 1e3)
+        out = self.system.condition({"regime_features": regime_x, "pattern_features": pattern_x}, windows, left_ms)
         features_ms = (t1 - t0) * 1e3
         total_ms = features_ms + out.latency_ms["total"]
         METRICS.context_latency_ms.observe(total_ms)

@@ -68,7 +68,8 @@ class FeatureRecord(_Record):
     ssr_luld_state: SsrLuldName
     volume_profile: Annotated[list[OptFloat], Field(min_length=10, max_length=10)]
     spread: Annotated[list[OptFloat], Field(min_length=3, max_length=3)]
-    #: Raw (unnormalised) 20-d regime features, layout ``conditioning.features.types.REGIME_FEATURE_NAMES``.
+    #: The 20-d regime features before normalisation, layout ``conditioning.features.types.REGIME_FEATURE_NAMES``
+    #: (level features as log ratios to the symbol's trailing baseline; the raw levels are the fields above).
     regime_features: Annotated[list[OptFloat], Field(min_length=REGIME_FEATURE_DIM, max_length=REGIME_FEATURE_DIM)]
     pattern: Annotated[list[float], Field(min_length=PATTERN_DIM, max_length=PATTERN_DIM)]
     #: Patterns whose outcome became known at this bar (what ``hrmcond build-patterns`` learns from).

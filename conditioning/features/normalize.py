@@ -1,14 +1,11 @@
-"""Offline-fitted normalisation of the 20-d raw regime vector (layout ``types.REGIME_FEATURE_NAMES``).
+"""Offline-fitted normalisation of the 20-d regime vector (layout ``types.REGIME_FEATURE_NAMES``).
 
-Per feature ``j``:
+The heavy-tailed level features already arrive as log ratios to the symbol's baseline (features/baseline.py),
+so per feature ``j`` this is:
 
-1. log transform for the positive, heavy-tailed entries (``LOG_FEATURES``: TSRV, BPV, Amihud, the three
-   spreads): ``x -> log(max(x, floor_j))``, with ``floor_j`` the smallest positive value seen when fitting.
-   TSRV can be <= 0 in a small window (noise dominates) and a spread or mid volatility can be 0: clamping
-   them to the fitted floor keeps them at the low end of the scale instead of turning them into NaN;
-2. z-score ``(x - mean_j) / std_j`` with statistics fitted offline on the training set (finite values only;
+1. z-score ``(x - mean_j) / std_j`` with statistics fitted offline on the training set (finite values only;
    ``std_j = 1`` when a feature is constant), then NaN -> 0, i.e. a missing value is imputed as the fitted mean;
-3. the SSR/LULD one-hot is passed through untouched (it is already on a unit scale and must stay exact).
+2. the SSR/LULD one-hot is passed through untouched (it is already on a unit scale and must stay exact).
 
 The fitted statistics travel with the model artifacts as JSON (:meth:`FeatureNormalizer.to_dict`), tagged
 with ``FEATURE_LAYOUT_VERSION``; loading statistics of another layout is an error.
@@ -23,12 +20,8 @@ import numpy as np
 
 from conditioning.features.types import FEATURE_LAYOUT_VERSION, REGIME_FEATURE_DIM, REGIME_FEATURE_NAMES
 
-LOG_FEATURES: frozenset[str] = frozenset(
-    {"tsrv", "bpv", "amihud", "spread_quoted_rel_tw", "spread_effective_rel_vw", "spread_mid_vol"}
-)
 PASSTHROUGH_FEATURES: frozenset[str] = frozenset(n for n in REGIME_FEATURE_NAMES if n.startswith("ssr_luld_"))
 
-_LOG_MASK = np.array([n in LOG_FEATURES for n in REGIME_FEATURE_NAMES])
 _PASS_MASK = np.array([n in PASSTHROUGH_FEATURES for n in REGIME_FEATURE_NAMES])
 
 
@@ -45,7 +38,6 @@ def _check_matrix(x: np.ndarray) -> np.ndarray:
 class FeatureNormalizer:
     """Fitted statistics (``[20]`` arrays); build with :meth:`fit` or :meth:`from_dict`."""
 
-    floor: np.ndarray  # log floor per feature (1.0 where no log transform)
     mean: np.ndarray
     std: np.ndarray
 
@@ -53,38 +45,22 @@ class FeatureNormalizer:
     def fit(cls, x: np.ndarray) -> FeatureNormalizer:
         """Fit on raw features ``x`` [N, 20] (NaN allowed; a feature needs at least one finite value)."""
         x = _check_matrix(x)
-        floor = np.ones(REGIME_FEATURE_DIM)
-        for j in np.flatnonzero(_LOG_MASK):
-            positive = x[:, j][x[:, j] > 0]
-            if positive.size == 0:
-                raise ValueError(f"cannot fit the log floor of {REGIME_FEATURE_NAMES[j]}: no positive value")
-            floor[j] = positive.min()
-        logged = cls._log(x, floor)
         mean = np.zeros(REGIME_FEATURE_DIM)
         std = np.ones(REGIME_FEATURE_DIM)
         for j in np.flatnonzero(~_PASS_MASK):
-            col = logged[:, j][np.isfinite(logged[:, j])]
+            col = x[:, j][np.isfinite(x[:, j])]
             if col.size == 0:
                 raise ValueError(f"cannot fit {REGIME_FEATURE_NAMES[j]}: no finite value")
             mean[j] = col.mean()
             sd = col.std()
             std[j] = sd if sd > 0 else 1.0
-        return cls(floor, mean, std)
-
-    @staticmethod
-    def _log(x: np.ndarray, floor: np.ndarray) -> np.ndarray:
-        out = x.copy()
-        cols = out[:, _LOG_MASK]
-        finite = np.isfinite(cols)
-        cols[finite] = np.log(np.maximum(cols[finite], np.broadcast_to(floor[_LOG_MASK], cols.shape)[finite]))
-        out[:, _LOG_MASK] = cols
-        return out
+        return cls(mean, std)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Normalised float32 features: [20] -> [20] or [N, 20] -> [N, 20] (see the module docstring)."""
         single = np.ndim(x) == 1
         m = _check_matrix(np.atleast_2d(x))
-        z = (self._log(m, self.floor) - self.mean) / self.std
+        z = (m - self.mean) / self.std
         z[:, _PASS_MASK] = m[:, _PASS_MASK]
         z = np.nan_to_num(z, nan=0.0)
         return (z[0] if single else z).astype(np.float32)
@@ -94,7 +70,6 @@ class FeatureNormalizer:
         return {
             "layout_version": FEATURE_LAYOUT_VERSION,
             "feature_names": list(REGIME_FEATURE_NAMES),
-            "floor": self.floor.tolist(),
             "mean": self.mean.tolist(),
             "std": self.std.tolist(),
         }
@@ -111,11 +86,11 @@ class FeatureNormalizer:
         if tuple(d.get("feature_names", ())) != REGIME_FEATURE_NAMES:
             raise ValueError(f"normaliser feature names {d.get('feature_names')!r} differ from REGIME_FEATURE_NAMES")
         arrays = {}
-        for key in ("floor", "mean", "std"):
+        for key in ("mean", "std"):
             a = np.asarray(d[key], dtype=np.float64)
             if a.shape != (REGIME_FEATURE_DIM,) or not np.all(np.isfinite(a)):
                 raise ValueError(f"normaliser {key} must be {REGIME_FEATURE_DIM} finite numbers, got {d[key]!r}")
             arrays[key] = a
-        if np.any(arrays["std"] <= 0) or np.any(arrays["floor"] <= 0):
-            raise ValueError("normaliser std and floor must be > 0")
+        if np.any(arrays["std"] <= 0):
+            raise ValueError("normaliser std must be > 0")
         return cls(**arrays)

@@ -46,12 +46,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from conditioning.features.baseline import LevelBaseline
 from conditioning.features.liquidity import AMIHUD_SCALE
 from conditioning.features.pattern import PATTERN_BARS, pattern_outcome, pattern_vector
-from conditioning.features.realized import DEFAULT_MIN_RETURNS, realized_measures
+from conditioning.features.realized import DEFAULT_MIN_RETURNS, RealizedMeasures, realized_measures
 from conditioning.features.spreads import is_valid_quote, mid_quote_volatility
 from conditioning.features.ssr_luld import SsrLuldTracker
-from conditioning.features.types import PATTERN_DIM, Pattern, SsrLuldState
+from conditioning.features.types import LEVEL_FEATURES, PATTERN_DIM, Pattern, SsrLuldState
 from conditioning.features.volume_profile import volume_at_price
 
 
@@ -66,6 +67,8 @@ class FeatureParams:
     - ``pattern_horizon_bars``: bars after a pattern's end at which its outcome is known.
     - ``min_returns``: fewest returns in a window for RV/BPV/TSRV (fewer: NaN and ``few_obs``).
     - ``quote_stale_ns``: a quote older than this neither accrues time weight nor prices a trade.
+    - ``baseline_halflife_bars``: half-life of the per-symbol level baselines (features/baseline.py); the
+      default, 1,950 one-minute bars, is five regular sessions.
     """
 
     bar_ns: int = 60_000_000_000
@@ -75,6 +78,7 @@ class FeatureParams:
     pattern_horizon_bars: int = 5
     min_returns: int = DEFAULT_MIN_RETURNS
     quote_stale_ns: int = 300_000_000_000
+    baseline_halflife_bars: float = 1_950.0
 
     def __post_init__(self) -> None:
         if self.bar_ns <= 0:
@@ -269,6 +273,7 @@ class SymbolFeatures:
         self._bar_ns = params.bar_ns
         self._stale_ns = params.quote_stale_ns
         self._ssr = SsrLuldTracker(symbol)
+        self._baseline = LevelBaseline(len(LEVEL_FEATURES), params.baseline_halflife_bars)
         self._bar: _OpenBar | None = None
         self._bar_end = -math.inf  # first tick or close opens the first bar
         self._floor = -math.inf  # earliest admissible tick time
@@ -287,6 +292,7 @@ class SymbolFeatures:
         # closed bars in a row without a trade and without quote time: from pattern_bars on, the pattern
         # inputs are constant, and _idle_pattern caches the vector computed from them
         self._quiet_bars = 0
+        self._last_bar_had_ticks = False  # the level baselines only learn from bars with ticks
         self._idle_pattern: np.ndarray | None = None
         self._log_price = math.nan  # log of the last trade price seen
         n = params.pattern_bars
@@ -405,6 +411,8 @@ class SymbolFeatures:
         while self._bar_end <= window_end_ns:
             if self._pending or not self._open_bar_is_idle():
                 self._close_open_bar()
+                if self._last_bar_had_ticks and self._bar_end <= window_end_ns:
+                    self._learn_levels()
             else:  # no pattern to mature: every remaining bar is idle, close them at once
                 self._close_idle_bars((window_end_ns - self._bar_end) // self._bar_ns + 1)
         return self._window_features(window_end_ns)
@@ -452,6 +460,7 @@ class SymbolFeatures:
         )
         spread = bar.quoted_rel_time / bar.quoted_time if bar.quoted_time else math.nan
         self._record_history(ret_prev if n else self._log_price - self._log_price, volume, spread, float(n))
+        self._last_bar_had_ticks = bool(n or bar.n_quotes)
         if n or bar.quoted_time:
             self._quiet_bars, self._idle_pattern = 0, None
         else:
@@ -468,6 +477,7 @@ class SymbolFeatures:
         for _ in range(min(k, self.params.pattern_bars)):
             self._record_history(self._log_price - self._log_price, 0.0, math.nan, 0.0)
         self._quiet_bars += k
+        self._last_bar_had_ticks = False
         self._bars_closed += k
         self._open_bar(self._bar_end + (k - 1) * self._bar_ns)
 
@@ -507,14 +517,11 @@ class SymbolFeatures:
                 )
             )
 
-    def _window_features(self, end_ns: int) -> BarFeatures:
-        params = self.params
-        bars, trades = self._bars, self._trades  # exactly the window's bars (fewer only at the start of the stream)
-        start_ns = end_ns - params.lookback_ns
+    def _window_levels(self) -> tuple[RealizedMeasures, float, np.ndarray, list[str], float]:
+        """The trailing window's realized measures, Amihud, the three spreads, flags and its quote count."""
+        params, bars, trades = self.params, self._bars, self._trades
         flags: list[str] = []
-        n_trades = len(trades)
-
-        if n_trades:
+        if len(trades):
             log_prices = trades.column(_LOG_PRICE)
         else:
             log_prices = self._mids.column(0)
@@ -522,7 +529,7 @@ class SymbolFeatures:
                 flags.append("mid_quote_prices")
         realized = realized_measures(log_prices, k=params.tsrv_k, min_returns=params.min_returns, jump_test=False)
         flags.extend(realized.flags)
-        illiq = self._window_amihud() if n_trades else math.nan
+        illiq = self._window_amihud() if len(trades) else math.nan
 
         n_quotes, n_invalid, eff_num, eff_volume, quoted_rel_time, quoted_time = (
             bars.columns(_ADDITIVE.start, _ADDITIVE.stop).sum(axis=1).tolist()
@@ -538,12 +545,31 @@ class SymbolFeatures:
             flags.append("no_valid_quote")
         if n_invalid:
             flags.append("invalid_quotes_filtered")
+        return realized, illiq, spread, flags, n_quotes
+
+    def _learn_levels(self) -> np.ndarray:
+        """This window's level features relative to the symbol's baselines (features/baseline.py). Only a bar
+        with ticks teaches the baselines: an idle stretch (night, halt) says nothing about the normal level.
+        ``close_bar`` lets every bar with ticks teach them, also one it closes on the way to a later end, so the
+        result does not depend on how the caller spaces its ``close_bar`` calls."""
+        realized, illiq, spread, _, _ = self._window_levels()
+        levels = np.array([realized.tsrv, realized.bpv, illiq, *spread])  # [6], LEVEL_FEATURES
+        return self._baseline.relative(levels, update=self._last_bar_had_ticks)
+
+    def _window_features(self, end_ns: int) -> BarFeatures:
+        params = self.params
+        trades = self._trades  # exactly the window's bars (fewer only at the start of the stream)
+        start_ns = end_ns - params.lookback_ns
+        n_trades = len(trades)
+        realized, illiq, spread, flags, n_quotes = self._window_levels()
 
         profile = volume_at_price(trades.column(_PRICE), trades.column(_SIZE))
         state = self._ssr.state_at(end_ns)
         one_hot = np.zeros(len(SsrLuldState))
         one_hot[state] = 1.0
-        regime = np.concatenate([[realized.tsrv, realized.bpv, illiq], one_hot, profile, spread])  # [20]
+        levels = np.array([realized.tsrv, realized.bpv, illiq, *spread])  # [6], LEVEL_FEATURES
+        rel = self._baseline.relative(levels, update=self._last_bar_had_ticks)  # see _learn_levels
+        regime = np.concatenate([rel[:3], one_hot, profile, rel[3:]])  # [20], layout REGIME_FEATURE_NAMES
 
         if self._bars_closed >= params.pattern_bars:
             vector = self._pattern()

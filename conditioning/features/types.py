@@ -12,7 +12,8 @@ import numpy as np
 
 #: Version of the 20-d regime feature layout and of the 128-d pattern layout. Bump on any change of order,
 #: meaning or units; model artifacts record it and refuse to load against another.
-FEATURE_LAYOUT_VERSION = 1
+#: 2: the six level features are log ratios to the symbol's trailing baseline (features/baseline.py).
+FEATURE_LAYOUT_VERSION = 2
 
 REGIME_FEATURE_DIM = 20
 PATTERN_DIM = 128
@@ -27,16 +28,28 @@ class SsrLuldState(enum.IntEnum):
     HALTED = 3
 
 
-#: Names of the 20 regime features, in vector order (layout version FEATURE_LAYOUT_VERSION).
-REGIME_FEATURE_NAMES: tuple[str, ...] = (
+#: The level features: stock-specific in level, so the regime vector carries them relative to the symbol's own
+#: trailing baseline, as ``log(x / baseline)`` (see features/baseline.py); the raw values stay in the record.
+LEVEL_FEATURES: tuple[str, ...] = (
     "tsrv",
     "bpv",
     "amihud",
-    *(f"ssr_luld_{s.name.lower()}" for s in SsrLuldState),
-    *(f"volume_profile_{i}" for i in range(10)),
     "spread_quoted_rel_tw",
     "spread_effective_rel_vw",
     "spread_mid_vol",
+)
+
+#: Names of the 20 regime features, in vector order (layout version FEATURE_LAYOUT_VERSION). ``log_<x>_rel``
+#: is ``log(x / trailing baseline of x)`` for that symbol; the rest are on their natural scale.
+REGIME_FEATURE_NAMES: tuple[str, ...] = (
+    "log_tsrv_rel",
+    "log_bpv_rel",
+    "log_amihud_rel",
+    *(f"ssr_luld_{s.name.lower()}" for s in SsrLuldState),
+    *(f"volume_profile_{i}" for i in range(10)),
+    "log_spread_quoted_rel_tw_rel",
+    "log_spread_effective_rel_vw_rel",
+    "log_spread_mid_vol_rel",
 )
 assert len(REGIME_FEATURE_NAMES) == REGIME_FEATURE_DIM
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conditioning.features.baseline import LevelBaseline
 from conditioning.features.batch import Ticks
 from conditioning.features.state import FeatureParams, SymbolFeatures
 from conditioning.features.types import OUTCOME_NAMES, PATTERN_DIM, REGIME_FEATURE_DIM, SsrLuldState
@@ -25,9 +26,14 @@ def test_features_have_the_documented_shapes(ticks: Ticks) -> None:
     b = bars[-1]
     assert b.regime_features.shape == (REGIME_FEATURE_DIM,) and b.pattern.shape == (PATTERN_DIM,)
     assert b.pattern.dtype == np.float32 and b.window_end_ns - b.window_start_ns == PARAMS.lookback_ns
-    np.testing.assert_array_equal(b.regime_features[:3], [b.tsrv, b.bpv, b.amihud])
+    # the level features are log ratios to the symbol's trailing baseline, recomputed here from the raw levels
+    base = LevelBaseline(6, PARAMS.baseline_halflife_bars)
+    for x in bars:  # the baseline learns only when the bar that just closed had ticks
+        in_bar = (ticks.ts_ns >= x.window_end_ns - PARAMS.bar_ns) & (ticks.ts_ns < x.window_end_ns)
+        rel = base.relative(np.array([x.tsrv, x.bpv, x.amihud, *x.spread]), update=bool(in_bar.any()))
+    np.testing.assert_allclose(b.regime_features[:3], rel[:3], rtol=1e-12)
+    np.testing.assert_allclose(b.regime_features[17:], rel[3:], rtol=1e-12)
     np.testing.assert_array_equal(b.regime_features[7:17], b.volume_profile)
-    np.testing.assert_array_equal(b.regime_features[17:], b.spread)
     assert b.regime_features[3 + b.ssr_luld_state] == 1.0 and b.regime_features[3:7].sum() == 1.0
     profiles = np.stack([x.volume_profile for x in bars if x.n_trades])
     np.testing.assert_allclose(profiles.sum(axis=1), 1.0)

@@ -20,17 +20,17 @@ COL = {n: i for i, n in enumerate(REGIME_FEATURE_NAMES)}
 
 
 def raw_features(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Plausible raw 20-d rows (units as the features issue defines them) and a trend score."""
+    """Plausible un-normalised 20-d rows (levels as log ratios to a baseline) and a trend score."""
     raw = np.zeros((n, 20))
-    vol = np.exp(rng.normal(-9, 1, n))
-    raw[:, COL["tsrv"]] = vol * np.exp(rng.normal(0, 0.1, n))
-    raw[:, COL["bpv"]] = vol * np.exp(rng.normal(-0.05, 0.1, n))
-    raw[:, COL["amihud"]] = np.exp(rng.normal(-3, 1, n))
+    vol = rng.normal(0, 1, n)
+    raw[:, COL["log_tsrv_rel"]] = vol + rng.normal(0, 0.1, n)
+    raw[:, COL["log_bpv_rel"]] = vol + rng.normal(-0.05, 0.1, n)
+    raw[:, COL["log_amihud_rel"]] = rng.normal(0, 1, n)
     state = rng.choice(4, n, p=[0.85, 0.08, 0.05, 0.02])
     raw[np.arange(n), COL["ssr_luld_normal"] + state] = 1.0
     raw[:, COL["volume_profile_0"]:COL["volume_profile_9"] + 1] = rng.dirichlet(np.ones(10), n)
-    for name in ("spread_quoted_rel_tw", "spread_effective_rel_vw", "spread_mid_vol"):
-        raw[:, COL[name]] = np.exp(rng.normal(-8, 0.5, n))
+    for name in ("log_spread_quoted_rel_tw_rel", "log_spread_effective_rel_vw_rel", "log_spread_mid_vol_rel"):
+        raw[:, COL[name]] = rng.normal(0, 0.5, n)
     trend = raw[:, COL["volume_profile_9"]] * 10 + rng.normal(0, 0.3, n)  # partly visible in the features
     return raw, trend
 
@@ -38,17 +38,17 @@ def raw_features(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
 def test_label_rules_precedence():
     rules = LabelRules(tsrv_hi=2, tsrv_lo=0.5, bpv_hi=2, bpv_lo=0.5, amihud_hi=5, trend_hi=1, trend_lo=-1)
     rows = np.zeros((8, 20))
-    rows[:, COL["tsrv"]] = rows[:, COL["bpv"]] = 1.0
-    rows[:, COL["amihud"]] = 1.0
+    rows[:, COL["log_tsrv_rel"]] = rows[:, COL["log_bpv_rel"]] = 1.0
+    rows[:, COL["log_amihud_rel"]] = 1.0
     rows[:, COL["ssr_luld_normal"]] = 1.0
     trend = np.zeros(8)
     rows[0, [COL["ssr_luld_ssr_active"], COL["ssr_luld_luld_limit"]]] = 1.0  # both restrictions: LULD wins
     rows[1, COL["ssr_luld_halted"]] = 1.0
     rows[2, COL["ssr_luld_ssr_active"]] = 1.0
-    rows[2, COL["tsrv"]] = 9.0  # SSR beats high vol
-    rows[3, COL["amihud"]], rows[3, COL["tsrv"]] = 9.0, 9.0  # illiquid beats high vol
-    rows[4, COL["bpv"]] = 9.0
-    rows[5, [COL["tsrv"], COL["bpv"]]] = 0.1
+    rows[2, COL["log_tsrv_rel"]] = 9.0  # SSR beats high vol
+    rows[3, COL["log_amihud_rel"]], rows[3, COL["log_tsrv_rel"]] = 9.0, 9.0  # illiquid beats high vol
+    rows[4, COL["log_bpv_rel"]] = 9.0
+    rows[5, [COL["log_tsrv_rel"], COL["log_bpv_rel"]]] = 0.1
     trend[5] = 5.0  # low vol beats trending
     trend[6] = 5.0
     trend[7] = -5.0

@@ -215,7 +215,8 @@ class PatternRAG(nn.Module):
         vectors = np.stack([np.asarray(p.vector, dtype=np.float32) for p in patterns])  # [n, D]
         with self._lock.write():
             slots = (self._total + np.arange(len(patterns))) % self.max_patterns  # [n]
-            self._index.add_items(vectors, slots)  # an existing label is updated in place
+            # One thread: the graph (and the saved index) is then a function of the insertion order alone.
+            self._index.add_items(vectors, slots, num_threads=1)  # an existing label is updated in place
             self._unit[slots] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
             self._symbol[slots] = [p.symbol for p in patterns]
             self._start_ns[slots] = [p.start_ns for p in patterns]

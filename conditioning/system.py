@@ -64,6 +64,8 @@ class ConditioningOutput:
     regime_probs: Tensor | None  # [B, num_regimes], None when regime is disabled
     rag_status: RagStatus
     latency_ms: dict[str, float] = field(default_factory=dict)  # regime, rag, fusion, total
+    #: [B] bool, with status "ok": whether the row had an eligible neighbour (else its RAG part is zero)
+    rag_rows: Tensor | None = None
 
 
 class ConditioningSystem(nn.Module):
@@ -137,7 +139,8 @@ class ConditioningSystem(nn.Module):
         t3 = time.perf_counter()
         latency = {"regime": (t1 - t0) * 1e3, "rag": (t2 - t1) * 1e3, "fusion": (t3 - t2) * 1e3,
                    "total": (t3 - t0) * 1e3}
-        return ConditioningOutput(context, probs, status, latency)
+        rows = None if has_neighbours is None else has_neighbours[:, 0]
+        return ConditioningOutput(context, probs, status, latency, rows)
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         """``{"regime_features": [B, 20] normalised, "pattern_features": [B, 128]}`` -> context ``[B, 256]``."""

@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from schemas.errors import HrmcondError
@@ -69,11 +70,13 @@ def cmd_replay(args: argparse.Namespace) -> None:
     if args.out is None and args.features_out is None:
         raise HrmcondError("give --out (contexts) and/or --features-out (feature records)")
     outputs = ReplayOutputs(args.out, args.features_out, args.dead_letters_out)
+    started = time.perf_counter()
+    table, reference = load_input(args)
+    n_ticks = table.num_rows + len(reference)
     if args.processes > 1 and args.process_id is None:
         spawn_cluster(sys.argv[1:], args.processes)
     else:
         cfg = _config(args)
-        table, reference = load_input(args)
         name = str(args.ticks or args.trades or args.lobster)
         flow = build_replay_flow(cfg, table, reference, outputs, source_name=name)
         log.info("replaying %d ticks, %d reference rows", table.num_rows, len(reference))
@@ -83,6 +86,13 @@ def cmd_replay(args: argparse.Namespace) -> None:
             return  # the parent merges once every worker is done
     counts = finish_replay(outputs)
     print("wrote " + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items()))
+    if outputs.contexts is not None and args.process_id is None:
+        from flows.summary import summarise
+        from schemas.records import ContextRecord, DeadLetter
+
+        contexts = [ContextRecord.model_validate_json(x) for x in outputs.contexts.read_bytes().splitlines()]
+        dead = [DeadLetter.model_validate_json(x) for x in outputs.dead_letters_path.read_bytes().splitlines()]
+        print(summarise(f"replay of {args.format} input", n_ticks, time.perf_counter() - started, contexts, dead))
 
 
 def cmd_run(args: argparse.Namespace) -> None:

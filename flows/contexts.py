@@ -150,7 +150,8 @@ class ContextEngine:
                 bar=b,
                 context=ctx[i].tolist(),
                 regime_probs=None if probs is None else probs[i].tolist(),
-                rag_status=out.rag_status,
+                # per row: a batch can be answered while one row's window has no eligible neighbour
+                rag_status="empty" if out.rag_rows is not None and not out.rag_rows[i] else out.rag_status,
                 latency=latency,
             ))
             for i, b in enumerate(bars)

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
-from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
-import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from conditioning.sim.market import simulate_day
@@ -24,9 +20,9 @@ from flows.config import AppConfig, load_config
 from flows.live import build_live_flow
 from flows.producer import produce_table
 from flows.runner import run_process
+from flows.summary import summarise
 from schemas.records import ContextRecord, DeadLetter
 
-EASTERN = ZoneInfo("America/New_York")
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "local.yaml"
 #: Malformed inputs the demo adds to show that they are dead-lettered, not lost.
 BAD_MESSAGES = [
@@ -53,45 +49,6 @@ def read_topic(conf: dict[str, str], topic: str, timeout_s: float = 10.0) -> lis
         out.append(msg.value())
     consumer.close()
     return out
-
-
-def _et(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / 1e9, tz=EASTERN).strftime("%H:%M")
-
-
-def summarise(n_ticks: int, wall_s: float, contexts: list[ContextRecord], dead: list[DeadLetter]) -> str:
-    keys = {c.key for c in contexts}
-    regimes = Counter(c.regime for c in contexts)
-    rag = Counter(c.rag_status for c in contexts)
-    lat = np.array([c.latency.total_ms for c in contexts if c.latency is not None])
-    lines = [
-        "",
-        "== HRM conditioning demo: one simulated trading day through the live pipeline ==",
-        f"ticks in            {n_ticks:>10,}   ({n_ticks / wall_s:,.0f} ticks/s end to end, {wall_s:.1f} s)",
-        f"contexts out        {len(contexts):>10,}   ({len(keys):,} unique (symbol, bar) keys, "
-        f"{len({c.symbol for c in contexts})} symbols, 256-d)",
-        f"dead letters        {len(dead):>10,}   {dict(Counter(d.reason for d in dead))}",
-        f"fail-open rate      {rag['timeout'] / max(1, len(contexts)):>10.2%}   RAG status {dict(rag)}",
-    ]
-    if lat.size:
-        p50, p99, mx = np.percentile(lat, [50, 99, 100])
-        lines.append(f"model latency       p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {mx:.2f} ms per bar batch")
-    lines.append("regime time shares  " + ", ".join(
-        f"{name} {n / len(contexts):.1%}" for name, n in regimes.most_common()))
-    lines.append("SSR/LULD events:")
-    by_symbol: dict[str, list[ContextRecord]] = {}
-    for c in sorted(contexts, key=lambda c: (c.symbol, c.window_end_ns)):
-        by_symbol.setdefault(c.symbol, []).append(c)
-    events = 0
-    for symbol, recs in by_symbol.items():
-        prev = "NORMAL"
-        for c in recs:
-            if c.ssr_luld_state != prev:
-                lines.append(f"  {symbol} {_et(c.window_end_ns)} ET  {prev} -> {c.ssr_luld_state}")
-                prev, events = c.ssr_luld_state, events + 1
-    if not events:
-        lines.append("  (none)")
-    return "\n".join(lines)
 
 
 def demo_config(path: Path | None, bootstrap: str) -> AppConfig:
@@ -128,6 +85,7 @@ def run_demo(symbols: int = 12, seed: int = 7, config: Path | None = None) -> st
         contexts = [ContextRecord.model_validate_json(v) for v in read_topic(conf, cfg.kafka.topics.contexts)]
         dead = [DeadLetter.model_validate_json(v) for v in read_topic(conf, cfg.kafka.topics.dead_letter)]
     n_in = market.ticks.num_rows + len(market.reference) + len(BAD_MESSAGES)
-    report = summarise(n_in, wall, contexts, dead)
+    report = summarise("HRM conditioning demo: one simulated trading day through the live pipeline", n_in, wall,
+                       contexts, dead)
     print(report)
     return report

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pydantic
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from tqdm import tqdm
 
 from conditioning.features.ssr_luld import session_day
 from flows.bars import Heartbeat
@@ -40,6 +41,9 @@ class _TablePartition(StatefulSourcePartition):
         self.n = inp.ticks.num_rows
         self.row, self.next_bar_ns, symbols = resume or (-1, 0, ())
         self.symbols = set(symbols)
+        # Progress on a terminal only (disable=None): logs and CI stay clean.
+        self.progress = tqdm(total=self.n, initial=max(self.row, 0), unit="tick", unit_scale=True, desc="replay",
+                             disable=None, leave=False)
 
     def _reference_ticks(self) -> list:
         out = []
@@ -53,6 +57,7 @@ class _TablePartition(StatefulSourcePartition):
             self.row = 0
             return self._reference_ticks()
         if self.row >= self.n:
+            self.progress.close()
             raise StopIteration
         c, out = self.cols, []
         stop = min(self.n, self.row + self.inp.batch_size)
@@ -77,6 +82,7 @@ class _TablePartition(StatefulSourcePartition):
                 continue
             self.symbols.add(sym)
             out.append(tick)
+        self.progress.update(stop - self.row)
         self.row = stop
         return out
 

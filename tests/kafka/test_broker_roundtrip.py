@@ -72,3 +72,28 @@ def test_failed_delivery_raises(kafka_cluster, kafka_topics):
     producer.produce(topic, b"{}", key="K")
     producer.flush()
     assert producer.delivered == 1
+
+
+def test_broker_command_serves_the_configured_topics_and_stops_on_sigterm(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from confluent_kafka.admin import AdminClient
+
+    from flows.broker import free_port
+
+    port = free_port()
+    config = Path(__file__).resolve().parents[2] / "deploy" / "local.yaml"
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "broker", "--port", str(port), "--config",
+                             str(config)], stdout=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert f"127.0.0.1:{port}" in first, first
+        topics = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10).topics
+        assert {"ticks", "contexts", "features", "dead-letter"} <= set(topics)
+        assert len(topics["ticks"].partitions) == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -31,11 +31,11 @@ demo: $(VENV)/.installed-demo
 	$(BIN)/hrmcond demo
 
 test: $(VENV)/.installed-test
-	$(BIN)/ruff check conditioning flows schemas tests
+	$(BIN)/ruff check conditioning flows schemas tests benchmarks
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check conditioning flows schemas tests
+	$(BIN)/ruff check conditioning flows schemas tests benchmarks
 
 schemas: $(VENV)/.installed-demo
 	$(BIN)/hrmcond export-schemas

@@ -47,11 +47,8 @@ SLOW_EXTRA_MS = 40
 
 
 def all_flags_config() -> AppConfig:
-    cfg = load_config(env={})
-    cond = cfg.conditioning.model_copy(
-        update={"enable_regime": True, "enable_rag": True, "enable_hybrid": True, "fail_open": True}
-    )
-    return cfg.model_copy(update={"conditioning": cond})
+    """deploy/local.yaml: every conditioning path on, the shipped model."""
+    return load_config(Path(__file__).resolve().parents[1] / "deploy" / "local.yaml", env={})
 
 
 def pct(values) -> dict[str, float]:

@@ -19,6 +19,7 @@ where restrictions fall on many symbols.
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,11 +41,8 @@ SPEC_MAX_BITS = 0.1
 
 
 def all_flags_config() -> AppConfig:
-    cfg = load_config(env={})
-    cond = cfg.conditioning.model_copy(
-        update={"enable_regime": True, "enable_rag": True, "enable_hybrid": True, "fail_open": True}
-    )
-    return cfg.model_copy(update={"conditioning": cond})
+    """deploy/local.yaml: every conditioning path on, the shipped model."""
+    return load_config(Path(__file__).resolve().parents[2] / "deploy" / "local.yaml", env={})
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from confluent_kafka import Consumer, TopicPartition
 
@@ -270,3 +271,45 @@ def test_produce_command_replays_a_file_into_a_topic(tmp_path, kafka_cluster, ka
     got = [decode_tick(raw) for raw in read_topic(cfg.kafka.client_config(), cfg.kafka.topics.ticks)]
     assert len(got) == market.ticks.num_rows + len(market.reference)
     assert sum(t.kind == "reference" for t in got) == len(market.reference)
+
+
+def test_hrm_feed_keeps_the_latest_context_and_falls_back_to_the_identity(tmp_path, kafka_cluster, kafka_topics):
+    from conditioning.film import FiLMLayer
+    from flows.hrm_feed import ContextFeed
+    from schemas.records import ConditioningFlags
+
+    topic = kafka_topics("contexts")["contexts"]
+    conf = kafka_cluster.client_config
+    flags = ConditioningFlags(enable_regime=True, enable_rag=False, enable_hybrid=False, fail_open=True)
+
+    def record(symbol: str, end_ns: int, value: float) -> bytes:
+        return ContextRecord(symbol=symbol, window_end_ns=end_ns, context=[value] * 256, regime="normal",
+                             regime_probs=[0.125] * 8, ssr_luld_state="NORMAL", rag_status="disabled",
+                             flags=flags, model_version="t").model_dump_json().encode()
+
+    t = 1_709_562_660_000_000_000
+    producer = CheckedProducer(conf)
+    for key, raw in [("AAA", record("AAA", t, 0.1)), ("AAA", record("AAA", t + 60 * 10**9, 0.2)),
+                     ("AAA", record("AAA", t, 0.1)),  # a redelivered, older record
+                     ("BBB", record("BBB", t - 3600 * 10**9, 0.3)),  # too old for max_age below
+                     ("CCC", b"not a record")]:
+        producer.produce(topic, raw, key=key)
+    producer.flush()
+    feed = ContextFeed(conf, topic, max_age_ns=5 * 60 * 10**9)
+    try:
+        deadline = time.monotonic() + 30
+        while len(feed.latest) < 2 and time.monotonic() < deadline:
+            feed.poll(0.5)
+        feed.poll(0.5)
+        batch = feed.batch(["AAA", "BBB", "ZZZ"], now_ns=t + 61 * 10**9)
+    finally:
+        feed.close()
+    assert feed.invalid == 1
+    assert torch.allclose(batch[0], torch.full((256,), 0.2))  # the newest window, not the redelivery
+    assert torch.count_nonzero(batch[1:]) == 0  # stale and unknown symbols: the neutral context
+    film = FiLMLayer(256, 512)
+    with torch.no_grad():
+        film.up.weight.normal_()  # a trained-looking generator: non-zero output for a non-zero context
+        tokens = torch.randn(3, 4, 512)
+        out = film(tokens, batch)
+    assert torch.equal(out[1:], tokens[1:]) and not torch.equal(out[0], tokens[0])

@@ -4,19 +4,36 @@ Index. hnswlib HNSW, cosine space (``d = 1 - cos``; the pattern vectors are z-sc
 matters and scale does not), ``M = 16`` links per node, ``ef_construction = 200``, ``ef = 64`` at query
 time (``ef`` is not saved by hnswlib and is set again on load). Measured on 128-d clustered data: 10k
 vectors, recall@10 = 1.0 at ~25 us per query (docs/REFERENCE.md); tests/models/test_rag.py checks
-recall@10 >= 0.95 against brute force.
+recall@10 >= 0.95 against brute force, also after many rounds of online updates and compactions.
 
-Library. Up to ``max_patterns`` entries in a ring of slots: the hnswlib label *is* the slot, entry number
-``s`` goes to slot ``s % max_patterns``, so the oldest entry (in insertion order) is the one overwritten.
-Overwriting re-adds an existing label, which hnswlib turns into an in-place ``updatePoint`` (graph links
-repaired); this avoids ``replace_deleted``, whose free-slot choice can erase the label lookup of another
-entry when a batch deletes and re-adds several labels at once.
+Library. The newest ``max_patterns`` (N) entries. Entry number ``e`` (0, 1, 2, ... in insertion order, never
+reused) is its hnswlib label; its metadata (outcome, window, unit vector) lives in row ``e % N`` of ring
+arrays, so the live entries ``[total - N, total)`` occupy distinct rows and ``Retrieval.labels`` are rows.
+Adding entry ``e`` first evicts ``e - N`` with ``mark_deleted`` (hnswlib then never returns it) and then
+inserts ``e`` fresh. The index has room for ``2N`` elements, deleted ones included; re-adding a label instead
+(an in-place ``updatePoint``, graph repair) costs ~2.5 ms a pattern at these settings against ~0.1-0.15 ms
+for a fresh insert (docs/models.md).
+
+Compaction. When the index holds ``1.5N`` elements, a replacement is built on a background thread from the
+entries that will be live when it is swapped in: the live entries from ``swap_at - N`` on (``swap_at`` is the
+entry number at which the old index is full), then every entry added meanwhile, all in entry order. Queries
+and updates go on against the old index while it builds; the update that reaches ``swap_at`` waits for the
+builder (outside the write lock) and swaps the index under the write lock. The swap point and the builder's
+input depend only on the entries added, never on timing, so the same entries in the same order give the same
+index and a byte-identical saved library; deletes and inserts are interleaved entry by entry, so the result
+does not depend on how the entries were split between calls either. One call with more than N patterns keeps
+its newest N in a freshly built index (everything older would be evicted within the call).
+
+Writes hold the exclusive lock for at most ``WRITE_CHUNK`` inserts at a time; a writer that releases the
+lock lets the readers that were waiting in before it takes the lock again, so a long update cannot starve
+queries (nor a stream of queries an update).
 
 Point in time. An entry is added only once its outcome is known (``as_of_ns`` enforces it when given). A
 query with a window ``[start_ns, end_ns)`` uses only entries whose outcome was known before the window
 started, ``outcome_end_ns <= start_ns``: this excludes entries overlapping the window (embargo) and, in a
 backtest over a full-history library, every later entry. Candidates are over-fetched (4k) and filtered; a
-row left with fewer than k is searched again exactly with an hnswlib filter.
+row left with fewer than k is searched again, exactly over the ``_unit`` copies when few entries are eligible,
+else with an hnswlib filter.
 
 Context. Per query, with similarities ``s_i = 1 - d_i`` of the valid neighbours and weights ``w =
 softmax(s / temperature)``: the weighted mean and weighted std of the standardised outcomes
@@ -25,14 +42,21 @@ numbers -> ``Linear(6, 64) -> GELU -> Linear(64, context_dim)`` (17,088 paramete
 valid neighbour gets a zero (neutral) context.
 
 Concurrency and deadline. hnswlib is not safe under concurrent ``add_items`` and ``knn_query``, so every
-index access holds a readers-writer lock (queries share it, updates are exclusive, writers are preferred).
-A running C++ query cannot be cancelled: queries run on a small worker pool and the caller waits for at
-most ``timeout_ms``. On a miss it gets ``None`` (status ``timeout``) while the worker finishes and
-releases the lock itself, in a ``finally``; a query still queued when its caller gives up never runs.
+access to the live index holds a readers-writer lock (queries share it, updates are exclusive, writers are
+preferred over newly arriving readers); the index being built is private to its builder until the swap.
+Updates, loads and saves are serialised by a second (writers') lock, so a save sees whole updates. A running
+C++ query cannot be cancelled: queries run on a small worker pool and the caller waits for at most
+``timeout_ms``. On a miss it gets ``None`` (status ``timeout``) while the worker finishes and releases the
+lock itself, in a ``finally``; a query still queued when its caller gives up never runs.
+
+Saved format (``LIBRARY_FORMAT`` 2): ``patterns.hnsw`` (the live index, deleted elements included, labels =
+entry numbers) and ``patterns.npz`` (rows of the ring, ``total``, and ``swap_at`` of a pending compaction,
+which a loaded library resumes, so it continues exactly as the saved one would have).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -59,26 +83,52 @@ OVERFETCH = 4
 EXACT_MAX = 4_096
 SUMMARY_DIM = 2 * OUTCOME_DIM + 2
 HEAD_HIDDEN = 64
+#: Most inserts per hold of the exclusive lock (~0.1-0.15 ms each at M=16, ef_construction=200).
+WRITE_CHUNK = 16
+#: The compaction builder adds the base entries in pieces of this many, checking for cancellation in between.
+BUILD_CHUNK = 256
+LIBRARY_FORMAT = 2
 
 
 def _known_by(outcome_end_ns: np.ndarray, start_ns: int, label: int) -> bool:
-    """hnswlib filter: the entry's outcome was known when the query window started."""
-    return bool(outcome_end_ns[label] <= start_ns)
+    """hnswlib filter: the entry's outcome was known when the query window started (label -> ring row)."""
+    return bool(outcome_end_ns[label % len(outcome_end_ns)] <= start_ns)
+
+
+def _stored(index: hnswlib.Index, labels: np.ndarray) -> np.ndarray:
+    """The vectors ``index`` stores for ``labels`` (unit norm): ``[n, D]`` float32. Fetched in pieces:
+    ``get_items`` holds the GIL (~10 us a vector), 10k at once would stall every query thread for ~0.1 s."""
+    parts = [index.get_items(labels[start:start + BUILD_CHUNK]) for start in range(0, len(labels), BUILD_CHUNK)]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, index.dim), np.float32)
 
 
 class RWLock:
-    """Readers-writer lock, writer-preferring (a stream of queries cannot starve an update), with timeouts."""
+    """Readers-writer lock with timeouts. Writers are preferred over readers that arrive while a writer waits
+    (a stream of queries cannot starve an update); a releasing writer first admits the readers that were
+    already waiting (a chunked update cannot starve queries)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
+        self._readers_waiting = 0
+        self._pass = 0  # readers admitted ahead of waiting writers: those waiting when the last writer left
 
     def acquire_read(self, timeout: float | None = None) -> bool:
         with self._cond:
-            ok = self._cond.wait_for(lambda: not self._writer and not self._writers_waiting, timeout)
-            self._readers += ok
+            self._readers_waiting += 1
+            try:
+                ok = self._cond.wait_for(
+                    lambda: not self._writer and (not self._writers_waiting or self._pass > 0), timeout)
+            finally:
+                self._readers_waiting -= 1
+            if ok:
+                self._readers += 1
+                self._pass = max(0, self._pass - 1)
+            elif self._pass > self._readers_waiting:  # a reader given a pass left: do not hold writers for it
+                self._pass = self._readers_waiting
+                self._cond.notify_all()
             return ok
 
     def release_read(self) -> None:
@@ -92,7 +142,7 @@ class RWLock:
         with self._cond:
             self._writers_waiting += 1
             try:
-                self._cond.wait_for(lambda: not self._writer and not self._readers)
+                self._cond.wait_for(lambda: not self._writer and not self._readers and not self._pass)
             finally:
                 self._writers_waiting -= 1
             self._writer = True
@@ -101,6 +151,7 @@ class RWLock:
         finally:
             with self._cond:
                 self._writer = False
+                self._pass = self._readers_waiting
                 self._cond.notify_all()
 
     @property
@@ -110,12 +161,68 @@ class RWLock:
             return not self._readers and not self._writer
 
 
+class _Compaction:
+    """A replacement index built on a background thread from ``(labels, vectors)`` pieces, in the order fed.
+
+    ``swap_at``: the entry number at which the update path swaps it in. The index is private to the builder
+    until :meth:`finish` returns it, so building takes no lock. ``None`` from :meth:`finish` (the build failed
+    or was cancelled) makes the caller build the same index itself.
+    """
+
+    def __init__(self, rag: PatternRAG, swap_at: int, labels: np.ndarray, vectors: np.ndarray):
+        self.swap_at = swap_at
+        self._rag = rag
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._cancel = threading.Event()
+        self._index: hnswlib.Index | None = None
+        self._labels: list[np.ndarray] = []
+        self._units: list[np.ndarray] = []  # the new index's stored (unit) vectors, fetched as it grows
+        self.error: BaseException | None = None
+        for start in range(0, len(labels), BUILD_CHUNK):
+            self._queue.put((labels[start:start + BUILD_CHUNK], vectors[start:start + BUILD_CHUNK]))
+        self._thread = threading.Thread(target=self._run, name="pattern-rag-compaction", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            index = self._rag._new_index()
+            while (item := self._queue.get()) is not None:
+                if self._cancel.is_set():
+                    return
+                self._rag._build_add(index, *item)
+                self._labels.append(item[0])
+                self._units.append(_stored(index, item[0]))
+            self._index = index
+        except BaseException as err:  # noqa: BLE001 - reported through finish(); the caller rebuilds
+            self.error = err
+
+    def feed(self, labels: np.ndarray, vectors: np.ndarray) -> None:
+        self._queue.put((labels, vectors))
+
+    def finish(self) -> tuple[hnswlib.Index, np.ndarray, np.ndarray] | None:
+        """Wait for the build: (index, labels [n], stored unit vectors [n, D]), or None."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._cancel.is_set() or self._index is None or not self._labels:
+            return None
+        return self._index, np.concatenate(self._labels), np.concatenate(self._units)
+
+    def cancel(self) -> None:
+        """Stop without waiting: the builder drops its private index after the piece it is adding."""
+        self._cancel.set()
+        self._queue.put(None)
+
+    @property
+    def building(self) -> bool:
+        return self._thread.is_alive()
+
+
 @dataclass(frozen=True)
 class Retrieval:
     """Outcome of one batched query. Arrays are ``None`` unless ``status == "ok"``."""
 
     status: RagStatus
-    labels: np.ndarray | None = None  # [B, k] int64 library slots, -1 where no valid neighbour
+    labels: np.ndarray | None = None  # [B, k] int64 library rows (entry % max_patterns), -1 where no neighbour
     similarity: np.ndarray | None = None  # [B, k] float32 cosine similarity, 0 where invalid
     outcomes: np.ndarray | None = None  # [B, k, OUTCOME_DIM] float32, raw units
     error: BaseException | None = None
@@ -152,40 +259,67 @@ class PatternRAG(nn.Module):
         self.temperature = temperature
         self._hnsw = {"M": m, "ef_construction": ef_construction, "random_seed": seed}
         self._ef = max(ef_search, OVERFETCH * k)
+        # Index room, deleted elements included: N live + N spare. A compaction starts when the spare is half
+        # used, so its builder has N/2 online entries' time before the update path needs it.
+        self._capacity = 2 * max_patterns
+        self._compact_at = self._capacity - max(1, max_patterns // 2)
         self.head = nn.Sequential(
             nn.Linear(SUMMARY_DIM, HEAD_HIDDEN), nn.GELU(), nn.Linear(HEAD_HIDDEN, context_dim)
         )
         self._lock = RWLock()
+        self._update_lock = threading.Lock()  # one mutator (update, clear, load) or save at a time
+        self._compaction: _Compaction | None = None
+        self._compactions = 0  # swaps done (tests, benchmarks)
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None
         self._pool_guard = threading.Lock()
         self._reset_library()
 
     # ------------------------------------------------------------------ library (writers)
+    def _new_index(self) -> hnswlib.Index:
+        index = hnswlib.Index(space="cosine", dim=self.pattern_dim)
+        index.init_index(max_elements=self._capacity, **self._hnsw)
+        index.set_ef(self._ef)
+        return index
+
+    def _build_add(self, index: hnswlib.Index, labels: np.ndarray, vectors: np.ndarray) -> None:
+        """Add entries to an index being built (no lock: nobody else sees it). A seam for tests."""
+        # One thread: the graph (and the saved index) is then a function of the insertion order alone.
+        index.add_items(vectors, labels, num_threads=1)
+
     def _reset_library(self) -> None:
-        self._index = hnswlib.Index(space="cosine", dim=self.pattern_dim)
-        self._index.init_index(max_elements=self.max_patterns, **self._hnsw)
-        self._index.set_ef(self._ef)
+        self._index = self._new_index()
         n = self.max_patterns
-        self._total = 0  # entries ever added; the next goes to slot _total % max_patterns
+        self._total = 0  # entries ever added = the next entry number; entry e lives in row e % max_patterns
         self._symbol = np.zeros(n, dtype=object)
         self._start_ns = np.zeros(n, dtype=np.int64)
         self._end_ns = np.zeros(n, dtype=np.int64)
         self._outcome_end_ns = np.zeros(n, dtype=np.int64)
         self._outcome = np.zeros((n, OUTCOME_DIM), dtype=np.float32)
-        self._unit = np.zeros((n, self.pattern_dim), dtype=np.float32)  # unit-norm copies, for exact search
+        self._unit = np.zeros((n, self.pattern_dim), dtype=np.float32)  # the index's unit vectors, for exact search
         self._outcome_mean = np.zeros(OUTCOME_DIM, dtype=np.float32)
         self._outcome_std = np.ones(OUTCOME_DIM, dtype=np.float32)
 
+    def _drop_compaction(self) -> None:
+        if self._compaction is not None:
+            self._compaction.cancel()
+            self._compaction = None
+
     def clear_library(self) -> None:
         """Empty the library (an exclusive update: running queries finish first)."""
-        with self._lock.write():
-            self._reset_library()
+        with self._update_lock:
+            self._drop_compaction()
+            with self._lock.write():
+                self._reset_library()
 
     @property
     def size(self) -> int:
         """Live entries in the library."""
         return min(self._total, self.max_patterns)
+
+    def _live(self) -> np.ndarray:
+        """Entry numbers of the live entries, oldest first: ``[size]`` int64."""
+        return np.arange(self._total - self.size, self._total, dtype=np.int64)
 
     def _check(self, p: Pattern, as_of_ns: int | None) -> None:
         v, o = np.asarray(p.vector), np.asarray(p.outcome)
@@ -203,77 +337,172 @@ class PatternRAG(nn.Module):
                              f"after as_of_ns={as_of_ns}: adding it would look ahead")
 
     def update_pattern_library(self, patterns: Sequence[Pattern], *, as_of_ns: int | None = None) -> None:
-        """Add patterns (oldest first); beyond ``max_patterns`` the oldest entries are overwritten.
+        """Add patterns (oldest first); beyond ``max_patterns`` the oldest entries are evicted.
 
-        All patterns are validated before any is added, so a bad one leaves the library untouched.
+        All patterns are validated before any is added, so a bad one leaves the library untouched. Queries
+        run between the chunks of a long update (each chunk is applied whole) and see its prefix.
         """
         for p in patterns:
             self._check(p, as_of_ns)
-        patterns = list(patterns)[-self.max_patterns:]  # earlier ones would be overwritten within this call
+        patterns = list(patterns)
         if not patterns:
             return
         vectors = np.stack([np.asarray(p.vector, dtype=np.float32) for p in patterns])  # [n, D]
+        with self._update_lock:
+            if len(patterns) > self.max_patterns:  # all but the newest N would be evicted within this call
+                self._replace(patterns[-self.max_patterns:], vectors[-self.max_patterns:],
+                              skipped=len(patterns) - self.max_patterns)
+                return
+            done = 0
+            while True:
+                self._maintain()
+                if done == len(patterns):
+                    return
+                if self._compaction is not None:
+                    room = self._compaction.swap_at - self._total
+                else:
+                    room = self._compact_at - self._index.element_count
+                n = min(WRITE_CHUNK, len(patterns) - done, room)
+                self._write(patterns[done:done + n], vectors[done:done + n])
+                done += n
+
+    def _maintain(self) -> None:
+        """Swap in a finished compaction at its entry number; start one when the index is 3/4 full."""
+        if self._compaction is not None and self._total >= self._compaction.swap_at:
+            self._swap()
+        if self._compaction is None and self._index.element_count >= self._compact_at:
+            self._start_compaction(self._total + self._capacity - self._index.element_count)
+
+    def _write(self, patterns: list[Pattern], vectors: np.ndarray) -> None:
+        """Insert ``n <= WRITE_CHUNK`` entries under the exclusive lock, each evicting the entry N before it."""
+        n_max = self.max_patterns
+        labels = self._total + np.arange(len(patterns), dtype=np.int64)  # [n]
+        rows = labels % n_max
         with self._lock.write():
-            slots = (self._total + np.arange(len(patterns))) % self.max_patterns  # [n]
-            # One thread: the graph (and the saved index) is then a function of the insertion order alone.
-            self._index.add_items(vectors, slots, num_threads=1)  # an existing label is updated in place
-            self._unit[slots] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-            self._symbol[slots] = [p.symbol for p in patterns]
-            self._start_ns[slots] = [p.start_ns for p in patterns]
-            self._end_ns[slots] = [p.end_ns for p in patterns]
-            self._outcome_end_ns[slots] = [p.outcome_end_ns for p in patterns]
-            self._outcome[slots] = np.stack([np.asarray(p.outcome, dtype=np.float32) for p in patterns])
+            index = self._index
+            for j, label in enumerate(labels.tolist()):
+                if label >= n_max:
+                    index.mark_deleted(label - n_max)  # its row is overwritten below
+                index.add_items(vectors[j : j + 1], [label], num_threads=1)
+            unit = index.get_items(labels)  # [n, D] as stored: unit norm
+            self._set_rows(rows, patterns, unit)
             self._total += len(patterns)
-            live = self._outcome[: self.size]  # [N, OUTCOME_DIM]
-            self._outcome_mean = live.mean(axis=0)
-            self._outcome_std = np.maximum(live.std(axis=0), 1e-8).astype(np.float32)
+            self._refresh_outcome_stats()
+        if self._compaction is not None:
+            self._compaction.feed(labels, unit)
+
+    def _set_rows(self, rows: np.ndarray, patterns: list[Pattern], unit: np.ndarray) -> None:
+        self._unit[rows] = unit
+        self._symbol[rows] = [p.symbol for p in patterns]
+        self._start_ns[rows] = [p.start_ns for p in patterns]
+        self._end_ns[rows] = [p.end_ns for p in patterns]
+        self._outcome_end_ns[rows] = [p.outcome_end_ns for p in patterns]
+        self._outcome[rows] = np.stack([np.asarray(p.outcome, dtype=np.float32) for p in patterns])
+
+    def _refresh_outcome_stats(self) -> None:
+        if not self.size:
+            return
+        live = self._outcome[: self.size]  # [N, OUTCOME_DIM]
+        self._outcome_mean = live.mean(axis=0)
+        self._outcome_std = np.maximum(live.std(axis=0), 1e-8).astype(np.float32)
+
+    def _start_compaction(self, swap_at: int) -> None:
+        """Build, in the background, the index of the entries live at ``swap_at``: those from ``swap_at - N``
+        that exist now, then each one added until then (fed by ``_write``)."""
+        labels = np.arange(max(0, swap_at - self.max_patterns, self._total - self.size), self._total,
+                           dtype=np.int64)
+        self._compaction = _Compaction(self, swap_at, labels, self._unit[labels % self.max_patterns].copy())
+
+    def _swap(self) -> None:
+        """Wait for the builder (no lock held: queries go on), then swap its index in under the write lock."""
+        built = self._compaction.finish()
+        live = self._live()
+        rows = live % self.max_patterns
+        if built is None or not np.array_equal(built[1], live):  # failed or stopped (close()): the same build, here
+            index = self._new_index()
+            for start in range(0, len(live), BUILD_CHUNK):
+                self._build_add(index, live[start:start + BUILD_CHUNK], self._unit[rows[start:start + BUILD_CHUNK]])
+            built = index, live, _stored(index, live)
+        unit = self._unit.copy()
+        unit[rows] = built[2]  # as the new index stores them (what a copy loaded from a save would see)
+        old = self._index
+        with self._lock.write():
+            self._index, self._unit = built[0], unit
+        del old  # freed outside the lock
+        self._compaction = None
+        self._compactions += 1
+
+    def _replace(self, patterns: list[Pattern], vectors: np.ndarray, skipped: int) -> None:
+        """The library becomes ``patterns`` (N of them, the newest of a call): built aside, swapped in whole."""
+        self._drop_compaction()
+        labels = self._total + skipped + np.arange(len(patterns), dtype=np.int64)  # [N]
+        index = self._new_index()
+        index.add_items(vectors, labels, num_threads=1)
+        unit = _stored(index, labels)
+        with self._lock.write():
+            self._index, self._total = index, int(labels[-1]) + 1
+            self._set_rows(labels % self.max_patterns, patterns, unit)
+            self._refresh_outcome_stats()
 
     def save_library(self, directory: str | Path) -> None:
         """Write ``patterns.hnsw`` (the hnswlib index) and ``patterns.npz`` (entry metadata)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if not self._lock.acquire_read():
-            raise RuntimeError("unreachable: untimed read lock")
-        try:
-            self._index.save_index(str(directory / "patterns.hnsw"))
-            n = self.size
-            np.savez(
-                directory / "patterns.npz",
-                pattern_dim=self.pattern_dim, max_patterns=self.max_patterns, total=self._total,
-                symbol=self._symbol[:n].astype(str), start_ns=self._start_ns[:n], end_ns=self._end_ns[:n],
-                outcome_end_ns=self._outcome_end_ns[:n], outcome=self._outcome[:n],
-            )
-        finally:
-            self._lock.release_read()
+        with self._update_lock:  # whole updates only; queries go on
+            if not self._lock.acquire_read():
+                raise RuntimeError("unreachable: untimed read lock")
+            try:
+                self._index.save_index(str(directory / "patterns.hnsw"))
+                n = self.size
+                np.savez(
+                    directory / "patterns.npz",
+                    library_format=LIBRARY_FORMAT, pattern_dim=self.pattern_dim, max_patterns=self.max_patterns,
+                    total=self._total, swap_at=-1 if self._compaction is None else self._compaction.swap_at,
+                    symbol=self._symbol[:n].astype(str), start_ns=self._start_ns[:n], end_ns=self._end_ns[:n],
+                    outcome_end_ns=self._outcome_end_ns[:n], outcome=self._outcome[:n],
+                )
+            finally:
+                self._lock.release_read()
 
     def load_library(self, directory: str | Path) -> None:
-        """Replace the library with one written by ``save_library``; refuses another dimension or capacity."""
+        """Replace the library with one written by ``save_library``; refuses another dimension, capacity or
+        format (a library from before format 2: rebuild it, ``make model`` / ``hrmcond build-patterns``)."""
         directory = Path(directory)
         with np.load(directory / "patterns.npz", allow_pickle=False) as z:
             meta = {key: z[key] for key in z.files}
+        found = int(meta["library_format"]) if "library_format" in meta else 1
+        if found != LIBRARY_FORMAT:
+            raise ValueError(f"pattern library at {directory} has format {found}, this PatternRAG reads "
+                             f"{LIBRARY_FORMAT}: rebuild it (make model, or hrmcond build-patterns)")
         for key in ("pattern_dim", "max_patterns"):
             if int(meta[key]) != getattr(self, key):
                 raise ValueError(f"pattern library at {directory} has {key}={int(meta[key])}, this "
                                  f"PatternRAG has {getattr(self, key)}")
         index = hnswlib.Index(space="cosine", dim=self.pattern_dim)
-        index.load_index(str(directory / "patterns.hnsw"), max_elements=self.max_patterns)
+        index.load_index(str(directory / "patterns.hnsw"), max_elements=self._capacity)
         index.set_ef(self._ef)
-        n = len(meta["start_ns"])
-        if index.get_current_count() != n:
-            raise ValueError(f"pattern library at {directory} is inconsistent: index holds "
-                             f"{index.get_current_count()} vectors, metadata {n}")
-        with self._lock.write():
-            self._reset_library()
-            self._index, self._total = index, int(meta["total"])
-            self._symbol[:n] = meta["symbol"]
-            for key in ("start_ns", "end_ns", "outcome_end_ns", "outcome"):
-                getattr(self, f"_{key}")[:n] = meta[key]
-            if n:
-                vectors = np.asarray(index.get_items(np.arange(n)), dtype=np.float32)  # [n, D]
-                self._unit[:n] = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-            if n:
-                self._outcome_mean = meta["outcome"].mean(axis=0)
-                self._outcome_std = np.maximum(meta["outcome"].std(axis=0), 1e-8).astype(np.float32)
+        n, total = len(meta["start_ns"]), int(meta["total"])
+        live = np.arange(total - n, total, dtype=np.int64)
+        try:
+            unit = _stored(index, live)  # [n, D]
+        except RuntimeError as err:
+            raise ValueError(f"pattern library at {directory} is inconsistent: the index lacks live entries "
+                             f"of the metadata ({err})") from err
+        if n != min(total, self.max_patterns) or index.element_count > self._capacity:
+            raise ValueError(f"pattern library at {directory} is inconsistent: {n} live entries of {total}, "
+                             f"index of {index.element_count} elements")
+        rows = live % self.max_patterns
+        with self._update_lock:
+            self._drop_compaction()
+            with self._lock.write():
+                self._reset_library()
+                self._index, self._total = index, total
+                self._unit[rows], self._symbol[:n] = unit, meta["symbol"]  # saved in row order
+                for key in ("start_ns", "end_ns", "outcome_end_ns", "outcome"):
+                    getattr(self, f"_{key}")[:n] = meta[key]
+                self._refresh_outcome_stats()
+            if int(meta["swap_at"]) >= 0:  # resume the pending compaction: the same index, swapped in the same place
+                self._start_compaction(int(meta["swap_at"]))
 
     # ------------------------------------------------------------------ queries (readers)
     def _knn(self, query: np.ndarray, k: int, filter=None) -> tuple[np.ndarray, np.ndarray]:
@@ -289,7 +518,7 @@ class PatternRAG(nn.Module):
                 return Retrieval("empty")
             k = min(self.k, n)
             labels, dist = self._knn(query, min(n, k * OVERFETCH) if starts is not None else k)  # [B, kf]
-            labels = labels.astype(np.int64)
+            labels = labels.astype(np.int64) % self.max_patterns  # entry numbers -> rows
             if starts is not None:
                 labels, dist = self._point_in_time(query, starts, labels, dist, k, n)
             labels, dist = labels[:, :k], dist[:, :k]
@@ -317,12 +546,12 @@ class PatternRAG(nn.Module):
             elif len(keep_l) < min(k, eligible):  # over-fetch was not enough: filtered graph search
                 known = partial(_known_by, self._outcome_end_ns, int(starts[i]))
                 keep_l, keep_d = self._knn(query[i : i + 1], min(k, eligible), known)
-                keep_l, keep_d = keep_l[0].astype(np.int64), keep_d[0]
+                keep_l, keep_d = keep_l[0].astype(np.int64) % self.max_patterns, keep_d[0]
             out_l[i, : len(keep_l)], out_d[i, : len(keep_d)] = keep_l, keep_d
         return out_l, out_d
 
     def _exact_known(self, query: np.ndarray, start_ns: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact cosine k-NN among the entries known by ``start_ns``: labels ``[k]`` int64, distances ``[k]``."""
+        """Exact cosine k-NN among the entries known by ``start_ns``: rows ``[k]`` int64, distances ``[k]``."""
         labels = np.flatnonzero(self._outcome_end_ns[:n] <= start_ns)  # [E]
         norm = float(np.linalg.norm(query))
         dist = 1.0 - self._unit[labels] @ (query / norm if norm > 0 else query)  # [E]
@@ -397,7 +626,11 @@ class PatternRAG(nn.Module):
         return self.project(retrieval) if retrieval.status == "ok" else None
 
     def close(self) -> None:
-        """Stop the worker pool (queued queries are dropped; a running one finishes)."""
+        """Stop the worker pool (queued queries are dropped; a running one finishes) and a compaction builder
+        (a later update that needs its index builds it itself)."""
+        compaction = self._compaction
+        if compaction is not None and compaction.building:
+            compaction.cancel()
         with self._pool_guard:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)

@@ -23,6 +23,28 @@ class SlowRAG(PatternRAG):
         return super()._knn(query, k, filter)
 
 
+class GatedBuildRAG(PatternRAG):
+    """The compaction builder waits at ``gate`` before each piece it adds (the index being built, not the live one)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+
+    def _build_add(self, index, labels, vectors):
+        self.gate.wait()
+        super()._build_add(index, labels, vectors)
+
+
+class SlowWriteRAG(PatternRAG):
+    """Every write chunk holds the exclusive lock for an extra ``delay_s``."""
+
+    delay_s = 0.0
+
+    def _set_rows(self, rows, patterns, unit):
+        time.sleep(self.delay_s)
+        super()._set_rows(rows, patterns, unit)
+
+
 class BrokenRAG(PatternRAG):
     def _knn(self, query, k, filter=None):
         raise RuntimeError("index exploded")
@@ -51,6 +73,25 @@ def filled(h):
 def ids_of(retrieval) -> np.ndarray:
     """The pattern ids of the neighbours (outcome[0] carries the id; see conftest.make_patterns)."""
     return np.where(retrieval.valid, retrieval.outcomes[..., 0], -1).astype(np.int64)
+
+
+def live_ids(rag: PatternRAG) -> np.ndarray:
+    """Ids of the entries in the library's metadata rows, sorted."""
+    return np.sort(rag._outcome[: rag.size, 0].astype(np.int64))
+
+
+def assert_index_holds_exactly(rag: PatternRAG, first: int, total: int) -> None:
+    """White box: the hnswlib index returns vectors for entries [first, total) and refuses every older one
+    (evicted: marked deleted, or left behind by a compaction). Labels are entry numbers; ids = entry numbers here."""
+    rag._index.get_items(np.arange(first, total))
+    for label in range(max(0, first - 3 * rag.max_patterns), first):
+        with pytest.raises(RuntimeError):
+            rag._index.get_items([label])
+
+
+def saved_bytes(rag: PatternRAG, directory) -> dict[str, bytes]:
+    rag.save_library(directory)
+    return {name: (directory / name).read_bytes() for name in ("patterns.hnsw", "patterns.npz")}
 
 
 def test_rag_head_parameter_budget(h):
@@ -266,3 +307,227 @@ def test_save_load_round_trip(h, rng, tmp_path):
         PatternRAG(128, 256, max_patterns=501).load_library(tmp_path)
     for r in (rag, twin):
         r.close()
+
+
+# ---------------------------------------------------------------- online updates of a full library, compaction
+def test_rounds_of_overwrites_keep_recall_and_the_newest(h, rng):
+    """A full library overwritten seven times over, in calls of uneven sizes: after every round the live set is
+    exactly the newest max_patterns entries and hnswlib agrees with brute force over them."""
+    n_lib, rounds = 1_000, 7
+    vectors = h.clustered_vectors(rng, n_lib * (rounds + 1))
+    patterns = h.make_patterns(vectors)
+    rag = PatternRAG(128, 256, max_patterns=n_lib)
+    rag.update_pattern_library(patterns[:n_lib])
+    sizes, added = [1, 37, 200, 64, 333], n_lib
+    for r in range(1, rounds + 1):
+        while added < n_lib * (r + 1):
+            step = min(sizes[added % len(sizes)], n_lib * (r + 1) - added)
+            rag.update_pattern_library(patterns[added:added + step])
+            added += step
+        assert rag.size == n_lib
+        np.testing.assert_array_equal(live_ids(rag), np.arange(added - n_lib, added))
+        assert_index_holds_exactly(rag, added - n_lib, added)
+        queries = vectors[added - n_lib:added][rng.integers(0, n_lib, 100)] + 0.05 * rng.standard_normal(
+            (100, 128)).astype(np.float32)
+        got = ids_of(rag.retrieve(torch.from_numpy(queries), timeout_ms=5_000))
+        exact = added - n_lib + h.brute_force_knn(vectors[added - n_lib:added], queries, 10)
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact, strict=True)])
+        assert recall >= 0.95, (r, recall)
+    # The index never exceeds 2N elements: it is swapped for a compacted one at entry 2N, 3N, ... (the last here).
+    assert rag._index.element_count <= 2 * n_lib
+    assert rag._compactions == added // n_lib - 1 == rounds
+    rag.close()
+
+
+def test_eviction_order_across_compactions(h, rng):
+    """Oldest first, one entry at a time, through compactions: a query for each vector finds it exactly while it
+    is among the newest max_patterns, never after."""
+    vectors = h.clustered_vectors(rng, 400, clusters=400)
+    rag = PatternRAG(128, 256, max_patterns=40, k=1)
+    for i in range(400):
+        rag.update_pattern_library(h.make_patterns(vectors[i:i + 1], first_id=i))
+        if i % 23 == 0 or i == 399:
+            top = ids_of(rag.retrieve(torch.from_numpy(vectors[: i + 1]), timeout_ms=2_000))[:, 0]
+            lo = max(0, i + 1 - 40)
+            np.testing.assert_array_equal(top[lo:], np.arange(lo, i + 1))
+            assert not np.isin(top, np.arange(lo)).any()
+    assert rag._compactions >= 8
+    rag.close()
+
+
+def test_a_call_larger_than_the_library_keeps_its_newest(h, rng):
+    vectors = h.clustered_vectors(rng, 900, clusters=900)
+    rag = PatternRAG(128, 256, max_patterns=200, k=1)
+    rag.update_pattern_library(h.make_patterns(vectors[:150]))
+    rag.update_pattern_library(h.make_patterns(vectors[150:650], first_id=150))  # 500 > 200: the newest 200
+    np.testing.assert_array_equal(live_ids(rag), np.arange(450, 650))
+    assert_index_holds_exactly(rag, 450, 650)
+    for start in range(650, 900, 50):  # and online updates go on from there, through a compaction
+        rag.update_pattern_library(h.make_patterns(vectors[start:start + 50], first_id=start))
+    np.testing.assert_array_equal(live_ids(rag), np.arange(700, 900))
+    top = ids_of(rag.retrieve(torch.from_numpy(vectors), timeout_ms=2_000))[:, 0]
+    np.testing.assert_array_equal(top[700:], np.arange(700, 900))
+    assert rag._compactions >= 1
+    rag.close()
+
+
+def test_queries_are_answered_during_a_compaction(h, rng):
+    """The builder is held at a gate: the compaction stays in progress, queries keep being answered against the
+    old index, and so they are while an update waits for the builder to swap its index in."""
+    vectors = h.clustered_vectors(rng, 500)
+    rag = GatedBuildRAG(128, 256, max_patterns=200)
+    q = torch.from_numpy(vectors[250:258] + 0.01)
+    rag.update_pattern_library(h.make_patterns(vectors[:200]))
+    rag.update_pattern_library(h.make_patterns(vectors[200:300], first_id=200))  # 300 / 400 elements: it starts
+    assert rag._compaction is not None and rag._compaction.building and rag._compaction.swap_at == 400
+    r = rag.retrieve(q, timeout_ms=1_000)
+    assert r.status == "ok"
+    np.testing.assert_array_equal(ids_of(r)[:, 0], np.arange(250, 258))
+    rag.update_pattern_library(h.make_patterns(vectors[300:350], first_id=300))  # fed to the builder, no swap
+    writer = threading.Thread(target=rag.update_pattern_library,
+                              args=(h.make_patterns(vectors[350:450], first_id=350),))
+    writer.start()  # reaches entry 400: waits for the builder, then swaps
+    deadline = time.monotonic() + 5
+    while rag._total < 400 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert rag._total == 400 and writer.is_alive() and rag._compactions == 0
+    for _ in range(5):  # the update is blocked on the builder, not on the index: queries go on
+        t0 = time.perf_counter()
+        r = rag.retrieve(q, timeout_ms=1_000)
+        assert r.status == "ok" and time.perf_counter() - t0 < 0.5
+        np.testing.assert_array_equal(ids_of(r)[:, 0], np.arange(250, 258))
+    assert writer.is_alive() and rag._compaction.building
+    rag.gate.set()
+    writer.join(timeout=10)
+    assert not writer.is_alive() and rag._compactions == 1
+    np.testing.assert_array_equal(live_ids(rag), np.arange(250, 450))
+    assert_index_holds_exactly(rag, 250, 450)
+    assert rag._index.element_count == 250  # the new index: the 200 live at the swap and 50 added since
+    r = rag.retrieve(q, timeout_ms=1_000)
+    np.testing.assert_array_equal(ids_of(r)[:, 0], np.arange(250, 258))
+    rag.close()
+
+
+def test_a_long_update_lets_queries_in_between_its_chunks(h, rng):
+    """One 1,000-pattern update holds the exclusive lock chunk by chunk (here ~15 ms each, 32 chunks): a query
+    issued meanwhile is answered before the update ends, within its deadline."""
+    vectors = h.clustered_vectors(rng, 2_000)
+    rag = SlowWriteRAG(128, 256, max_patterns=1_000)
+    rag.update_pattern_library(h.make_patterns(vectors[:1_000]))
+    rag.delay_s = 0.015
+    writer = threading.Thread(target=rag.update_pattern_library,
+                              args=(h.make_patterns(vectors[1_000:], first_id=1_000),))
+    writer.start()
+    time.sleep(0.05)
+    answered = []
+    for _ in range(5):
+        r = rag.retrieve(torch.from_numpy(vectors[:4]), timeout_ms=200)
+        answered.append(r.status == "ok" and writer.is_alive())
+    writer.join()
+    assert all(answered)
+    assert rag.size == 1_000 and wait_idle(rag)
+    rag.close()
+
+
+def test_point_in_time_after_compactions(h, rng):
+    """Rows are reused and the index rebuilt several times: the filter still uses each entry's own outcome time."""
+    vectors = h.clustered_vectors(rng, 3_000, clusters=20)
+    patterns = h.make_patterns(vectors)
+    rag = PatternRAG(128, 256, max_patterns=1_000)
+    for start in range(0, 3_000, 250):
+        rag.update_pattern_library(patterns[start:start + 250])
+    assert rag._compactions >= 2
+    idx = np.array([2_100, 2_500, 2_999])
+    windows = np.array([[patterns[i].start_ns, patterns[i].end_ns] for i in idx])
+    r = rag.retrieve(torch.from_numpy(vectors[idx]), timeout_ms=5_000, query_windows=windows)
+    outcome_end = np.array([p.outcome_end_ns for p in patterns])
+    for row, i in enumerate(idx):
+        eligible = np.flatnonzero(outcome_end <= windows[row, 0])
+        eligible = eligible[eligible >= 2_000]  # only the live ones can come back
+        got = ids_of(r)[row]
+        assert np.all(np.isin(got, eligible)) and i not in got
+        exact = eligible[h.brute_force_knn(vectors[eligible], vectors[i:i + 1], 10)[0]]
+        assert len(set(got) & set(exact)) >= 9
+    rag.close()
+
+
+def test_save_load_mid_compaction_continues_identically(h, rng, tmp_path):
+    """Saved while a compaction is pending, after earlier ones: the loaded copy answers the same, resumes the
+    compaction, and after the same further updates saves byte for byte the same library as the original."""
+    vectors = h.clustered_vectors(rng, 2_000)
+    patterns = h.make_patterns(vectors)
+    rag = PatternRAG(128, 256, max_patterns=300)
+    for start in range(0, 1_000, 70):
+        rag.update_pattern_library(patterns[start:start + 70])
+    assert rag._compactions >= 2 and rag._compaction is not None  # 1,000 entries: one is pending
+    rag.save_library(tmp_path / "a")
+    twin = PatternRAG(128, 256, max_patterns=300)
+    twin.load_state_dict(rag.state_dict())
+    twin.load_library(tmp_path / "a")
+    assert twin.size == 300 and twin._compaction is not None
+    assert twin._compaction.swap_at == rag._compaction.swap_at
+    q = torch.from_numpy(vectors[700:1_000:7] + 0.02)
+    a, b = rag.retrieve(q, timeout_ms=5_000), twin.retrieve(q, timeout_ms=5_000)
+    np.testing.assert_array_equal(ids_of(a), ids_of(b))
+    torch.testing.assert_close(rag.project(a), twin.project(b))
+    for start in range(1_000, 2_000, 90):
+        for r in (rag, twin):
+            r.update_pattern_library(patterns[start:start + 90])
+    assert twin._compactions >= 2
+    np.testing.assert_array_equal(live_ids(twin), np.arange(1_700, 2_000))
+    q = torch.from_numpy(vectors[1_700:2_000:7] + 0.02)
+    np.testing.assert_array_equal(ids_of(rag.retrieve(q, timeout_ms=5_000)), ids_of(twin.retrieve(q, timeout_ms=5_000)))
+    assert saved_bytes(rag, tmp_path / "b") == saved_bytes(twin, tmp_path / "c")
+    for r in (rag, twin):
+        r.close()
+
+
+def test_saved_library_depends_only_on_the_insertion_order(h, rng, tmp_path):
+    """Same entries, same order: byte-identical files, whatever the split into calls and however slow the
+    compaction builder is (the swap point is an entry number, not a moment)."""
+    patterns = h.make_patterns(h.clustered_vectors(rng, 1_500))
+    a = PatternRAG(128, 256, max_patterns=400)
+    for start in range(0, 1_500, 100):
+        a.update_pattern_library(patterns[start:start + 100])
+    b = GatedBuildRAG(128, 256, max_patterns=400)
+    threading.Timer(0.2, b.gate.set).start()  # the builder starts late: the updates wait for it at the swap
+    cuts = [0, 1, 2, 50, 333, 334, 700, 701, 1_100, 1_500]
+    for lo, hi in zip(cuts, cuts[1:], strict=False):
+        b.update_pattern_library(patterns[lo:hi])
+    assert a._compactions == b._compactions >= 2
+    assert saved_bytes(a, tmp_path / "a") == saved_bytes(b, tmp_path / "b")
+    c = PatternRAG(128, 256, max_patterns=400)  # a builder stopped by close() is redone by the update path
+    for lo, hi in ((0, 400), (400, 700), (700, 1_100), (1_100, 1_500)):
+        if lo == 700:
+            assert c._compaction is not None and c._compaction.building
+            c.close()
+        c.update_pattern_library(patterns[lo:hi])
+    assert saved_bytes(c, tmp_path / "c") == saved_bytes(a, tmp_path / "a")
+    for r in (a, b, c):
+        r.close()
+
+
+def test_clear_library_during_a_compaction(h, rng):
+    vectors = h.clustered_vectors(rng, 400)
+    rag = GatedBuildRAG(128, 256, max_patterns=200)
+    rag.update_pattern_library(h.make_patterns(vectors[:200]))
+    rag.update_pattern_library(h.make_patterns(vectors[200:320], first_id=200))
+    assert rag._compaction is not None
+    rag.clear_library()  # stops the builder
+    assert rag.size == 0 and rag._compaction is None
+    rag.gate.set()
+    rag.update_pattern_library(h.make_patterns(vectors[320:], first_id=320))
+    np.testing.assert_array_equal(live_ids(rag), np.arange(320, 400))
+    rag.close()
+
+
+def test_load_refuses_a_library_of_the_previous_format(h, rng, tmp_path):
+    rag = PatternRAG(128, 256, max_patterns=100)
+    rag.update_pattern_library(h.make_patterns(h.clustered_vectors(rng, 50)))
+    rag.save_library(tmp_path)
+    with np.load(tmp_path / "patterns.npz") as z:
+        meta = {key: z[key] for key in z.files if key not in ("library_format", "swap_at")}
+    np.savez(tmp_path / "patterns.npz", **meta)  # as written before format 2
+    with pytest.raises(ValueError, match="format 1.*rebuild"):
+        PatternRAG(128, 256, max_patterns=100).load_library(tmp_path)
+    rag.close()

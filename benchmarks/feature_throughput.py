@@ -28,7 +28,6 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -36,6 +35,7 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pyarrow as pa  # noqa: E402
+from results_file import write_results
 
 from conditioning.features.batch import Ticks  # noqa: E402
 from conditioning.features.state import BarFeatures, FeatureParams, SymbolFeatures  # noqa: E402
@@ -208,10 +208,7 @@ def main() -> None:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
     }
-    out = ROOT / "benchmarks" / "results" / "feature_throughput.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_results("feature_throughput", result, echo=True)
 
 
 if __name__ == "__main__":

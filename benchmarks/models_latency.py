@@ -26,7 +26,6 @@ failed open. ``update_point_reference``: what re-adding an existing label costs 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import threading
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_file import write_results
 
 from conditioning.config import ConditioningConfig
 from conditioning.features.types import Pattern
@@ -48,7 +48,6 @@ BATCHES = (1, 64, 256)
 TOKENS = 64
 ONLINE_STREAM = 20_000
 ONLINE_CALLS = (64, 1_000)
-OUT = Path(__file__).resolve().parent / "results" / "models_latency.json"
 MODEL_DIR = Path(__file__).resolve().parent.parent / "conditioning" / "pretrained" / "default"
 
 
@@ -215,8 +214,7 @@ def main() -> None:
         "results": results,
         "online_updates": online,
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(report, indent=2))
+    write_results("models_latency", report)
     for batch, rows in results.items():
         print(batch, {k: f"{v['p50_ms']:.3f}/{v['p99_ms']:.3f}" for k, v in rows.items()})
     for name, row in online.items():

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_file import write_results
 
 from conditioning.sim.market import MarketConfig, simulate_market
 from flows.config import AppConfig, load_config
@@ -41,7 +42,6 @@ from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
 from flows.runner import run_process
 from schemas.records import ContextRecord
 
-OUT = Path(__file__).resolve().parent / "results" / "pipeline_latency.json"
 SHARED = Path(os.environ.get("HRMCOND_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SLOW_EXTRA_MS = 40
 
@@ -136,8 +136,7 @@ def main() -> None:
                   "bar_ms": cfg.pipeline.bar_ms, "workers": 1},
         "results": results,
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(report, indent=2))
+    write_results("pipeline_latency", report)
     for name, r in results.items():
         print(f"{name}: batch p50/p99 {r['batch_ms']['p50_ms']:.2f}/{r['batch_ms']['p99_ms']:.2f} ms "
               f"(mean batch {r['batch_size']['mean']:.1f}), context total p50/p99 "

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import pickle
 import platform
@@ -36,6 +35,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from results_file import write_results
 
 from conditioning.features.ssr_luld import session_day
 from conditioning.features.state import SymbolFeatures
@@ -169,10 +169,7 @@ def main() -> None:
         "python": platform.python_version(),
         "machine": platform.machine(),
     }
-    out = ROOT / "benchmarks" / "results" / "state_memory.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_results("state_memory", result, echo=True)
 
 
 if __name__ == "__main__":

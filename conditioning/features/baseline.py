@@ -23,33 +23,41 @@ Undefined values (NaN, or <= 0 where a log is meaningless: a noise-dominated TSR
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 
 class LevelBaseline:
-    """EWMA baselines of ``log x`` for a fixed number of level features; picklable, O(features) per bar."""
+    """EWMA baselines of ``log x`` for a fixed number of level features; picklable, O(features) per bar.
+
+    Plain Python floats: with six features numpy's per-call overhead would cost more than the arithmetic, and
+    this runs at every bar close of every symbol.
+    """
 
     def __init__(self, n_features: int, halflife_bars: float) -> None:
         if halflife_bars <= 0:
             raise ValueError(f"halflife_bars must be > 0, got {halflife_bars}")
         self.alpha = 1.0 - 0.5 ** (1.0 / halflife_bars)
-        self.log_level = np.full(n_features, math.nan)
-        self.count = np.zeros(n_features)
+        self.log_level = [math.nan] * n_features
+        self.count = [0] * n_features
 
-    def relative(self, values: np.ndarray, update: bool = True) -> np.ndarray:
+    def relative(self, values: Sequence[float], update: bool = True) -> np.ndarray:
         """``log x - baseline`` for this bar's ``values`` [n]; with ``update``, then fold them into the baseline
         (a baseline never seeded yet gives NaN without ``update``)."""
-        x = np.asarray(values, dtype=np.float64)
-        defined = np.isfinite(x) & (x > 0.0)
-        logs = np.log(x, where=defined, out=np.full_like(x, math.nan))
-        rel = logs - self.log_level  # NaN where undefined or not seeded yet
-        if update:
-            seed = defined & np.isnan(self.log_level)
-            self.log_level[seed] = logs[seed]
-            rel[seed] = 0.0
-            self.count[defined] += 1.0
-            learn = defined & ~seed
-            rate = np.maximum(self.alpha, 1.0 / self.count[learn])
-            self.log_level[learn] += rate * rel[learn]
-        return rel
+        rel = [math.nan] * len(self.log_level)
+        for j, x in enumerate(values):
+            if not 0.0 < x < math.inf:  # NaN, <= 0 or inf: undefined, and the baseline stays
+                continue
+            lx = math.log(x)
+            b = self.log_level[j]
+            if b != b:  # not seeded yet (NaN)
+                if update:
+                    self.log_level[j], self.count[j] = lx, 1
+                    rel[j] = 0.0
+                continue
+            rel[j] = lx - b
+            if update:
+                self.count[j] += 1
+                self.log_level[j] = b + max(self.alpha, 1.0 / self.count[j]) * (lx - b)
+        return np.array(rel)

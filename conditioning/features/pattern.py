@@ -32,21 +32,18 @@ CLIP = 5.0
 RV_FLOOR = 1e-12
 
 
-def _zscore(x: np.ndarray) -> np.ndarray:
+def _zscore_columns(x: np.ndarray) -> np.ndarray:
+    """Column-wise z-scores of ``x [32, C]`` over the finite entries (population std); 0 where undefined, and
+    a whole column 0 when it has fewer than 2 finite values or no dispersion. All columns in one pass: on 32
+    rows numpy's per-call overhead outweighs the arithmetic, and this runs at every bar close of every symbol."""
     finite = np.isfinite(x)
-    out = np.zeros_like(x)
-    v = x[finite]
-    m = v.shape[0]
-    if m < 2:
-        return out
-    # sum/dot rather than mean()/std(): on 32 elements numpy's reductions are mostly call overhead, and this
-    # runs at every bar close of every symbol.
-    mean = v.sum() / m
-    d = v - mean
-    sd = math.sqrt(d.dot(d) / m)
-    if sd > 0.0:
-        out[finite] = d / sd
-    return out
+    m = finite.sum(axis=0)  # [C]
+    v = np.where(finite, x, 0.0)
+    mean = v.sum(axis=0) / np.maximum(m, 1)
+    d = np.where(finite, x - mean, 0.0)
+    sd = np.sqrt((d * d).sum(axis=0) / np.maximum(m, 1))
+    ok = (m >= 2) & (sd > 0.0)
+    return np.where(ok, d / np.where(ok, sd, 1.0), 0.0)
 
 
 def _log_ratio_to_mean(x: np.ndarray) -> np.ndarray:
@@ -67,10 +64,9 @@ def pattern_vector(
     r, v, s, n = arrays
     r = np.where(np.isfinite(r), r, 0.0)
     rms = math.sqrt(float(np.dot(r, r)) / PATTERN_BARS)
-    channels = np.stack(
-        [r / rms if rms > 0.0 else r, _zscore(_log_ratio_to_mean(v)), _zscore(s), _zscore(_log_ratio_to_mean(n))],
-        axis=1,
-    )  # [32, 4]
+    channels = np.empty((PATTERN_BARS, N_CHANNELS))  # [32, 4]
+    channels[:, 0] = r / rms if rms > 0.0 else r
+    channels[:, 1:] = _zscore_columns(np.stack([_log_ratio_to_mean(v), s, _log_ratio_to_mean(n)], axis=1))
     return np.clip(channels, -CLIP, CLIP).astype(np.float32).ravel()
 
 

@@ -553,7 +553,7 @@ class SymbolFeatures:
         ``close_bar`` lets every bar with ticks teach them, also one it closes on the way to a later end, so the
         result does not depend on how the caller spaces its ``close_bar`` calls."""
         realized, illiq, spread, _, _ = self._window_levels()
-        levels = np.array([realized.tsrv, realized.bpv, illiq, *spread])  # [6], LEVEL_FEATURES
+        levels = [realized.tsrv, realized.bpv, illiq, *spread.tolist()]  # [6], LEVEL_FEATURES
         return self._baseline.relative(levels, update=self._last_bar_had_ticks)
 
     def _window_features(self, end_ns: int) -> BarFeatures:
@@ -567,7 +567,7 @@ class SymbolFeatures:
         state = self._ssr.state_at(end_ns)
         one_hot = np.zeros(len(SsrLuldState))
         one_hot[state] = 1.0
-        levels = np.array([realized.tsrv, realized.bpv, illiq, *spread])  # [6], LEVEL_FEATURES
+        levels = [realized.tsrv, realized.bpv, illiq, *spread.tolist()]  # [6], LEVEL_FEATURES
         rel = self._baseline.relative(levels, update=self._last_bar_had_ticks)  # see _learn_levels
         regime = np.concatenate([rel[:3], one_hot, profile, rel[3:]])  # [20], layout REGIME_FEATURE_NAMES
 

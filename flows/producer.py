@@ -6,26 +6,31 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 
 import pyarrow as pa
+import pydantic
 
-from conditioning.features.ssr_luld import session_day
 from flows.kafka import CheckedProducer, ensure_topics
+from flows.sources.table import reference_tick, row_tick
 from schemas.canonical import ReferenceRow
+from schemas.errors import HrmcondError
 from schemas.ticks import Quote, Reference, Trade
 
 
 def table_ticks(table: pa.Table, reference: Sequence[ReferenceRow] = ()) -> Iterator[Trade | Quote | Reference]:
-    """Reference rows first (stamped at the start of their date), then the table's rows as wire ticks."""
-    for r in reference:
-        yield Reference(symbol=r.symbol, ts_ns=session_day(r.date).start_ns, prev_close=r.prev_close, tier=r.tier,
-                        date=r.date)
+    """Reference rows first (stamped at the start of their date), then the table's rows as wire ticks.
+
+    A row the wire format refuses stops the replay with its row number: a producer must not publish a file
+    it cannot represent faithfully (``hrmcond replay`` dead-letters such rows instead)."""
+    yield from (reference_tick(r) for r in reference)
+    offset = 0
     for batch in table.to_batches(max_chunksize=65_536):
-        c = batch.to_pydict()
+        columns = batch.to_pydict()
         for i in range(batch.num_rows):
-            if c["kind"][i] == "trade":
-                yield Trade(symbol=c["symbol"][i], ts_ns=c["ts_ns"][i], price=c["price"][i], size=c["size"][i])
-            else:
-                yield Quote(symbol=c["symbol"][i], ts_ns=c["ts_ns"][i], bid=c["bid"][i], bid_size=c["bid_size"][i],
-                            ask=c["ask"][i], ask_size=c["ask_size"][i])
+            try:
+                yield row_tick(columns, i)
+            except pydantic.ValidationError as err:
+                why = "; ".join(str(err).splitlines()[:3])
+                raise HrmcondError(f"row {offset + i} cannot be published: {why}") from err
+        offset += batch.num_rows
 
 
 def produce_table(

@@ -25,6 +25,22 @@ from schemas.records import DeadLetter
 from schemas.ticks import Quote, Reference, Trade
 
 
+def reference_tick(row: ReferenceRow) -> Reference:
+    """A reference row as the wire tick, stamped at the start (00:00 ET) of its trading date."""
+    return Reference(symbol=row.symbol, ts_ns=session_day(row.date).start_ns, prev_close=row.prev_close,
+                     tier=row.tier, date=row.date)
+
+
+def row_tick(columns: dict[str, list], i: int) -> Trade | Quote:
+    """Row ``i`` of a canonical table (as ``{column: values}``) as a validated wire tick; raises
+    ``pydantic.ValidationError`` for a row the wire format refuses (e.g. a one-sided quote)."""
+    c = columns
+    if c["kind"][i] == "trade":
+        return Trade(symbol=c["symbol"][i], ts_ns=c["ts_ns"][i], price=c["price"][i], size=c["size"][i])
+    return Quote(symbol=c["symbol"][i], ts_ns=c["ts_ns"][i], bid=c["bid"][i], bid_size=c["bid_size"][i],
+                 ask=c["ask"][i], ask_size=c["ask_size"][i])
+
+
 @dataclass(frozen=True)
 class ReplayInput:
     ticks: pa.Table
@@ -45,17 +61,10 @@ class _TablePartition(StatefulSourcePartition):
         self.progress = tqdm(total=self.n, initial=max(self.row, 0), unit="tick", unit_scale=True, desc="replay",
                              disable=None, leave=False)
 
-    def _reference_ticks(self) -> list:
-        out = []
-        for r in self.inp.reference:
-            out.append(Reference(symbol=r.symbol, ts_ns=session_day(r.date).start_ns, prev_close=r.prev_close,
-                                 tier=r.tier, date=r.date))
-        return out
-
     def next_batch(self) -> list:
         if self.row == -1:
             self.row = 0
-            return self._reference_ticks()
+            return [reference_tick(r) for r in self.inp.reference]
         if self.row >= self.n:
             self.progress.close()
             raise StopIteration
@@ -68,19 +77,14 @@ class _TablePartition(StatefulSourcePartition):
                 if self.next_bar_ns:
                     out.extend(Heartbeat(s, boundary) for s in sorted(self.symbols))
                 self.next_bar_ns = boundary + self.inp.bar_ns
-            sym = c["symbol"][i]
             try:
-                if c["kind"][i] == "trade":
-                    tick = Trade(symbol=sym, ts_ns=ts, price=c["price"][i], size=c["size"][i])
-                else:
-                    tick = Quote(symbol=sym, ts_ns=ts, bid=c["bid"][i], bid_size=c["bid_size"][i],
-                                 ask=c["ask"][i], ask_size=c["ask_size"][i])
+                tick = row_tick(c, i)
             except pydantic.ValidationError as err:
                 row = {k: c[k][i] for k in c}
                 out.append(DeadLetter.of(repr(row).encode(), "invalid_value", "; ".join(str(err).splitlines()[:3]),
                                          time.time_ns(), source=f"{self.inp.source_name}:row {i}"))
                 continue
-            self.symbols.add(sym)
+            self.symbols.add(tick.symbol)
             out.append(tick)
         self.progress.update(stop - self.row)
         self.row = stop

@@ -100,3 +100,18 @@ def test_replay_needs_its_inputs(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["replay", "--format", "taq", "--out", str(tmp_path / "o.jsonl")])
     assert info.value.code == 2 and "--trades" in capsys.readouterr().err
+
+
+def test_producer_refuses_a_row_the_wire_format_cannot_carry(tmp_path):
+    from flows.producer import table_ticks
+    from schemas.canonical import read_ticks
+    from schemas.errors import HrmcondError
+
+    ticks = tmp_path / "t.csv"
+    ticks.write_text("ts_ns,symbol,kind,price,size,bid,bid_size,ask,ask_size\n"
+                     "1514903400000000000,AAA,trade,10.0,100,,,,\n"
+                     "1514903401000000000,AAA,quote,,,,,10.02,300\n")
+    produced = table_ticks(read_ticks(ticks))
+    assert next(produced).kind == "trade"
+    with pytest.raises(HrmcondError, match="row 1"):
+        next(produced)

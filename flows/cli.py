@@ -155,7 +155,7 @@ def cmd_broker(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     t = cfg.kafka.topics
-    topics = [x for x in (t.ticks, t.contexts, t.features, t.dead_letter) if x]
+    topics = cfg.kafka.topic_names()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

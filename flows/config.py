@@ -85,6 +85,11 @@ class KafkaConfig(_Strict):
     #: Extra librdkafka settings (SASL/SSL, timeouts...) passed through to consumers and producers.
     librdkafka: dict[str, SecretStr] = {}
 
+    def topic_names(self) -> list[str]:
+        """Every topic the pipeline reads or writes (created up front: some brokers do not auto-create)."""
+        t = self.topics
+        return [x for x in (t.ticks, t.contexts, t.features, t.dead_letter) if x]
+
     def client_config(self) -> dict[str, str]:
         """The settings for a confluent-kafka client, secrets revealed (never log the result)."""
         conf = {k: v.get_secret_value() for k, v in self.librdkafka.items()}

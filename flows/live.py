@@ -12,11 +12,6 @@ from flows.kafka import ensure_topics
 from flows.sinks import KafkaRecordSink
 
 
-def live_topics(cfg: AppConfig) -> list[str]:
-    t = cfg.kafka.topics
-    return [x for x in (t.ticks, t.contexts, t.features, t.dead_letter) if x]
-
-
 def build_live_flow(cfg: AppConfig, *, until_eof: bool, engine: ContextEngine | None = None) -> Dataflow:
     """``until_eof``: stop once the ticks present at start are consumed (backfills, tests, the demo).
 
@@ -25,7 +20,7 @@ def build_live_flow(cfg: AppConfig, *, until_eof: bool, engine: ContextEngine | 
     """
     conf = cfg.kafka.client_config()
     topics = cfg.kafka.topics
-    ensure_topics(conf, live_topics(cfg), topics.partitions)
+    ensure_topics(conf, cfg.kafka.topic_names(), topics.partitions)
     source = KafkaSource(
         [cfg.kafka.bootstrap_servers],
         [topics.ticks],

@@ -66,7 +66,8 @@ class JsonlPartSink(DynamicSink):
         return _JsonlPartition(part_path(self.path, worker_index))
 
 
-def part_path(path: Path, worker_index: int) -> Path:
+def part_path(path: Path, worker_index: int | str) -> Path:
+    """A worker's part of ``path`` (``"*"`` gives the glob of all parts)."""
     return path.with_name(f".{path.name}.part-{worker_index}")
 
 
@@ -76,7 +77,7 @@ def merge_parts(path: Path) -> int:
     Each part is sorted in memory by (sort key, line) and the parts are k-way merged, so the result is
     byte-identical whatever the number of workers and however records were spread among them.
     """
-    parts = sorted(path.parent.glob(f".{path.name}.part-*"))
+    parts = sorted(path.parent.glob(part_path(path, "*").name))
 
     def lines(part: Path) -> Iterable[tuple[str, bytes]]:
         rows = []

@@ -8,7 +8,8 @@ as a dead letter (reason ``late``) instead of being applied out of order or lost
 
 Quiet symbols still close their bars: a :class:`Heartbeat` (replay: the file source's event-time clock)
 or, live, the wall clock (``idle_close_ms`` after a bar end, via Bytewax's ``notify_at``) advances the
-watermark without a tick.
+watermark without a tick. A heartbeat is passed on after the bars it closed: downstream, it says that this
+symbol has emitted every bar ending at or before its time (the inference step orders replay by it).
 
 A bar is emitted when it saw trades or quotes, or while the symbol is halted or in a LULD limit state
 (a halted symbol keeps publishing its HALTED state). Outside the regular session (when configured) ticks
@@ -37,10 +38,14 @@ Tick = Trade | Quote | Reference | Status
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """Event-time clock for one symbol: every tick of this symbol before ``ts_ns`` has been sent."""
+    """Event-time clock for one symbol. Into the bar step: every tick of ``symbol`` before ``ts_ns`` has been
+    sent. Out of it: every bar of ``symbol`` ending at or before ``ts_ns`` has been emitted. The clock ticked
+    for ``fanout`` symbols at once, so ``fanout`` heartbeats with this ``ts_ns`` out of the bar step mean that
+    every symbol has passed ``ts_ns``."""
 
     symbol: str
     ts_ns: int
+    fanout: int
 
 
 def feature_params(cfg: PipelineConfig) -> FeatureParams:
@@ -90,11 +95,12 @@ class SymbolLogic(StatefulLogic):
             state.newest_wall_ns = time.time_ns()
 
     # -- Bytewax hooks ------------------------------------------------------------------------------------
-    def on_item(self, value: Tick | Heartbeat) -> tuple[list[BarFeatures | DeadLetter], bool]:
-        out: list[BarFeatures | DeadLetter] = []
+    def on_item(self, value: Tick | Heartbeat) -> tuple[list[BarFeatures | DeadLetter | Heartbeat], bool]:
+        out: list[BarFeatures | DeadLetter | Heartbeat] = []
         if isinstance(value, Heartbeat):
             if self.state is not None:
                 self._advance(value.ts_ns, out)
+            out.append(value)  # after the bars it closed: they travel the same channel, in order
             return out, StatefulLogic.RETAIN
         if self.state is None:
             self.state = SymbolState(features=SymbolFeatures(value.symbol, feature_params(self.cfg)))

@@ -2,10 +2,10 @@
 
 All bars meet in one stateful step (:class:`InferenceLogic`, a single key): the models see micro-batches
 rather than single rows, and the online pattern library is one piece of Bytewax state, snapshotted with
-the rest. So the library, and with it every context, is the same whether one or several workers compute
-the features, and after a crash it resumes with exactly the patterns it had. (Inference is cheap next to
-feature work: about a millisecond per batch of hundreds of bars.) The regime smoother is per-symbol state
-and runs after it in a keyed ``stateful_map``.
+the rest, so after a crash it resumes with exactly the patterns it had. In replay the step conditions bars in
+global event-time order, so the library, and with it every context, is the same whether one or several
+workers compute the features. (Inference is cheap next to feature work: about a millisecond per batch of
+hundreds of bars.) The regime smoother is per-symbol state and runs after it in a keyed ``stateful_map``.
 
 Point in time: matured patterns (outcome now known) join the library after the batch that made them known
 has been conditioned, and retrieval skips patterns whose outcome was not known when the query window
@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import groupby
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from conditioning.features.types import Pattern
 from conditioning.hysteresis import RegimeSmoother
 from conditioning.regime import REGIME_NAMES
 from conditioning.system import ConditioningSystem
+from flows.bars import Heartbeat
 from flows.config import AppConfig
 from flows.metrics import METRICS
 from schemas.records import (
@@ -191,24 +193,81 @@ class ContextEngine:
         return smoother, (record, feature_record(draft.bar))
 
 
+@dataclass
+class InferenceState:
+    """What the inference key carries between batches, and into recovery snapshots."""
+
+    #: The online patterns added so far, oldest first (the newest ``max_patterns``): on resume they are added
+    #: again on top of the shipped library, which gives back the library the snapshot was taken with.
+    added: list[Pattern] = field(default_factory=list)
+    #: Event-time order only: bars waiting for every symbol's clock to pass their end.
+    held: list[BarFeatures] = field(default_factory=list)
+    #: Event-time order only: clock time -> symbols that reported passing it (until all ``fanout`` have).
+    passed: dict[int, int] = field(default_factory=dict)
+    #: Event-time order only: every symbol has passed this time; bars ending at or before it are conditioned.
+    released_ns: int = 0
+
+
 class InferenceLogic(StatefulBatchLogic):
-    """The single inference key: conditions bar batches; its state is the online part of the library."""
+    """The single inference key: conditions bar batches; its state is the online part of the library.
 
-    def __init__(self, engine: ContextEngine, resume: list[Pattern] | None):
+    ``event_time_order`` (replay, whose source carries the event-time clock): bars are held until every symbol
+    has passed their end (one :class:`Heartbeat` per symbol, forwarded by the bar step behind the bars it
+    closed), then conditioned one bar end at a time, symbols in name order, each end's matured patterns added
+    before the next end is conditioned. The library every query sees is then a function of the input alone,
+    not of how far each worker had got, so replay output is byte-identical for any number of workers with the
+    online library on. The cost is latency: a bar waits for the slowest worker to pass its end, which replay
+    does not mind. Live, bars are conditioned as they arrive (each batch sorted, one RAG deadline for it): a
+    pattern another worker has not yet delivered is missing from a query's library, never a later one (the
+    point-in-time rule in rag.py).
+    """
+
+    def __init__(self, engine: ContextEngine, event_time_order: bool, resume: InferenceState | None):
         self.engine = engine
-        self.added: deque[Pattern] = deque(maxlen=engine.cfg.conditioning.rag.max_patterns)
-        if resume:
-            engine.add_patterns(resume)
-            self.added.extend(resume)
+        self.event_time_order = event_time_order
+        self.state = resume or InferenceState()
+        self.added: deque[Pattern] = deque(self.state.added, maxlen=engine.cfg.conditioning.rag.max_patterns)
+        engine.add_patterns(list(self.added))
 
-    def on_batch(self, values: list[BarFeatures]) -> tuple[list[tuple[str, ContextDraft]], bool]:
+    def on_batch(self, values: list[BarFeatures | Heartbeat]) -> tuple[list[tuple[str, ContextDraft]], bool]:
+        bars = [v for v in values if isinstance(v, BarFeatures)]
+        if not self.event_time_order:
+            return self._condition(bars), StatefulBatchLogic.RETAIN
+        st = self.state
+        st.held.extend(bars)
+        for beat in values:
+            if isinstance(beat, Heartbeat):
+                count = st.passed.get(beat.ts_ns, 0) + 1
+                st.passed[beat.ts_ns] = count
+                if count == beat.fanout:
+                    st.released_ns = max(st.released_ns, beat.ts_ns)
+        st.passed = {t: n for t, n in st.passed.items() if t > st.released_ns}
+        return self._release(st.released_ns), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[tuple[str, ContextDraft]], bool]:
+        # End of input: every bar there will be has arrived.
+        held = self.state.held
+        return self._release(max((b.window_end_ns for b in held), default=0)), StatefulBatchLogic.RETAIN
+
+    def _release(self, through_ns: int) -> list[tuple[str, ContextDraft]]:
+        """Condition the held bars ending at or before ``through_ns``, one bar end at a time."""
+        st = self.state
+        due = sorted((b for b in st.held if b.window_end_ns <= through_ns), key=lambda b: (b.window_end_ns, b.symbol))
+        st.held = [b for b in st.held if b.window_end_ns > through_ns]
+        by_end = groupby(due, key=lambda b: b.window_end_ns)
+        return [d for _, same_end in by_end for d in self._condition(list(same_end))]
+
+    def _condition(self, bars: list[BarFeatures]) -> list[tuple[str, ContextDraft]]:
+        if not bars:
+            return []
         # A fixed order within the batch: workers deliver in no particular interleaving.
-        drafts, added = self.engine.drafts(sorted(values, key=lambda b: (b.window_end_ns, b.symbol)))
+        drafts, added = self.engine.drafts(sorted(bars, key=lambda b: (b.window_end_ns, b.symbol)))
         self.added.extend(added)
-        return drafts, StatefulBatchLogic.RETAIN
+        return drafts
 
-    def snapshot(self) -> list[Pattern]:
-        return list(self.added)
+    def snapshot(self) -> InferenceState:
+        st = self.state
+        return InferenceState(list(self.added), list(st.held), dict(st.passed), st.released_ns)
 
 
 def load_engine(cfg: AppConfig, deterministic: bool) -> ContextEngine:

@@ -4,7 +4,8 @@
 
     ticks (Kafka or file) ─ decode ─┬─ dead letters ───────────────────────────────────────┐
                                     └─ key by symbol ─ bars (SymbolLogic) ─┬─ late ticks ──┴─> dead-letter sink
-                                                                          └─ BarFeatures ─ one key: infer
+                                                                          └─ BarFeatures (+ heartbeats,
+                                                                             replay) ─ one key: infer
                                                  (InferenceLogic, micro-batches) ─ key by symbol ─ regime
                                                  hysteresis ─┬─> contexts sink
                                                              └─> features sink
@@ -96,7 +97,11 @@ def build_flow(
     name: str = "hrm_conditioning",
 ) -> Dataflow:
     """Wire the graph. ``engine`` builds the worker's models (called once, when the flow is built); without
-    one the graph stops at the features (training data, which must not need a trained model)."""
+    one the graph stops at the features (training data, which must not need a trained model).
+
+    ``wall_clock``: live, idle bars close on the wall clock and bars are conditioned as they arrive. Without
+    it (replay) the source carries the event-time clock as heartbeats, and the inference step conditions bars
+    in global event-time order (contexts.InferenceLogic)."""
     flow = Dataflow(name)
     raw = op.input("ticks_in", flow, source)
     items = op.flat_map("decode", raw, decode_message) if kafka_input else raw
@@ -104,19 +109,20 @@ def build_flow(
     ticks = op.map("count_ticks", split.falses, _count_tick)
     keyed = op.key_on("key_symbol", ticks, lambda t: t.symbol)
     bar_out = op.stateful("bars", keyed, lambda resume: SymbolLogic(cfg.pipeline, wall_clock, resume))
-    bar_split = op.branch("split_late", op.key_rm("unkey_bars", bar_out), lambda x: isinstance(x, BarFeatures))
+    bar_split = op.branch("split_late", op.key_rm("unkey_bars", bar_out), lambda x: not isinstance(x, DeadLetter))
     dead = op.merge("dead", split.trues, bar_split.falses)
     op.output("dead_out", op.map("dl_out", dead, _dead_letter_out), sinks.dead_letters)
     if engine is None:
         if sinks.features is None:
             raise ValueError("a features-only flow needs a features sink")
-        feats = op.map("feat_only_out", bar_split.trues, lambda bar: _record_out(feature_record(bar)))
+        bars = op.filter("drop_heartbeats", bar_split.trues, lambda x: isinstance(x, BarFeatures))
+        feats = op.map("feat_only_out", bars, lambda bar: _record_out(feature_record(bar)))
         op.output("features_out", feats, sinks.features)
         return flow
     ctx_engine = engine()
     one_key = op.key_on("all_bars", bar_split.trues, lambda _: "model")
     drafts = op.key_rm("unkey_model", op.stateful_batch(
-        "infer", one_key, lambda resume: InferenceLogic(ctx_engine, resume)))
+        "infer", one_key, lambda resume: InferenceLogic(ctx_engine, not wall_clock, resume)))
     records = op.stateful_map("regime_hysteresis", drafts, ctx_engine.finish)
     contexts = op.map("ctx_out", op.key_rm("unkey_ctx", records), lambda pair: _record_out(pair[0]))
     op.output("contexts_out", contexts, sinks.contexts)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pydantic
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -49,6 +50,14 @@ class ReplayInput:
     source_name: str
     batch_size: int = 4096
 
+    def __post_init__(self) -> None:
+        # The event-time clock ticks at the first row of each bar: it is only true of a time-sorted table.
+        ts = self.ticks.column("ts_ns").to_numpy()
+        if ts.size and (np.diff(ts) < 0).any():
+            first = int(np.flatnonzero(np.diff(ts) < 0)[0]) + 1
+            raise ValueError(f"{self.source_name}: replay needs ticks sorted by ts_ns, row {first} is earlier than "
+                             "the row before it (schemas.canonical.sort_ticks sorts a table)")
+
 
 class _TablePartition(StatefulSourcePartition):
     def __init__(self, inp: ReplayInput, resume: tuple[int, int, tuple[str, ...]] | None):
@@ -75,7 +84,7 @@ class _TablePartition(StatefulSourcePartition):
             if ts >= self.next_bar_ns:
                 boundary = ts // self.inp.bar_ns * self.inp.bar_ns
                 if self.next_bar_ns:
-                    out.extend(Heartbeat(s, boundary) for s in sorted(self.symbols))
+                    out.extend(Heartbeat(s, boundary, len(self.symbols)) for s in sorted(self.symbols))
                 self.next_bar_ns = boundary + self.inp.bar_ns
             try:
                 tick = row_tick(c, i)

@@ -83,16 +83,18 @@ def test_heartbeat_closes_bars_of_a_quiet_symbol():
     logic = SymbolLogic(cfg(), wall_clock=False)
     out = feed(logic, [trade(OPEN + 1 * S)])
     assert not bars(out)
-    out = feed(logic, [Heartbeat("AAA", OPEN + MIN)])
+    beat = Heartbeat("AAA", OPEN + MIN, 1)
+    out = feed(logic, [beat])
     assert [b.window_end_ns for b in bars(out)] == [OPEN + MIN]
+    assert out[-1] is beat  # passed on behind the bars it closed (the inference step's event-time clock)
     # empty bars after it are not emitted
-    assert not bars(feed(logic, [Heartbeat("AAA", OPEN + 5 * MIN)]))
+    assert not bars(feed(logic, [Heartbeat("AAA", OPEN + 5 * MIN, 1)]))
 
 
 def test_halted_symbol_keeps_emitting_its_state():
     logic = SymbolLogic(cfg(), wall_clock=False)
     feed(logic, [trade(OPEN + 1 * S), Status(symbol="AAA", ts_ns=OPEN + 2 * S, halted=True)])
-    out = feed(logic, [Heartbeat("AAA", OPEN + 4 * MIN)])
+    out = feed(logic, [Heartbeat("AAA", OPEN + 4 * MIN, 1)])
     states = [b.ssr_luld_state.name for b in bars(out)]
     assert states == ["HALTED"] * 4
 

@@ -1,35 +1,42 @@
-"""The inference step: contexts independent of batch composition, one shared fail-open deadline per batch."""
+"""The inference step: contexts independent of batch composition and, in event-time order, of the
+interleaving the workers deliver in; one shared fail-open deadline per batch."""
 
 from __future__ import annotations
 
+import pickle
 import time
 
 import numpy as np
 import pytest
 
 from conditioning.features.state import BarFeatures
-from conditioning.features.types import SsrLuldState
+from conditioning.features.types import OUTCOME_DIM, Pattern, SsrLuldState
 from conditioning.rag import PatternRAG
+from flows.bars import Heartbeat
 from flows.config import load_config
-from flows.contexts import INFER_ROWS, load_engine
+from flows.contexts import INFER_ROWS, InferenceLogic, load_engine
 
 T0 = 1_709_562_660_000_000_000  # 2024-03-04 09:31 ET, after the shipped library's patterns are known
 MIN = 60 * 10**9
 
 
-def bars(n: int, seed: int = 0) -> list[BarFeatures]:
+def bars(n: int, seed: int = 0, symbols: int = 7, matured: bool = False) -> list[BarFeatures]:
+    """``n`` bars of ``symbols`` symbols, one bar end after another; with ``matured``, each bar brings the
+    pattern whose outcome its end made known (the online library's input)."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         regime = rng.normal(0, 1, 20)
         regime[3:7] = np.eye(4)[0]
         regime[7:17] = rng.dirichlet(np.ones(10))
-        end = T0 + (i // 7) * MIN
+        end, symbol = T0 + (i // symbols) * MIN, f"S{i % symbols}"
+        done = [Pattern(symbol, end - 40 * MIN, end - 10 * MIN, end, rng.normal(0, 1, 128).astype(np.float32),
+                        rng.normal(0, 1e-3, OUTCOME_DIM).astype(np.float32))] if matured else []
         out.append(BarFeatures(
-            symbol=f"S{i % 7}", window_start_ns=end - 30 * MIN, window_end_ns=end, n_trades=10, n_quotes=10,
+            symbol=symbol, window_start_ns=end - 30 * MIN, window_end_ns=end, n_trades=10, n_quotes=10,
             rv=1e-5, tsrv=1e-5, bpv=1e-5, amihud=1e-3, ssr_luld_state=SsrLuldState.NORMAL,
             volume_profile=regime[7:17], spread=np.full(3, 1e-3), regime_features=regime,
-            pattern=rng.normal(0, 1, 128).astype(np.float32), matured=[], flags=(),
+            pattern=rng.normal(0, 1, 128).astype(np.float32), matured=done, flags=(),
         ))
     return out
 
@@ -65,3 +72,47 @@ def test_one_deadline_for_the_whole_batch(engine, monkeypatch):
     assert len(drafts) == len(batch) and {d.rag_status for _, d in drafts} == {"timeout"}
     # ten chunks each waiting out their own timeout would take >= 10 x 60 ms
     assert elapsed < 5 * timeout_s, f"{elapsed * 1e3:.0f} ms for a batch of 10 chunks"
+
+
+def worker_streams(batch: list[BarFeatures], symbols: int) -> tuple[list, list]:
+    """What the inference key receives from the bar step, in two interleavings: every symbol in step (one
+    worker), and the last symbol's worker 12 bar ends behind the others, in batches of other sizes. Each
+    symbol's bars and heartbeats keep their own order, as they do on the channel from its worker."""
+    in_step = [x for b in batch for x in (b, Heartbeat(b.symbol, b.window_end_ns, symbols))]
+    lagging = f"S{symbols - 1}"
+
+    def arrival(x):
+        t = x.window_end_ns if isinstance(x, BarFeatures) else x.ts_ns
+        return t + 12 * MIN * (x.symbol == lagging)
+
+    skewed = sorted(in_step, key=arrival)  # stable: a bar stays ahead of its heartbeat
+    return [in_step[i:i + 5] for i in range(0, len(in_step), 5)], [skewed[i:i + 7] for i in range(0, len(skewed), 7)]
+
+
+def run_inference(batches: list[list], event_time_order: bool, resume_after: int | None = None) -> list:
+    """(symbol, window end, context, RAG status) of every draft, in output order; a fresh engine (library)
+    per run. With ``resume_after``, the step is snapshotted after that many batches and resumed anew."""
+    cfg = load_config("deploy/local.yaml", env={})
+    logic = InferenceLogic(load_engine(cfg, deterministic=True), event_time_order, None)
+    out = []
+    for i, values in enumerate(batches):
+        if i == resume_after:
+            state = pickle.loads(pickle.dumps(logic.snapshot()))
+            logic = InferenceLogic(load_engine(cfg, deterministic=True), event_time_order, state)
+        out += logic.on_batch(values)[0]
+    out += logic.on_eof()[0]
+    return [(d.bar.symbol, d.bar.window_end_ns, d.context, d.rag_status) for _, d in out]
+
+
+def test_event_time_order_makes_contexts_independent_of_worker_interleaving():
+    symbols = 3
+    batch = bars(symbols * 45, seed=4, symbols=symbols, matured=True)
+    in_step, skewed = worker_streams(batch, symbols)
+    reference = run_inference(in_step, event_time_order=True)
+    assert [(t, s) for s, t, _, _ in reference] == sorted((b.window_end_ns, b.symbol) for b in batch)
+    assert {status for *_, status in reference} == {"ok"}
+    assert run_inference(skewed, event_time_order=True) == reference
+    assert run_inference(skewed, event_time_order=True, resume_after=len(skewed) // 2) == reference
+    # control: conditioned as they arrive, the lagging worker's queries see a library the others have moved on
+    arrival = run_inference(skewed, event_time_order=False)
+    assert sorted(arrival, key=lambda r: (r[1], r[0])) != sorted(reference, key=lambda r: (r[1], r[0]))

@@ -27,7 +27,7 @@ from bytewax.operators import StatefulLogic
 
 from conditioning.features.ssr_luld import session_day, trading_date
 from conditioning.features.state import BarFeatures, FeatureParams, SymbolFeatures
-from conditioning.features.types import SsrLuldState
+from conditioning.features.types import Pattern, SsrLuldState
 from flows.config import PipelineConfig
 from flows.metrics import METRICS
 from schemas.records import DeadLetter
@@ -77,6 +77,9 @@ class SymbolState:
     ticks_in_bar: int = 0
     #: End of the feature state's open bar (it keeps one open from its first tick on, sessions or not).
     features_end_ns: int = 0
+    #: Patterns that matured in bars not emitted (quiet, or outside the session): they ride on the next
+    #: emitted bar, keeping the time their outcome became known, so the library loses none.
+    matured: list[Pattern] = field(default_factory=list)
 
 
 class SymbolLogic(StatefulLogic):
@@ -181,7 +184,9 @@ class SymbolLogic(StatefulLogic):
             end = st.bar_end_ns
             bar = st.features.close_bar(end)
             st.features_end_ns = end + self.bar_ns
+            st.matured += bar.matured
             if st.ticks_in_bar or bar.ssr_luld_state in (SsrLuldState.HALTED, SsrLuldState.LULD_LIMIT):
+                bar.matured, st.matured = st.matured, []
                 out.append(bar)
             st.ticks_in_bar = 0
             st.bar_end_ns = self._next_bar_end(end)
@@ -227,11 +232,12 @@ class SymbolLogic(StatefulLogic):
 
     def _roll_features(self, ts_ns: int) -> None:
         """Between sessions no bar is emitted, but the feature state must still see its bars closed (as
-        empty ones) before a tick of a later bar; the discarded result is an out-of-session bar."""
+        empty ones) before a tick of a later bar; the discarded result is an out-of-session bar (its matured
+        patterns are kept)."""
         st = self.state
         if st.features_end_ns and ts_ns >= st.features_end_ns:
             start = ts_ns - ts_ns % self.bar_ns
-            st.features.close_bar(start)
+            st.matured += st.features.close_bar(start).matured
             st.features_end_ns = start + self.bar_ns
         elif not st.features_end_ns:
             st.features_end_ns = ts_ns - ts_ns % self.bar_ns + self.bar_ns

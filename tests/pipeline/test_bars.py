@@ -7,8 +7,8 @@ import pickle
 
 import pytest
 
-from conditioning.features.state import BarFeatures
-from flows.bars import Heartbeat, SymbolLogic
+from conditioning.features.state import BarFeatures, SymbolFeatures
+from flows.bars import Heartbeat, SymbolLogic, feature_params
 from flows.config import PipelineConfig, SessionConfig
 from schemas.records import DeadLetter
 from schemas.ticks import Quote, Reference, Status, Trade
@@ -89,6 +89,29 @@ def test_heartbeat_closes_bars_of_a_quiet_symbol():
     assert out[-1] is beat  # passed on behind the bars it closed (the inference step's event-time clock)
     # empty bars after it are not emitted
     assert not bars(feed(logic, [Heartbeat("AAA", OPEN + 5 * MIN, 1)]))
+
+
+def test_patterns_maturing_in_quiet_bars_ride_on_the_next_emitted_bar():
+    c = cfg(pattern_horizon_bars=2)
+    logic = SymbolLogic(c, wall_clock=False)
+    oracle = SymbolFeatures("AAA", feature_params(c))  # every bar closed, none dropped
+    quiet = range(45, 53)
+    out, expected = [], []
+    for m in range(60):
+        if m not in quiet:
+            tick = trade(OPEN + m * MIN + S, price=100.0 + 0.01 * (m % 3))
+            oracle.on_trade(tick.ts_ns, tick.price, tick.size)
+            out += feed(logic, [tick])
+        out += feed(logic, [Heartbeat("AAA", OPEN + (m + 1) * MIN, 1)])
+        expected += oracle.close_bar(OPEN + (m + 1) * MIN).matured
+    emitted = bars(out)
+    assert [b.window_end_ns for b in emitted] == [OPEN + (m + 1) * MIN for m in range(60) if m not in quiet]
+    carried = [(p.end_ns, p.outcome_end_ns) for b in emitted for p in b.matured]
+    assert carried == [(p.end_ns, p.outcome_end_ns) for p in expected] and len(carried) > 20
+    # the ones that matured while the symbol was quiet came with its next bar, stamped with when they did
+    after_gap = next(b for b in emitted if b.window_end_ns > OPEN + quiet[-1] * MIN)
+    assert len(after_gap.matured) > 1
+    assert all(p.outcome_end_ns <= after_gap.window_end_ns for p in after_gap.matured)
 
 
 def test_halted_symbol_keeps_emitting_its_state():

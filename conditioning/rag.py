@@ -56,9 +56,11 @@ which a loaded library resumes, so it continues exactly as the saved one would h
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -161,6 +163,21 @@ class RWLock:
             return not self._readers and not self._writer
 
 
+#: Compactions whose builder may be running. A daemon thread still inside hnswlib's C++ when the interpreter
+#: finalises is unwound by pthread_exit and the process aborts ("terminate called without an active
+#: exception"), so they are stopped at exit, while threads still run normally.
+_BUILDERS: weakref.WeakSet[_Compaction] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_builders() -> None:
+    builders = list(_BUILDERS)
+    for compaction in builders:
+        compaction.cancel()
+    for compaction in builders:
+        compaction.join(timeout=10.0)  # the piece being added: ~40 ms
+
+
 class _Compaction:
     """A replacement index built on a background thread from ``(labels, vectors)`` pieces, in the order fed.
 
@@ -181,6 +198,7 @@ class _Compaction:
         for start in range(0, len(labels), BUILD_CHUNK):
             self._queue.put((labels[start:start + BUILD_CHUNK], vectors[start:start + BUILD_CHUNK]))
         self._thread = threading.Thread(target=self._run, name="pattern-rag-compaction", daemon=True)
+        _BUILDERS.add(self)
         self._thread.start()
 
     def _run(self) -> None:
@@ -211,6 +229,9 @@ class _Compaction:
         """Stop without waiting: the builder drops its private index after the piece it is adding."""
         self._cancel.set()
         self._queue.put(None)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
     @property
     def building(self) -> bool:

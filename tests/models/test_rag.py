@@ -531,3 +531,31 @@ def test_load_refuses_a_library_of_the_previous_format(h, rng, tmp_path):
     with pytest.raises(ValueError, match="format 1.*rebuild"):
         PatternRAG(128, 256, max_patterns=100).load_library(tmp_path)
     rag.close()
+
+
+EXIT_DURING_BUILD = """
+import numpy as np
+from conditioning.features.types import OUTCOME_DIM, Pattern
+from conditioning.rag import PatternRAG
+
+rng = np.random.default_rng(0)
+n = 4_000
+rag = PatternRAG(128, 256, max_patterns=n)
+pats = [Pattern("S", i, i + 1, i + 2, rng.normal(size=128).astype(np.float32), np.zeros(OUTCOME_DIM, np.float32))
+        for i in range(2 * n)]
+rag.update_pattern_library(pats[:n])
+rag.update_pattern_library(pats[n:n + n // 2 + 10])  # starts a compaction
+assert rag._compaction is not None and rag._compaction.building
+print("exiting while the builder runs", flush=True)
+"""
+
+
+def test_a_process_exits_cleanly_while_a_compaction_builds():
+    """The builder is a daemon thread inside hnswlib's C++; left running into interpreter finalisation, it was
+    unwound by pthread_exit and the process aborted (exit 134) after its work was done."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", EXIT_DURING_BUILD], capture_output=True, text=True, timeout=120)
+    assert "exiting while the builder runs" in done.stdout, done.stderr
+    assert done.returncode == 0 and "terminate" not in done.stderr, done.stderr

@@ -77,8 +77,8 @@ class SymbolState:
     ticks_in_bar: int = 0
     #: End of the feature state's open bar (it keeps one open from its first tick on, sessions or not).
     features_end_ns: int = 0
-    #: Patterns that matured in bars not emitted (quiet, or outside the session): they ride on the next
-    #: emitted bar, keeping the time their outcome became known, so the library loses none.
+    #: Patterns that matured in bars not emitted (quiet): they ride on the next emitted bar, keeping the time
+    #: their outcome became known, so the library loses none.
     matured: list[Pattern] = field(default_factory=list)
 
 
@@ -184,7 +184,7 @@ class SymbolLogic(StatefulLogic):
             end = st.bar_end_ns
             bar = st.features.close_bar(end)
             st.features_end_ns = end + self.bar_ns
-            st.matured += bar.matured
+            st.matured += self._defined(bar.matured)
             if st.ticks_in_bar or bar.ssr_luld_state in (SsrLuldState.HALTED, SsrLuldState.LULD_LIMIT):
                 bar.matured, st.matured = st.matured, []
                 out.append(bar)
@@ -200,6 +200,15 @@ class SymbolLogic(StatefulLogic):
         if day.open_ns < nxt < day.close_ns + self.bar_ns:
             return nxt
         return 0  # the session is over: the next in-session tick opens a new bar
+
+    def _defined(self, matured: list[Pattern]) -> list[Pattern]:
+        """The patterns whose outcome horizon ends by the close of their session. Past it the horizon's bars are
+        the empty after-hours ones the feature state fills a gap with: a realised variance of nothing (log RV
+        near -28 against -14 in session) is not an outcome to retrieve."""
+        if not self.cfg.session.regular_hours_only:
+            return matured
+        holidays = self.cfg.session.holidays
+        return [p for p in matured if p.outcome_end_ns <= session_day(trading_date(p.end_ns - 1), holidays).close_ns]
 
     def _apply(self, tick: Tick, out: list) -> None:
         st, f = self.state, self.state.features
@@ -232,12 +241,11 @@ class SymbolLogic(StatefulLogic):
 
     def _roll_features(self, ts_ns: int) -> None:
         """Between sessions no bar is emitted, but the feature state must still see its bars closed (as
-        empty ones) before a tick of a later bar; the discarded result is an out-of-session bar (its matured
-        patterns are kept)."""
+        empty ones) before a tick of a later bar; the discarded result is an out-of-session bar."""
         st = self.state
         if st.features_end_ns and ts_ns >= st.features_end_ns:
             start = ts_ns - ts_ns % self.bar_ns
-            st.matured += st.features.close_bar(start).matured
+            st.matured += self._defined(st.features.close_bar(start).matured)
             st.features_end_ns = start + self.bar_ns
         elif not st.features_end_ns:
             st.features_end_ns = ts_ns - ts_ns % self.bar_ns + self.bar_ns

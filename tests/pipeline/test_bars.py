@@ -114,6 +114,25 @@ def test_patterns_maturing_in_quiet_bars_ride_on_the_next_emitted_bar():
     assert all(p.outcome_end_ns <= after_gap.window_end_ns for p in after_gap.matured)
 
 
+def test_patterns_whose_outcome_runs_past_the_close_are_dropped():
+    c = cfg(pattern_horizon_bars=5)
+    logic = SymbolLogic(c, wall_clock=False)
+    oracle = SymbolFeatures("AAA", feature_params(c))
+    close, next_open = OPEN + 390 * MIN, OPEN + 24 * 60 * MIN
+    out, expected = [], []
+    for m in range(390):
+        tick = trade(OPEN + m * MIN + S, price=100.0 + 0.01 * (m % 3))
+        oracle.on_trade(tick.ts_ns, tick.price, tick.size)
+        out += feed(logic, [tick, Heartbeat("AAA", OPEN + (m + 1) * MIN, 1)])
+        expected += oracle.close_bar(OPEN + (m + 1) * MIN).matured
+    # next morning: the feature state fills the night with empty bars, in which the last patterns mature
+    out += feed(logic, [trade(next_open + S), Heartbeat("AAA", next_open + MIN, 1)])
+    expected += oracle.close_bar(next_open).matured
+    late = [p for p in expected if p.outcome_end_ns > close]
+    assert len(late) == 5  # the patterns ending in the session's last 5 bars
+    assert [p.end_ns for b in bars(out) for p in b.matured] == [p.end_ns for p in expected if p not in late]
+
+
 def test_halted_symbol_keeps_emitting_its_state():
     logic = SymbolLogic(cfg(), wall_clock=False)
     feed(logic, [trade(OPEN + 1 * S), Status(symbol="AAA", ts_ns=OPEN + 2 * S, halted=True)])

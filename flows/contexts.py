@@ -14,8 +14,10 @@ started (rag.py), so the order of additions within a lookback never changes an a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby
 
@@ -39,6 +41,8 @@ from schemas.records import (
     StageLatencies,
     finite_or_none,
 )
+
+log = logging.getLogger(__name__)
 
 #: Rows per model call (see ContextEngine._chunk): small enough for per-bar latency, large enough to amortise.
 INFER_ROWS = 32
@@ -94,6 +98,7 @@ class ContextEngine:
         self.model_version = model_version
         #: Replay: no wall-clock dependence in the output (no latencies, RAG waits instead of timing out).
         self.deterministic = deterministic
+        self._updates: ThreadPoolExecutor | None = None
         self.flags = ConditioningFlags(
             enable_regime=cfg.conditioning.enable_regime,
             enable_rag=cfg.conditioning.enable_rag,
@@ -114,8 +119,26 @@ class ContextEngine:
                    if np.any(p.vector) and np.isfinite(p.vector).all() and np.isfinite(p.outcome).all()]
         if not self.cfg.pipeline.rag_online_updates:
             matured = []
-        self.add_patterns(matured)
+        if self.deterministic or not matured:
+            self.add_patterns(matured)
+        else:
+            # Live: the batch's contexts must not wait for the write lock, which a query stuck past its deadline
+            # holds (read side) until it returns: measured, that doubled a fail-open batch (60 -> 114 ms). A
+            # pattern whose outcome is known at this bar end is eligible only for windows starting at or after it
+            # (rag.py), so applying it a little later changes no neighbour set.
+            self._updater().submit(self._add_logged, matured)
         return drafts, matured
+
+    def _updater(self) -> ThreadPoolExecutor:
+        if self._updates is None:  # one thread: updates apply in order
+            self._updates = ThreadPoolExecutor(1, thread_name_prefix="pattern-updates")
+        return self._updates
+
+    def _add_logged(self, patterns: list[Pattern]) -> None:
+        try:
+            self.add_patterns(patterns)
+        except Exception:  # nobody waits on this thread: say so where operators look
+            log.exception("online pattern library update failed: %d patterns not added", len(patterns))
 
     def _chunk(self, bars: list[BarFeatures], deadline: float) -> list[tuple[str, ContextDraft]]:
         """At most INFER_ROWS bars, padded to exactly INFER_ROWS rows with copies of the first.
@@ -162,6 +185,13 @@ class ContextEngine:
     def add_patterns(self, patterns: list[Pattern]) -> None:
         if patterns:
             self.system.pattern_rag.update_pattern_library(patterns)
+
+    def close(self) -> None:
+        """Apply the library updates still queued, then stop the retrieval threads."""
+        if self._updates is not None:
+            self._updates.shutdown(wait=True)
+            self._updates = None
+        self.system.pattern_rag.close()
 
     def finish(self, smoother: RegimeSmoother | None, draft: ContextDraft
                ) -> tuple[RegimeSmoother | None, tuple[ContextRecord, FeatureRecord]]:

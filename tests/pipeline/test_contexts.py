@@ -116,3 +116,35 @@ def test_event_time_order_makes_contexts_independent_of_worker_interleaving():
     # control: conditioned as they arrive, the lagging worker's queries see a library the others have moved on
     arrival = run_inference(skewed, event_time_order=False)
     assert sorted(arrival, key=lambda r: (r[1], r[0])) != sorted(reference, key=lambda r: (r[1], r[0]))
+
+
+def test_live_batch_does_not_wait_for_a_stuck_query_to_add_its_patterns(monkeypatch):
+    """A query stuck past its deadline holds the index's read lock until it returns; the batch's library update
+    needs the write lock. Live, the contexts go out at the deadline and the update follows when it can."""
+    import threading
+
+    release = threading.Event()
+    original = PatternRAG._knn
+
+    def stuck(self, *args, **kwargs):
+        release.wait()
+        return original(self, *args, **kwargs)
+
+    cfg = load_config("deploy/local.yaml", env={})
+    engine = load_engine(cfg, deterministic=False)
+    rag = engine.system.pattern_rag
+    before = rag._total
+    monkeypatch.setattr(PatternRAG, "_knn", stuck)
+    batch = bars(2 * 3, seed=5, symbols=3, matured=True)
+    result = []
+    worker = threading.Thread(target=lambda: result.append(engine.drafts(batch)))
+    worker.start()
+    worker.join(timeout=10)
+    stalled = worker.is_alive()
+    release.set()
+    worker.join()
+    assert not stalled, "the batch waited for the stuck query"
+    drafts, added = result[0]
+    assert {d.rag_status for _, d in drafts} == {"timeout"} and len(added) == len(batch)
+    engine.close()  # waits for the queued update, which went through once the query let go
+    assert rag._total == before + len(batch)

@@ -646,6 +646,11 @@ class PatternRAG(nn.Module):
         retrieval = self.retrieve(query_features, timeout_ms, query_windows)
         return self.project(retrieval) if retrieval.status == "ok" else None
 
+    @property
+    def idle(self) -> bool:
+        """No query is running (a timed-out one may still hold the index) and no update is writing."""
+        return self._lock.idle
+
     def close(self) -> None:
         """Stop the worker pool (queued queries are dropped; a running one finishes) and a compaction builder
         (a later update that needs its index builds it itself)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -99,6 +100,7 @@ class ContextEngine:
         #: Replay: no wall-clock dependence in the output (no latencies, RAG waits instead of timing out).
         self.deterministic = deterministic
         self._updates: ThreadPoolExecutor | None = None
+        self._update: futures.Future | None = None  # the newest queued library update
         self.flags = ConditioningFlags(
             enable_regime=cfg.conditioning.enable_regime,
             enable_rag=cfg.conditioning.enable_rag,
@@ -119,14 +121,18 @@ class ContextEngine:
                    if np.any(p.vector) and np.isfinite(p.vector).all() and np.isfinite(p.outcome).all()]
         if not self.cfg.pipeline.rag_online_updates:
             matured = []
-        if self.deterministic or not matured:
+        behind = self._update is not None and not self._update.done()
+        if self.deterministic or not matured or (not behind and self.system.pattern_rag.idle):
             self.add_patterns(matured)
         else:
-            # Live: the batch's contexts must not wait for the write lock, which a query stuck past its deadline
-            # holds (read side) until it returns: measured, that doubled a fail-open batch (60 -> 114 ms). A
-            # pattern whose outcome is known at this bar end is eligible only for windows starting at or after it
-            # (rag.py), so applying it a little later changes no neighbour set.
-            self._updater().submit(self._add_logged, matured)
+            # Live, a query stuck past its deadline holds the index (read side) until it returns, and the update
+            # needs it exclusively: waiting here held the batch's contexts with it (measured: a 60 ms fail-open
+            # batch took 114 ms). Such an update, and every one after it until the queue drains (they apply in
+            # order), runs on a background thread instead. Not always: catching up, a background update competes
+            # with the next batch's queries for the cores (9% of the demo's contexts failed open, 0% inline). A
+            # pattern known at this bar end is eligible only for windows starting at or after it (rag.py), so a
+            # later update changes no neighbour set.
+            self._update = self._updater().submit(self._add_logged, matured)
         return drafts, matured
 
     def _updater(self) -> ThreadPoolExecutor:

@@ -120,7 +120,8 @@ def test_event_time_order_makes_contexts_independent_of_worker_interleaving():
 
 def test_live_batch_does_not_wait_for_a_stuck_query_to_add_its_patterns(monkeypatch):
     """A query stuck past its deadline holds the index's read lock until it returns; the batch's library update
-    needs the write lock. Live, the contexts go out at the deadline and the update follows when it can."""
+    needs the write lock. Live, the contexts go out at the deadline and the update follows when it can, in
+    order with the next batch's (which queues behind it)."""
     import threading
 
     release = threading.Event()
@@ -146,5 +147,11 @@ def test_live_batch_does_not_wait_for_a_stuck_query_to_add_its_patterns(monkeypa
     assert not stalled, "the batch waited for the stuck query"
     drafts, added = result[0]
     assert {d.rag_status for _, d in drafts} == {"timeout"} and len(added) == len(batch)
-    engine.close()  # waits for the queued update, which went through once the query let go
-    assert rag._total == before + len(batch)
+    monkeypatch.setattr(PatternRAG, "_knn", original)
+    later = bars(3, seed=6, symbols=3, matured=True)
+    assert len(engine.drafts(later)[1]) == len(later)
+    engine.close()
+    # both updates went through once the query let go, in order
+    assert rag._total == before + len(batch) + len(later)
+    assert list(rag._outcome_end_ns[(rag._total - 3 + np.arange(3)) % rag.max_patterns]) == [
+        p.outcome_end_ns for b in later for p in b.matured]

@@ -97,6 +97,16 @@ def _known_by(outcome_end_ns: np.ndarray, start_ns: int, label: int) -> bool:
     return bool(outcome_end_ns[label % len(outcome_end_ns)] <= start_ns)
 
 
+def _distinct_rows(query: np.ndarray, starts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``query [B, D]`` (with their window start) that first show each distinct value, and for every row
+    the position of its value among those: ``first [U]``, ``inverse [B]`` with ``query[first][inverse] == query``."""
+    seen: dict[bytes, int] = {}
+    inverse = np.array([seen.setdefault(query[i].tobytes() + (b"" if starts is None else starts[i].tobytes()),
+                                        len(seen)) for i in range(len(query))], dtype=np.int64)
+    first = np.unique(inverse, return_index=True)[1]
+    return first, inverse
+
+
 def _stored(index: hnswlib.Index, labels: np.ndarray) -> np.ndarray:
     """The vectors ``index`` stores for ``labels`` (unit norm): ``[n, D]`` float32. Fetched in pieces:
     ``get_items`` holds the GIL (~10 us a vector), 10k at once would stall every query thread for ~0.1 s."""
@@ -609,9 +619,18 @@ class PatternRAG(nn.Module):
         if not np.all(np.isfinite(query)):
             raise ValueError("query_features contain NaN or inf")
         deadline = time.monotonic() + timeout_ms / 1000.0
+        # Each row is searched on its own, so a repeated (query, window start) is searched once: padded batches
+        # repeat one row up to a fixed size (flows/contexts.py), e.g. 31 of 32 rows for a lone bar.
+        first, inverse = _distinct_rows(query, starts)
+        if len(first) < len(query):
+            query, starts = query[first], None if starts is None else starts[first]
         future = self._executor().submit(self._search, query, starts, deadline)
         try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+            found = future.result(timeout=max(0.0, deadline - time.monotonic()))
+            if found.status != "ok" or len(first) == len(inverse):
+                return found
+            return Retrieval("ok", labels=found.labels[inverse], similarity=found.similarity[inverse],
+                             outcomes=found.outcomes[inverse])
         except FutureTimeout:
             future.cancel()  # still queued: it never runs; running: it finishes and releases the lock itself
             return Retrieval("timeout")

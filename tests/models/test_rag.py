@@ -124,6 +124,28 @@ def test_forward_context_shape_and_latency_sanity(filled):
     assert elapsed < 1.0  # generous sanity bound; the figures are in benchmarks/results/models_latency.json
 
 
+def test_repeated_rows_are_searched_once(filled, h, monkeypatch):
+    rag, _, queries = filled
+    searched = []
+    original = PatternRAG._knn
+
+    def counting(self, query, k, filter=None):
+        searched.append(len(query))
+        return original(self, query, k, filter)
+
+    monkeypatch.setattr(PatternRAG, "_knn", counting)
+    rows = [0, 1, 0, 0, 2, 1]  # e.g. a padded batch
+    starts = np.array([[20_000 * h.BAR_NS, 20_001 * h.BAR_NS]] * 6, dtype=np.int64)  # every pattern known
+    starts[3] = [0, h.BAR_NS]  # same query, another window: a distinct search (nothing known by then)
+    res = rag.retrieve(torch.from_numpy(queries[rows]), 10_000, starts)
+    assert searched[0] == 4
+    alone = [rag.retrieve(torch.from_numpy(queries[[r]]), 10_000, starts[[i]]) for i, r in enumerate(rows)]
+    for i, one in enumerate(alone):
+        assert np.array_equal(res.labels[i], one.labels[0]) and np.array_equal(res.similarity[i], one.similarity[0])
+        assert np.array_equal(res.outcomes[i], one.outcomes[0])
+    assert not res.valid[3].any() and res.valid[0].all()
+
+
 def test_timeout_fails_open_and_leaves_the_index_healthy(h, rng):
     vectors = h.clustered_vectors(rng, 500)
     rag = SlowRAG(128, 256, max_patterns=1_000)

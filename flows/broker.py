@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -84,6 +85,7 @@ class EmbeddedBroker:
             preexec_fn=_die_with_parent if os.name == "posix" else None,  # noqa: PLW1509
         )
         try:
+            self._wait_for_listener()
             wait_for_broker(self.client_config, self.start_timeout_s)
             if self.topics:
                 ensure_topics(self.client_config, self.topics, self.partitions)
@@ -91,6 +93,20 @@ class EmbeddedBroker:
             self.stop()
             raise
         return self
+
+    def _wait_for_listener(self) -> None:
+        """Until the port accepts connections: a Kafka client polled earlier logs each refused connect to stderr."""
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline and self._proc.poll() is None:
+            try:
+                socket.create_connection((HOST, self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        if self._proc.poll() is not None:
+            where = f"; its log: {self.log_path}" if self.log_path else ""
+            raise HrmcondError(f"the embedded broker exited at start with code {self._proc.returncode}{where}")
+        # still not listening: wait_for_broker reports it with the cluster's own error
 
     def stop(self) -> None:
         if self._proc is None:

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 from conditioning.sim.market import simulate_day
 from flows.broker import EmbeddedBroker
 from flows.config import AppConfig, load_config
+from flows.kafka import CheckedProducer
 from flows.live import build_live_flow
 from flows.producer import produce_table
 from flows.runner import run_process
@@ -62,6 +63,14 @@ def demo_config(path: Path | None, bootstrap: str) -> AppConfig:
                                                                          "topics": topics})})
 
 
+def produce_bad_messages(conf: dict[str, str], topic: str) -> None:
+    # Its own scope: a producer outliving the broker logs a refused reconnect on the way out.
+    producer = CheckedProducer(conf)
+    for key, value in BAD_MESSAGES:
+        producer.produce(topic, value, key=key)
+    producer.flush()
+
+
 def run_demo(symbols: int = 12, seed: int = 7, config: Path | None = None) -> str:
     print(f"simulating one trading day of {symbols} symbols (seed {seed})...", flush=True)
     market = simulate_day(symbols, seed)
@@ -72,12 +81,7 @@ def run_demo(symbols: int = 12, seed: int = 7, config: Path | None = None) -> st
               flush=True)
         produce_table(conf, cfg.kafka.topics.ticks, market.ticks, market.reference,
                       partitions=cfg.kafka.topics.partitions)
-        from flows.kafka import CheckedProducer
-
-        producer = CheckedProducer(conf)
-        for key, value in BAD_MESSAGES:
-            producer.produce(cfg.kafka.topics.ticks, value, key=key)
-        producer.flush()
+        produce_bad_messages(conf, cfg.kafka.topics.ticks)
         print("running the live pipeline until the end of the topic...", flush=True)
         t0 = time.perf_counter()
         run_process(build_live_flow(cfg, until_eof=True))

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import groupby
 
 import numpy as np
@@ -235,7 +235,7 @@ class InferenceState:
 
     #: The online patterns added so far, oldest first (the newest ``max_patterns``): on resume they are added
     #: again on top of the shipped library, which gives back the library the snapshot was taken with.
-    added: list[Pattern] = field(default_factory=list)
+    added: deque[Pattern] = field(default_factory=deque)
     #: Event-time order only: bars waiting for every symbol's clock to pass their end.
     held: list[BarFeatures] = field(default_factory=list)
     #: Event-time order only: clock time -> symbols that reported passing it (until all ``fanout`` have).
@@ -262,8 +262,8 @@ class InferenceLogic(StatefulBatchLogic):
         self.engine = engine
         self.event_time_order = event_time_order
         self.state = resume or InferenceState()
-        self.added: deque[Pattern] = deque(self.state.added, maxlen=engine.cfg.conditioning.rag.max_patterns)
-        engine.add_patterns(list(self.added))
+        self.state.added = deque(self.state.added, maxlen=engine.cfg.conditioning.rag.max_patterns)
+        engine.add_patterns(list(self.state.added))
 
     def on_batch(self, values: list[BarFeatures | Heartbeat]) -> tuple[list[tuple[str, ContextDraft]], bool]:
         bars = [v for v in values if isinstance(v, BarFeatures)]
@@ -298,12 +298,12 @@ class InferenceLogic(StatefulBatchLogic):
             return []
         # A fixed order within the batch: workers deliver in no particular interleaving.
         drafts, added = self.engine.drafts(sorted(bars, key=lambda b: (b.window_end_ns, b.symbol)))
-        self.added.extend(added)
+        self.state.added.extend(added)
         return drafts
 
     def snapshot(self) -> InferenceState:
         st = self.state
-        return InferenceState(list(self.added), list(st.held), dict(st.passed), st.released_ns)
+        return replace(st, added=st.added.copy(), held=list(st.held), passed=dict(st.passed))
 
 
 def load_engine(cfg: AppConfig, deterministic: bool) -> ContextEngine:

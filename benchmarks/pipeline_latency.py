@@ -15,9 +15,12 @@ carries its stage latencies. Measured:
 
 Workloads: the real TAQ sample (one stock, two days: one bar per batch) and a simulated day of 20 symbols
 (replay conditions one bar end at a time: ~20 bars per batch). Fail-open: the same simulated day with the index
-search slowed past the deadline (each ``PatternRAG._knn`` call sleeps ``timeout_ms + 40`` ms first), so every
-batch waits out ``timeout_ms`` and falls back to the regime part (``rag_status = timeout``). Budgets (spec):
-< 100 ms primary, < 80 ms fail-open. Bar-to-emit lag is not reported: in replay, event time is history, not now.
+search slowed past the deadline (each ``PatternRAG._knn`` call sleeps ``timeout_ms + 40`` ms first):
+``fail_open_slow_rag`` with the circuit breaker off (``pipeline.rag_breaker_after: 0``), so every batch waits out
+``timeout_ms`` and falls back to the regime part (``rag_status = timeout``), and ``fail_open_slow_rag_breaker``
+with the default breaker (after 3 such batches, retrieval is skipped for 5 s at a time: ``unavailable``, no
+wait; flows/breaker.py). Budgets (spec): < 100 ms primary, < 80 ms fail-open. Bar-to-emit lag is not
+reported: in replay, event time is history, not now.
 
 ``catch_up``: live, after a stall (a broker pause, a restart), the bars of many bar ends reach the inference
 step in one batch. One ``drafts`` call on ``CATCH_UP_BARS`` bars of the simulated day (12 bar ends of 20
@@ -149,8 +152,13 @@ def main() -> None:
         seen = sim_bars if name.startswith("sim") else None
         results[f"{name}/primary"] = run(cfg, ticks, reference, slow_rag=False, seen=seen)
         print(name, "primary", json.dumps({k: results[f"{name}/primary"][k] for k in ("batch_ms", "rag_status")}))
-    results["sim_20_symbols_1_day/fail_open_slow_rag"] = run(cfg, market.ticks, market.reference, slow_rag=True)
-    print("fail-open", json.dumps(results["sim_20_symbols_1_day/fail_open_slow_rag"]["batch_ms"]))
+    no_breaker = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"rag_breaker_after": 0})})
+    results["sim_20_symbols_1_day/fail_open_slow_rag"] = run(no_breaker, market.ticks, market.reference,
+                                                             slow_rag=True)
+    results["sim_20_symbols_1_day/fail_open_slow_rag_breaker"] = run(cfg, market.ticks, market.reference,
+                                                                     slow_rag=True)
+    for name in ("fail_open_slow_rag", "fail_open_slow_rag_breaker"):
+        print(name, json.dumps(results[f"sim_20_symbols_1_day/{name}"]["batch_ms"]))
     stalled = sim_bars[len(sim_bars) // 2:][:CATCH_UP_BARS]  # mid-day: full lookback windows
     catch = {"healthy": catch_up(cfg, stalled, slow_rag=False), "stuck": catch_up(cfg, stalled, slow_rag=True)}
     print("catch-up", json.dumps(catch))

@@ -77,7 +77,7 @@ from torch import Tensor, nn
 
 from conditioning.features.types import OUTCOME_DIM, Pattern
 
-RagStatus = Literal["ok", "timeout", "disabled", "empty", "error"]
+RagStatus = Literal["ok", "timeout", "disabled", "empty", "error", "unavailable"]
 
 OVERFETCH = 4
 #: Up to this many eligible entries, the point-in-time fallback is an exact numpy search over them (an hnswlib

@@ -11,10 +11,11 @@ Every component is always built (so one artifact serves every flag setting); the
 | on | on | on | ``g * regime_ctx + (1 - g) * rag_ctx``, ``g = sigmoid(MLP([regime_ctx, rag_ctx]))`` per channel |
 
 ``enable_hybrid`` with one branch off has nothing to fuse and gives that branch alone. When retrieval does
-not answer (``timeout``/``error``) or has nothing to offer (``empty`` library, or no neighbour known before
-the query window for a row), the RAG part is absent and the context is the regime part (zeros if regime is
-off too); with ``fail_open = false`` a ``timeout`` or ``error`` raises ``RagUnavailableError`` instead. An
-empty library is a cold start, not a failure, in both modes.
+not answer (``timeout``/``error``), is not asked (``unavailable``: the caller's circuit breaker is open) or has
+nothing to offer (``empty`` library, or no neighbour known before the query window for a row), the RAG part is
+absent and the context is the regime part (zeros if regime is off too); with ``fail_open = false`` a
+``timeout``, ``error`` or ``unavailable`` raises ``RagUnavailableError`` instead. An empty library is a cold
+start, not a failure, in both modes.
 
 The system never receives an identifier: ``features`` accepts only the two feature keys and refuses any
 other (a ``puzzle_id`` or symbol passed by mistake is an error, not silently ignored).
@@ -102,7 +103,7 @@ class ConditioningSystem(nn.Module):
         return next(iter(sizes.values()))
 
     def _run(self, features: dict[str, Tensor], query_windows: np.ndarray | Tensor | None,
-             timeout_ms: float | None = None) -> ConditioningOutput:
+             timeout_ms: float | None = None, retrieve: bool = True) -> ConditioningOutput:
         t0 = time.perf_counter()
         batch = self._batch(features)
         ref = self.regime_proj.weight
@@ -115,13 +116,17 @@ class ConditioningSystem(nn.Module):
         rag_ctx, status, has_neighbours = None, "disabled", None
         if self.enable_rag:
             budget_ms = self.config.rag.timeout_ms if timeout_ms is None else timeout_ms
-            retrieval = (self.pattern_rag.retrieve(features["pattern_features"], budget_ms, query_windows)
-                         if budget_ms > 0 else Retrieval("timeout"))  # the caller's deadline has passed
+            if not retrieve:
+                retrieval = Retrieval("unavailable")
+            elif budget_ms <= 0:
+                retrieval = Retrieval("timeout")  # the caller's deadline has passed
+            else:
+                retrieval = self.pattern_rag.retrieve(features["pattern_features"], budget_ms, query_windows)
             status = retrieval.status
             if status == "ok":
                 rag_ctx = self.pattern_rag.project(retrieval)  # [B, C]
                 has_neighbours = torch.as_tensor(retrieval.valid.any(axis=1), device=ref.device)[:, None]
-            elif status in ("timeout", "error") and not self.fail_open:
+            elif status in ("timeout", "error", "unavailable") and not self.fail_open:
                 raise RagUnavailableError(
                     f"pattern retrieval {status} (timeout_ms={budget_ms}) with fail_open=false"
                 ) from retrieval.error
@@ -148,9 +153,10 @@ class ConditioningSystem(nn.Module):
 
     @torch.no_grad()
     def condition(self, features: dict[str, Tensor], query_windows: np.ndarray | Tensor | None = None,
-                  timeout_ms: float | None = None) -> ConditioningOutput:
+                  timeout_ms: float | None = None, retrieve: bool = True) -> ConditioningOutput:
         """Inference for the dataflow, once per bar batch: the context plus regime probabilities, RAG status
         and per-stage latencies (ms). ``query_windows [B, 2]`` int64 ``(start_ns, end_ns)`` makes retrieval
         point-in-time (see rag.py). ``timeout_ms`` overrides ``rag.timeout_ms`` for this call (a caller that
-        splits a batch passes what is left of one deadline; 0 = already past it, fail open at once)."""
-        return self._run(features, query_windows, timeout_ms)
+        splits a batch passes what is left of one deadline; 0 = already past it, fail open at once).
+        ``retrieve=False``: do not query the index (status ``unavailable``; a circuit breaker's open state)."""
+        return self._run(features, query_windows, timeout_ms, retrieve)

@@ -58,9 +58,13 @@ class PipelineConfig(_Strict):
     pattern_horizon_bars: int = Field(5, ge=1)
     #: Half-life of the per-symbol level baselines in bars (conditioning/features/baseline.py).
     baseline_halflife_bars: float = Field(1_950.0, gt=0)
-    #: Add matured patterns to the RAG library while running. Each worker updates its own copy, so with
-    #: several workers retrieval (and the output) depends on how symbols are spread; off = frozen library.
+    #: Add matured patterns to the RAG library while running (replay: the same output for any number of
+    #: workers; live: see README, "Running live"); off = the shipped library, frozen.
     rag_online_updates: bool = True
+    #: Live: after this many batches in a row whose retrieval timed out or failed, skip retrieval (no wait,
+    #: status ``unavailable``) for ``rag_breaker_cooldown_ms``, then probe again (flows/breaker.py); 0 = never.
+    rag_breaker_after: int = Field(3, ge=0)
+    rag_breaker_cooldown_ms: int = Field(5_000, ge=0)
     session: SessionConfig = SessionConfig()
 
     @model_validator(mode="after")

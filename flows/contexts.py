@@ -32,6 +32,7 @@ from conditioning.hysteresis import RegimeSmoother
 from conditioning.regime import REGIME_NAMES
 from conditioning.system import ConditioningSystem
 from flows.bars import Heartbeat
+from flows.breaker import RetrievalBreaker
 from flows.config import AppConfig
 from flows.metrics import METRICS
 from schemas.records import (
@@ -101,6 +102,7 @@ class ContextEngine:
         self.deterministic = deterministic
         self._updates: ThreadPoolExecutor | None = None
         self._update: futures.Future | None = None  # the newest queued library update
+        self.breaker = RetrievalBreaker(cfg.pipeline.rag_breaker_after, cfg.pipeline.rag_breaker_cooldown_ms * 10**6)
         self.flags = ConditioningFlags(
             enable_regime=cfg.conditioning.enable_regime,
             enable_rag=cfg.conditioning.enable_rag,
@@ -113,8 +115,13 @@ class ContextEngine:
         # One retrieval deadline for the whole batch: chunks after it fail open at once instead of each
         # waiting out its own timeout (N bars would otherwise wait N / INFER_ROWS timeouts).
         deadline = time.perf_counter() + self.system.config.rag.timeout_ms / 1e3
+        retrieve = self.deterministic or self.breaker.allows(time.monotonic_ns())
         drafts = [d for start in range(0, len(bars), INFER_ROWS)
-                  for d in self._chunk(bars[start:start + INFER_ROWS], deadline)]
+                  for d in self._chunk(bars[start:start + INFER_ROWS], deadline, retrieve)]
+        if retrieve and not self.deterministic and self.flags.enable_rag:
+            # Judged by the first chunk, which had the whole deadline: later ones of a large catch-up batch
+            # time out from load, not because the index is stuck.
+            self.breaker.record(drafts[0][1].rag_status in ("timeout", "error"), time.monotonic_ns())
         # A pattern from a window without data (all-zero vector) or whose outcome stayed undefined cannot be
         # retrieved meaningfully; it is left out of the library.
         matured = [p for b in bars for p in b.matured
@@ -146,7 +153,7 @@ class ContextEngine:
         except Exception:  # nobody waits on this thread: say so where operators look
             log.exception("online pattern library update failed: %d patterns not added", len(patterns))
 
-    def _chunk(self, bars: list[BarFeatures], deadline: float) -> list[tuple[str, ContextDraft]]:
+    def _chunk(self, bars: list[BarFeatures], deadline: float, retrieve: bool) -> list[tuple[str, ContextDraft]]:
         """At most INFER_ROWS bars, padded to exactly INFER_ROWS rows with copies of the first.
 
         Why pad: float32 matrix products give last-bit differences for the same row in batches of different
@@ -164,7 +171,8 @@ class ContextEngine:
         t1 = time.perf_counter()
         # Replay never races the clock (its generous per-call timeout applies); live shares the batch deadline.
         left_ms = None if self.deterministic else max(0.0, (deadline - time.perf_counter()) * 1e3)
-        out = self.system.condition({"regime_features": regime_x, "pattern_features": pattern_x}, windows, left_ms)
+        out = self.system.condition({"regime_features": regime_x, "pattern_features": pattern_x}, windows, left_ms,
+                                    retrieve)
         features_ms = (t1 - t0) * 1e3
         total_ms = features_ms + out.latency_ms["total"]
         METRICS.context_latency_ms.observe(total_ms)

@@ -27,7 +27,7 @@ NUM_REGIMES = 8
 
 SsrLuldName = Literal["NORMAL", "SSR_ACTIVE", "LULD_LIMIT", "HALTED"]
 assert set(SsrLuldName.__args__) == {s.name for s in SsrLuldState}
-RagStatus = Literal["ok", "timeout", "disabled", "empty", "error"]
+RagStatus = Literal["ok", "timeout", "disabled", "empty", "error", "unavailable"]
 OptFloat = float | None
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -233,7 +234,9 @@ def test_fail_open_under_a_slow_rag(tmp_path, kafka_cluster, kafka_topics, marke
     run_process(build_live_flow(cfg, until_eof=True))
     live = contexts_of(conf, cfg.kafka.topics.contexts)
     assert live.keys() == expected  # every bar still gets its context, on time, flagged
-    assert {r.rag_status for r in live.values()} == {"timeout"}
+    statuses = Counter(r.rag_status for r in live.values())
+    # the first batches wait out the deadline, then the circuit breaker skips the stuck index
+    assert set(statuses) == {"timeout", "unavailable"}, statuses
     total = np.array([r.latency.total_ms for r in live.values()])
     # generous bound on a shared 2-core runner; the figures themselves come from benchmarks/
     assert np.median(total) < 80.0, f"fail-open path median {np.median(total):.1f} ms"

@@ -101,6 +101,19 @@ def test_rag_failure_raises_when_fail_open_is_false(h, rng, regime, hybrid):
 
 
 @pytest.mark.parametrize("fail_open", [False, True])
+def test_retrieval_not_asked_is_unavailable(h, rng, fail_open):
+    system = make_system(h, rng, True, True, True, fail_open)
+    system.pattern_rag._knn = lambda *a, **k: pytest.fail("the index was queried")
+    if not fail_open:
+        with pytest.raises(RagUnavailableError, match="unavailable"):
+            system.condition(inputs(rng), retrieve=False)
+        return
+    out = system.condition(inputs(rng), retrieve=False)
+    assert out.rag_status == "unavailable"
+    torch.testing.assert_close(out.context, system.regime_proj(out.regime_probs))
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
 def test_empty_library_is_a_cold_start_not_a_failure(h, rng, fail_open):
     system = make_system(h, rng, True, True, True, fail_open, library=0)
     out = system.condition(inputs(rng))

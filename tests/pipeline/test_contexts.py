@@ -155,3 +155,51 @@ def test_live_batch_does_not_wait_for_a_stuck_query_to_add_its_patterns(monkeypa
     assert rag._total == before + len(batch) + len(later)
     assert list(rag._outcome_end_ns[(rag._total - 3 + np.arange(3)) % rag.max_patterns]) == [
         p.outcome_end_ns for b in later for p in b.matured]
+
+
+def test_breaker_skips_a_stuck_index_then_probes_it(monkeypatch):
+    calls = []
+    stuck = {"on": True}
+    original = PatternRAG._knn
+
+    def knn(self, *args, **kwargs):
+        calls.append(1)
+        if stuck["on"]:
+            time.sleep(0.1)  # past the 60 ms deadline
+        return original(self, *args, **kwargs)
+
+    cfg = load_config("deploy/local.yaml", env={"HRMCOND__PIPELINE__RAG_BREAKER_AFTER": "2",
+                                                "HRMCOND__PIPELINE__RAG_BREAKER_COOLDOWN_MS": "300"})
+    engine = load_engine(cfg, deterministic=False)
+    monkeypatch.setattr(PatternRAG, "_knn", knn)
+
+    def statuses(seed):
+        return {d.rag_status for _, d in engine.drafts(bars(4, seed=seed))[0]}
+
+    assert statuses(1) == statuses(2) == {"timeout"}  # two failed batches in a row: open
+    before = len(calls)
+    assert statuses(3) == {"unavailable"} and len(calls) == before  # not asked
+    time.sleep(0.35)
+    stuck["on"] = False
+    assert statuses(4) == {"ok"} and len(calls) > before  # the probe answers: closed
+    assert statuses(5) == {"ok"}
+    engine.close()
+
+
+def test_breaker_state_machine():
+    from flows.breaker import RetrievalBreaker
+
+    b = RetrievalBreaker(trip_after=2, cooldown_ns=100)
+    b.record(True, 0)
+    assert b.allows(1)
+    b.record(False, 2)  # an answer resets the count
+    b.record(True, 3)
+    assert b.allows(4)
+    b.record(True, 5)
+    assert not b.allows(6) and not b.allows(104) and b.allows(105)
+    b.record(True, 105)  # the probe failed: open again
+    assert not b.allows(106) and b.allows(205)
+    never = RetrievalBreaker(trip_after=0, cooldown_ns=100)
+    for t in range(10):
+        never.record(True, t)
+    assert never.allows(10)

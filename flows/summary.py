@@ -11,6 +11,8 @@ import numpy as np
 from schemas.records import ContextRecord, DeadLetter
 
 EASTERN = ZoneInfo("America/New_York")
+#: RAG statuses whose context went out without the RAG part because retrieval did not answer.
+FAILED_OPEN = ("timeout", "error", "unavailable")
 
 
 def _et(ts_ns: int) -> str:
@@ -33,7 +35,7 @@ def summarise(title: str, n_ticks: int, wall_s: float, contexts: list[ContextRec
         f"contexts out        {len(contexts):>10,}   (one per symbol per bar with ticks: {len(by_symbol)} symbols, "
         f"{len({c.key for c in contexts}):,} unique keys, 256-d)",
         f"dead letters        {len(dead):>10,}   {dict(Counter(d.reason for d in dead))}",
-        f"fail-open rate      {rag['timeout'] / n:>10.2%}   RAG status {dict(rag)}",
+        f"fail-open rate      {sum(rag[s] for s in FAILED_OPEN) / n:>10.2%}   RAG status {dict(rag)}",
     ]
     if lat.size:
         p50, p99, mx = np.percentile(lat, [50, 99, 100])

@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from flows.metrics import METRICS
+
 log = logging.getLogger(__name__)
 
 
@@ -32,6 +34,7 @@ class RetrievalBreaker:
         if not failed:
             if self.failures >= max(self.trip_after, 1):
                 log.info("pattern retrieval answers again: circuit closed")
+                METRICS.rag_breaker_open.set(0)
             self.failures = 0
             return
         self.failures += 1
@@ -40,4 +43,5 @@ class RetrievalBreaker:
                 log.warning("pattern retrieval failed %d batches in a row: skipping it for %.0f ms at a time "
                             "(contexts carry the regime part, rag_status 'unavailable')",
                             self.failures, self.cooldown_ns / 1e6)
+                METRICS.rag_breaker_open.set(1)
             self.open_until_ns = now_ns + self.cooldown_ns

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 _LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 80, 100, 250, 1000)
 
@@ -19,6 +19,7 @@ class _Metrics:
     bars: Counter
     contexts: Counter
     rag_status: Counter
+    rag_breaker_open: Gauge
     context_latency_ms: Histogram
     consumer_errors: Counter
 
@@ -31,7 +32,9 @@ METRICS = _Metrics(
     crossed_quotes=Counter("hrmcond_crossed_quotes", "Crossed quotes seen (excluded from spread features)"),
     bars=Counter("hrmcond_bars", "Bars closed and emitted"),
     contexts=Counter("hrmcond_contexts", "Context records emitted, by regime", ["regime"]),
-    rag_status=Counter("hrmcond_rag_status", "RAG outcome per context (timeout = fail-open)", ["status"]),
+    rag_status=Counter("hrmcond_rag_status", "RAG outcome per context (timeout, error, unavailable = fail-open)",
+                       ["status"]),
+    rag_breaker_open=Gauge("hrmcond_rag_breaker_open", "1 while retrieval is skipped after repeated timeouts"),
     context_latency_ms=Histogram(
         "hrmcond_context_latency_ms", "Model time per context batch (features to context), ms",
         buckets=_LATENCY_BUCKETS_MS,

@@ -15,6 +15,7 @@ from conditioning.rag import PatternRAG
 from flows.bars import Heartbeat
 from flows.config import load_config
 from flows.contexts import INFER_ROWS, InferenceLogic, load_engine
+from flows.metrics import sample
 
 T0 = 1_709_562_660_000_000_000  # 2024-03-04 09:31 ET, after the shipped library's patterns are known
 MIN = 60 * 10**9
@@ -179,9 +180,11 @@ def test_breaker_skips_a_stuck_index_then_probes_it(monkeypatch):
     assert statuses(1) == statuses(2) == {"timeout"}  # two failed batches in a row: open
     before = len(calls)
     assert statuses(3) == {"unavailable"} and len(calls) == before  # not asked
+    assert sample("hrmcond_rag_breaker_open") == 1
     time.sleep(0.35)
     stuck["on"] = False
     assert statuses(4) == {"ok"} and len(calls) > before  # the probe answers: closed
+    assert sample("hrmcond_rag_breaker_open") == 0
     assert statuses(5) == {"ok"}
     engine.close()
 

@@ -37,37 +37,42 @@ def _zscore_columns(x: np.ndarray) -> np.ndarray:
     a whole column 0 when it has fewer than 2 finite values or no dispersion. All columns in one pass: on 32
     rows numpy's per-call overhead outweighs the arithmetic, and this runs at every bar close of every symbol."""
     finite = np.isfinite(x)
-    m = finite.sum(axis=0)  # [C]
-    v = np.where(finite, x, 0.0)
-    mean = v.sum(axis=0) / np.maximum(m, 1)
+    m = np.maximum(finite.sum(axis=0), 1)  # [C]; a column without a finite value is 0 whatever m
+    mean = np.where(finite, x, 0.0).sum(axis=0) / m
     d = np.where(finite, x - mean, 0.0)
-    sd = np.sqrt((d * d).sum(axis=0) / np.maximum(m, 1))
+    sd = np.sqrt((d * d).sum(axis=0) / m)
     ok = (m >= 2) & (sd > 0.0)
     return np.where(ok, d / np.where(ok, sd, 1.0), 0.0)
 
 
-def _log_ratio_to_mean(x: np.ndarray) -> np.ndarray:
-    mean = x.mean()
-    return np.log1p(x / mean) if mean > 0.0 else np.zeros_like(x)
+def _log_ratio_to_mean(x: np.ndarray, out: np.ndarray) -> None:
+    """``out = log1p(x / mean(x))``, or 0 when the mean is not positive (no volume, no trade in 32 bars)."""
+    mean = x.sum() / x.shape[0]  # np.mean's own formula, without its per-call overhead
+    if mean > 0.0:
+        np.log1p(x / mean, out=out)
+    else:
+        out[:] = 0.0
 
 
-def pattern_vector(
-    returns: np.ndarray, volumes: np.ndarray, spreads: np.ndarray, n_trades: np.ndarray
-) -> np.ndarray:
-    """[128] float32 pattern of the last 32 bars (see the module docstring); inputs are [32] per-bar arrays.
+def pattern_vector(bars: np.ndarray) -> np.ndarray:
+    """[128] float32 pattern of the last 32 bars (see the module docstring) from ``bars [32, 4]``, oldest bar
+    first, columns in channel order: the bar's return, volume, spread and trade count.
 
-    ``returns`` may hold NaN (no price yet), ``spreads`` NaN (no valid quote in the bar).
+    Returns may be NaN (no price yet), spreads NaN (no valid quote in the bar). Bar-major like the output, so
+    each channel is one column and the vector is one ``ravel``.
     """
-    arrays = [np.asarray(a, dtype=np.float64) for a in (returns, volumes, spreads, n_trades)]
-    if any(a.shape != (PATTERN_BARS,) for a in arrays):
-        raise ValueError(f"pattern inputs must each have shape ({PATTERN_BARS},), got {[a.shape for a in arrays]}")
-    r, v, s, n = arrays
-    r = np.where(np.isfinite(r), r, 0.0)
-    rms = math.sqrt(float(np.dot(r, r)) / PATTERN_BARS)
+    x = np.asarray(bars, dtype=np.float64)
+    if x.shape != (PATTERN_BARS, N_CHANNELS):
+        raise ValueError(f"pattern input must have shape ({PATTERN_BARS}, {N_CHANNELS}), got {x.shape}")
     channels = np.empty((PATTERN_BARS, N_CHANNELS))  # [32, 4]
+    r = np.where(np.isfinite(x[:, 0]), x[:, 0], 0.0)
+    rms = math.sqrt(float(np.dot(r, r)) / PATTERN_BARS)
     channels[:, 0] = r / rms if rms > 0.0 else r
-    channels[:, 1:] = _zscore_columns(np.stack([_log_ratio_to_mean(v), s, _log_ratio_to_mean(n)], axis=1))
-    return np.clip(channels, -CLIP, CLIP).astype(np.float32).ravel()
+    _log_ratio_to_mean(x[:, 1], channels[:, 1])
+    channels[:, 2] = x[:, 2]
+    _log_ratio_to_mean(x[:, 3], channels[:, 3])
+    channels[:, 1:] = _zscore_columns(channels[:, 1:])
+    return np.clip(channels, -CLIP, CLIP, out=np.empty((PATTERN_BARS, N_CHANNELS), dtype=np.float32)).ravel()
 
 
 def pattern_outcome(log_price_end: float, log_price_horizon: float, horizon_returns: np.ndarray) -> np.ndarray:

@@ -230,6 +230,26 @@ class _Fifo:
         self._head, self._tail = 0, live.shape[1]
 
 
+class _LastRows:
+    """The last ``n`` rows appended, oldest first, as one C-contiguous ``[n, width]`` view, O(width) per append:
+    every row is written twice, at ``i`` and ``i + n`` of a ``[2n, width]`` buffer, so the window (rows
+    ``next .. next + n - 1``) never wraps around and is read with no copy."""
+
+    __slots__ = ("_data", "_next")
+
+    def __init__(self, n: int, fill: tuple[float, ...]) -> None:
+        self._data = np.tile(fill, (2 * n, 1))
+        self._next = 0  # the slot the next row goes to, in [0, n)
+
+    def append(self, row: tuple[float, ...]) -> None:
+        i, n = self._next, self._data.shape[0] // 2
+        self._data[i :: n] = row  # rows i and i + n
+        self._next = (i + 1) % n
+
+    def view(self) -> np.ndarray:
+        return self._data[self._next : self._next + self._data.shape[0] // 2]
+
+
 # Columns of the trade buffer (one row per trade of the window).
 _PRICE, _SIZE, _LOG_PRICE = range(3)
 
@@ -295,11 +315,8 @@ class SymbolFeatures:
         self._last_bar_had_ticks = False  # the level baselines only learn from bars with ticks
         self._idle_pattern: np.ndarray | None = None
         self._log_price = math.nan  # log of the last trade price seen
-        n = params.pattern_bars
-        self._hist_returns: deque[float] = deque([math.nan] * n, maxlen=n)
-        self._hist_volumes: deque[float] = deque([0.0] * n, maxlen=n)
-        self._hist_spreads: deque[float] = deque([math.nan] * n, maxlen=n)
-        self._hist_trades: deque[float] = deque([0.0] * n, maxlen=n)
+        # pattern inputs of the last pattern_bars bars: return, volume, spread, trade count (_record_history)
+        self._history = _LastRows(params.pattern_bars, (math.nan, 0.0, math.nan, 0.0))
         self._pending: deque[_PendingPattern] = deque()
         self._matured: list[Pattern] = []
         self._outcomes_undefined = 0
@@ -493,10 +510,7 @@ class SymbolFeatures:
     def _record_history(self, ret: float, volume: float, spread: float, n_trades: float) -> None:
         """Per-bar inputs of the pattern vector: the close-to-close log return of the last price (0 in a bar
         without trades, NaN before the first trade), volume, time-weighted relative spread and trade count."""
-        self._hist_returns.append(ret)
-        self._hist_volumes.append(volume)
-        self._hist_spreads.append(spread)
-        self._hist_trades.append(n_trades)
+        self._history.append((ret, volume, spread, n_trades))
 
     def _mature_patterns(self, now_ns: int) -> None:
         horizon = self.params.pattern_horizon_bars
@@ -505,7 +519,7 @@ class SymbolFeatures:
             if math.isnan(p.log_price):
                 self._outcomes_undefined += 1
                 continue
-            horizon_returns = np.array(list(self._hist_returns)[-horizon:])
+            horizon_returns = self._history.view()[-horizon:, 0]
             self._matured.append(
                 Pattern(
                     self.symbol,
@@ -624,12 +638,7 @@ class SymbolFeatures:
         are constant (zero returns, volumes and trades, NaN spreads), so the vector is computed once per run."""
         if self._idle_pattern is not None:
             return self._idle_pattern.copy()  # records never share an array
-        vector = pattern_vector(
-            np.array(self._hist_returns),
-            np.array(self._hist_volumes),
-            np.array(self._hist_spreads),
-            np.array(self._hist_trades),
-        )
+        vector = pattern_vector(self._history.view())
         if self._quiet_bars >= self.params.pattern_bars:
             self._idle_pattern = vector
         return vector

@@ -30,5 +30,9 @@ def volume_at_price(prices: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         profile = np.zeros(N_BUCKETS)
         profile[N_BUCKETS // 2 - 1 : N_BUCKETS // 2 + 1] = 0.5
         return profile
-    buckets = np.minimum(np.floor(N_BUCKETS * (p - low) / (high - low)).astype(np.int64), N_BUCKETS - 1)
+    x = p - low  # >= 0, so the integer cast's truncation below is the floor
+    x *= N_BUCKETS
+    x /= high - low
+    buckets = x.astype(np.int64)
+    np.minimum(buckets, N_BUCKETS - 1, out=buckets)
     return np.bincount(buckets, weights=s, minlength=N_BUCKETS) / total

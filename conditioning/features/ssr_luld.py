@@ -694,6 +694,8 @@ class SsrLuldTracker:
         return self._bands_computed
 
     def _evaluate_limit(self, ts_ns: int) -> None:
+        if self._feed_bands is None and self._bands_computed is None:
+            return  # no band to be at (no reference data, or no trade since the open or a pause): cheapest test first
         if self._halted() or not self._in_session(ts_ns):
             return
         bands = self._effective_bands(ts_ns)

@@ -344,11 +344,9 @@ class SymbolFeatures:
 
     def on_quote(self, ts_ns: int, bid: float, bid_size: float, ask: float, ask_size: float) -> None:
         """The NBBO after an event (USD, shares). A side that is NaN or 0 is absent (one-sided quote)."""
-        for name, value in (("bid", bid), ("bid_size", bid_size), ("ask", ask), ("ask_size", ask_size)):
-            if value < 0.0 or value == math.inf:
-                raise ValueError(
-                    f"quote for {self.symbol} at {ts_ns}: {name} must be >= 0, finite or NaN, got {value!r}"
-                )
+        inf = math.inf
+        if not (0.0 <= bid < inf and 0.0 <= bid_size < inf and 0.0 <= ask < inf and 0.0 <= ask_size < inf):
+            self._check_quote(ts_ns, bid, bid_size, ask, ask_size)
         if not self._floor <= ts_ns < self._bar_end:
             self._admit(ts_ns)
         self._floor = ts_ns
@@ -377,6 +375,15 @@ class SymbolFeatures:
             self._admit(ts_ns)
         self._floor = ts_ns
         self._ssr.on_status(ts_ns, **status)
+
+    def _check_quote(self, ts_ns: int, bid: float, bid_size: float, ask: float, ask_size: float) -> None:
+        """Slow path of the quote check (a NaN side, an absent one, gets here too and passes): name the value
+        that is negative or infinite."""
+        for name, value in (("bid", bid), ("bid_size", bid_size), ("ask", ask), ("ask_size", ask_size)):
+            if value < 0.0 or value == math.inf:
+                raise ValueError(
+                    f"quote for {self.symbol} at {ts_ns}: {name} must be >= 0, finite or NaN, got {value!r}"
+                )
 
     def _admit(self, ts_ns: int) -> None:
         """Slow path of the tick-time check: open the first bar, or explain the violation."""

@@ -29,16 +29,21 @@ class RetrievalBreaker:
         """Whether a batch starting at ``now_ns`` (``time.monotonic_ns``) should query the index."""
         return now_ns >= self.open_until_ns
 
+    @property
+    def tripped(self) -> bool:
+        """Enough failures in a row that the breaker is open or probing."""
+        return bool(self.trip_after) and self.failures >= self.trip_after
+
     def record(self, failed: bool, now_ns: int) -> None:
         """The outcome of a batch that queried the index: ``failed`` = timed out or errored."""
         if not failed:
-            if self.failures >= max(self.trip_after, 1):
+            if self.tripped:
                 log.info("pattern retrieval answers again: circuit closed")
                 METRICS.rag_breaker_open.set(0)
             self.failures = 0
             return
         self.failures += 1
-        if self.trip_after and self.failures >= self.trip_after:
+        if self.tripped:
             if self.failures == self.trip_after:
                 log.warning("pattern retrieval failed %d batches in a row: skipping it for %.0f ms at a time "
                             "(contexts carry the regime part, rag_status 'unavailable')",

@@ -100,8 +100,8 @@ class ContextEngine:
         self.model_version = model_version
         #: Replay: no wall-clock dependence in the output (no latencies, RAG waits instead of timing out).
         self.deterministic = deterministic
-        self._updates: ThreadPoolExecutor | None = None
-        self._update: futures.Future | None = None  # the newest queued library update
+        self._update_thread: ThreadPoolExecutor | None = None
+        self._last_update: futures.Future | None = None  # the newest queued library update
         self.breaker = RetrievalBreaker(cfg.pipeline.rag_breaker_after, cfg.pipeline.rag_breaker_cooldown_ms * 10**6)
         self.flags = ConditioningFlags(
             enable_regime=cfg.conditioning.enable_regime,
@@ -128,7 +128,7 @@ class ContextEngine:
                    if np.any(p.vector) and np.isfinite(p.vector).all() and np.isfinite(p.outcome).all()]
         if not self.cfg.pipeline.rag_online_updates:
             matured = []
-        behind = self._update is not None and not self._update.done()
+        behind = self._last_update is not None and not self._last_update.done()
         if self.deterministic or not matured or (not behind and self.system.pattern_rag.idle):
             self.add_patterns(matured)
         else:
@@ -139,13 +139,13 @@ class ContextEngine:
             # with the next batch's queries for the cores (9% of the demo's contexts failed open, 0% inline). A
             # pattern known at this bar end is eligible only for windows starting at or after it (rag.py), so a
             # later update changes no neighbour set.
-            self._update = self._updater().submit(self._add_logged, matured)
+            self._last_update = self._updater().submit(self._add_logged, matured)
         return drafts, matured
 
     def _updater(self) -> ThreadPoolExecutor:
-        if self._updates is None:  # one thread: updates apply in order
-            self._updates = ThreadPoolExecutor(1, thread_name_prefix="pattern-updates")
-        return self._updates
+        if self._update_thread is None:  # one thread: updates apply in order
+            self._update_thread = ThreadPoolExecutor(1, thread_name_prefix="pattern-updates")
+        return self._update_thread
 
     def _add_logged(self, patterns: list[Pattern]) -> None:
         try:
@@ -202,9 +202,9 @@ class ContextEngine:
 
     def close(self) -> None:
         """Apply the library updates still queued, then stop the retrieval threads."""
-        if self._updates is not None:
-            self._updates.shutdown(wait=True)
-            self._updates = None
+        if self._update_thread is not None:
+            self._update_thread.shutdown(wait=True)
+            self._update_thread = None
         self.system.pattern_rag.close()
 
     def finish(self, smoother: RegimeSmoother | None, draft: ContextDraft
@@ -252,6 +252,11 @@ class InferenceState:
     released_ns: int = 0
 
 
+def _bar_order(bar: BarFeatures) -> tuple[int, str]:
+    """The order bars are conditioned in (workers deliver them in no particular interleaving)."""
+    return bar.window_end_ns, bar.symbol
+
+
 class InferenceLogic(StatefulBatchLogic):
     """The single inference key: conditions bar batches; its state is the online part of the library.
 
@@ -276,15 +281,18 @@ class InferenceLogic(StatefulBatchLogic):
     def on_batch(self, values: list[BarFeatures | Heartbeat]) -> tuple[list[tuple[str, ContextDraft]], bool]:
         bars = [v for v in values if isinstance(v, BarFeatures)]
         if not self.event_time_order:
-            return self._condition(bars), StatefulBatchLogic.RETAIN
+            return self._condition(sorted(bars, key=_bar_order)), StatefulBatchLogic.RETAIN
         st = self.state
         st.held.extend(bars)
+        released = st.released_ns
         for beat in values:
             if isinstance(beat, Heartbeat):
                 count = st.passed.get(beat.ts_ns, 0) + 1
                 st.passed[beat.ts_ns] = count
                 if count == beat.fanout:
                     st.released_ns = max(st.released_ns, beat.ts_ns)
+        if st.released_ns == released:
+            return [], StatefulBatchLogic.RETAIN
         st.passed = {t: n for t, n in st.passed.items() if t > st.released_ns}
         return self._release(st.released_ns), StatefulBatchLogic.RETAIN
 
@@ -296,16 +304,16 @@ class InferenceLogic(StatefulBatchLogic):
     def _release(self, through_ns: int) -> list[tuple[str, ContextDraft]]:
         """Condition the held bars ending at or before ``through_ns``, one bar end at a time."""
         st = self.state
-        due = sorted((b for b in st.held if b.window_end_ns <= through_ns), key=lambda b: (b.window_end_ns, b.symbol))
+        due = sorted((b for b in st.held if b.window_end_ns <= through_ns), key=_bar_order)
         st.held = [b for b in st.held if b.window_end_ns > through_ns]
         by_end = groupby(due, key=lambda b: b.window_end_ns)
         return [d for _, same_end in by_end for d in self._condition(list(same_end))]
 
     def _condition(self, bars: list[BarFeatures]) -> list[tuple[str, ContextDraft]]:
+        """``bars`` in ``_bar_order``."""
         if not bars:
             return []
-        # A fixed order within the batch: workers deliver in no particular interleaving.
-        drafts, added = self.engine.drafts(sorted(bars, key=lambda b: (b.window_end_ns, b.symbol)))
+        drafts, added = self.engine.drafts(bars)
         self.state.added.extend(added)
         return drafts
 

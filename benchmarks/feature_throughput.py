@@ -97,7 +97,7 @@ class _Recorder(SymbolFeatures):
 def dataflow_schedule(table: pa.Table, cfg: PipelineConfig) -> Schedule:
     """The calls ``flows.bars.SymbolLogic`` makes on the replay source's items (see the module docstring)."""
     recorder = _Recorder(SYMBOL, feature_params(cfg))
-    logic = SymbolLogic(cfg, wall_clock=False, state=SymbolState(features=recorder))
+    logic = SymbolLogic(cfg, state=SymbolState(features=recorder))
     source = _TablePartition(ReplayInput(table, (), cfg.bar_ms * 1_000_000, "taq"), None)
     while True:
         try:

@@ -6,10 +6,11 @@ small reorder buffer and are released in event-time order once the symbol's wate
 reaches ``end``. A tick older than what was already released (or than a closed bar) is *late*: it comes back
 as a dead letter (reason ``late``) instead of being applied out of order or lost.
 
-Quiet symbols still close their bars: a :class:`Heartbeat` (replay: the file source's event-time clock)
-or, live, the wall clock (``idle_close_ms`` after a bar end, via Bytewax's ``notify_at``) advances the
-watermark without a tick. A heartbeat is passed on after the bars it closed: downstream, it says that this
-symbol has emitted every bar ending at or before its time (the inference step orders replay by it).
+Quiet symbols still close their bars: a :class:`Heartbeat` from the input partition's event-time clock
+(flows/clock.py) advances the watermark without a tick. Nothing here reads the wall clock, so a stalled feed
+closes no bar and makes no tick late: only the input decides. A heartbeat is passed on after the bars it
+closed: downstream, it says that this symbol has emitted every bar ending at or before its time (the
+inference step orders bars by it).
 
 A bar is emitted when it saw trades or quotes, or while the symbol is halted or in a LULD limit state
 (a halted symbol keeps publishing its HALTED state). Outside the regular session (when configured) ticks
@@ -21,7 +22,6 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from bytewax.operators import StatefulLogic
 
@@ -38,14 +38,17 @@ Tick = Trade | Quote | Reference | Status
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """Event-time clock for one symbol. Into the bar step: every tick of ``symbol`` before ``ts_ns`` has been
-    sent. Out of it: every bar of ``symbol`` ending at or before ``ts_ns`` has been emitted. The clock ticked
-    for ``fanout`` symbols at once, so ``fanout`` heartbeats with this ``ts_ns`` out of the bar step mean that
-    every symbol has passed ``ts_ns``."""
+    """Event time for one symbol, from the clock of its input partition (flows/clock.py). Into the bar step:
+    every tick of ``symbol`` before ``ts_ns`` has been sent. Out of it: every bar of ``symbol`` ending at or
+    before ``ts_ns`` has been emitted. ``clock`` sent it to ``fanout`` keys at once, so ``fanout`` heartbeats
+    of ``clock`` with this ``ts_ns`` out of the bar step mean that all of that partition has passed ``ts_ns``;
+    once each of the ``clocks`` partitions has, the whole input has."""
 
     symbol: str
     ts_ns: int
     fanout: int
+    clock: str = "ticks"
+    clocks: int = 1
 
 
 def feature_params(cfg: PipelineConfig) -> FeatureParams:
@@ -68,8 +71,6 @@ class SymbolState:
     pending: list[tuple[int, int, Tick]] = field(default_factory=list)
     seq: int = 0
     newest_ns: int = 0
-    #: Wall-clock arrival of the newest tick: live, event time is taken to run on at wall-clock speed from it.
-    newest_wall_ns: int = 0
     #: Everything before this event time has been applied; a tick below it is late.
     released_ns: int = 0
     #: End of the bar currently filling (0 before the first tick).
@@ -85,17 +86,12 @@ class SymbolState:
 class SymbolLogic(StatefulLogic):
     """Bytewax ``stateful`` logic for one symbol: ticks and heartbeats in, BarFeatures and dead letters out."""
 
-    def __init__(self, cfg: PipelineConfig, wall_clock: bool, state: SymbolState | None = None):
+    def __init__(self, cfg: PipelineConfig, state: SymbolState | None = None):
         self.cfg = cfg
         self.bar_ns = cfg.bar_ms * 1_000_000
         self.lateness_ns = cfg.allowed_lateness_ms * 1_000_000
-        self.wall_clock = wall_clock
         #: Built on the first item (Bytewax's builder is not told the key), or restored from a snapshot.
         self.state = state
-        if state is not None:
-            # A stopped pipeline's clock stands still: after a restart, idle time counts from now, or every
-            # open bar would close at once on resume and the replayed ticks would come back as late.
-            state.newest_wall_ns = time.time_ns()
 
     # -- Bytewax hooks ------------------------------------------------------------------------------------
     def on_item(self, value: Tick | Heartbeat) -> tuple[list[BarFeatures | DeadLetter | Heartbeat], bool]:
@@ -123,19 +119,8 @@ class SymbolLogic(StatefulLogic):
             return out, StatefulLogic.RETAIN
         heapq.heappush(st.pending, (value.ts_ns, st.seq, value))
         st.seq += 1
-        if value.ts_ns > st.newest_ns:
-            st.newest_ns = value.ts_ns
-            st.newest_wall_ns = time.time_ns()
+        st.newest_ns = max(st.newest_ns, value.ts_ns)
         self._advance(st.newest_ns - self.lateness_ns, out)
-        return out, StatefulLogic.RETAIN
-
-    def on_notify(self) -> tuple[list[BarFeatures | DeadLetter], bool]:
-        # Silence is information: with no tick for a while, event time has moved on at least as far as the
-        # wall clock since the newest tick (minus a grace period for feed delays).
-        out: list[BarFeatures | DeadLetter] = []
-        st = self.state
-        idle_ns = time.time_ns() - st.newest_wall_ns
-        self._advance(st.newest_ns + idle_ns - self.cfg.idle_close_ms * 1_000_000, out)
         return out, StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[BarFeatures | DeadLetter], bool]:
@@ -148,18 +133,6 @@ class SymbolLogic(StatefulLogic):
             if st.bar_end_ns:
                 self._close_through(st.bar_end_ns, out)
         return out, StatefulLogic.RETAIN
-
-    def notify_at(self) -> datetime | None:
-        st = self.state
-        if not self.wall_clock or st is None:
-            return None
-        # The next event time that would close something: the open bar's end, or that of the oldest tick
-        # still waiting in the reorder buffer.
-        target = st.bar_end_ns or (st.pending and (st.pending[0][0] // self.bar_ns + 1) * self.bar_ns)
-        if not target:
-            return None
-        due_wall_ns = st.newest_wall_ns + (target - st.newest_ns) + self.cfg.idle_close_ms * 1_000_000
-        return datetime.fromtimestamp(due_wall_ns / 1e9, tz=UTC)
 
     def snapshot(self) -> SymbolState | None:
         return self.state

@@ -50,8 +50,12 @@ class PipelineConfig(_Strict):
     #: How far behind the symbol's newest tick a tick may arrive and still count; later ones are
     #: dead-lettered with reason ``late``.
     allowed_lateness_ms: int = Field(2_000, ge=0)
-    #: Quiet symbols still close their bars once wall-clock time passes the bar end by this much (live).
+    #: Live, at the head of a partition the broker confirms has nothing more: event time is taken to run on
+    #: with the wall clock from the newest tick, less this grace for feed delays (quiet symbols close bars).
     idle_close_ms: int = Field(5_000, ge=0)
+    #: A tick further than this ahead of its partition's clock moves the clock only once the next tick
+    #: confirms the jump (flows/clock.py): one bad timestamp cannot close every other symbol's bars.
+    max_ahead_ms: int = Field(300_000, gt=0)
     #: TSRV slow-scale K; None = data-driven ``c * n^(2/3)``.
     tsrv_k: int | None = Field(None, ge=1)
     pattern_bars: int = Field(32, ge=2)
@@ -88,6 +92,10 @@ class KafkaConfig(_Strict):
     topics: TopicsConfig = TopicsConfig()
     #: Extra librdkafka settings (SASL/SSL, timeouts...) passed through to consumers and producers.
     librdkafka: dict[str, SecretStr] = {}
+    #: Live: a broker that has not answered for this long is reported (one warning; info when it is back).
+    stall_warning_s: float = Field(5.0, gt=0)
+    #: Live: ... and after this long the run ends with exit code 3 (resume it with the same --recovery-dir).
+    unavailable_after_s: float = Field(60.0, gt=0)
 
     def topic_names(self) -> list[str]:
         """Every topic the pipeline reads or writes (created up front: some brokers do not auto-create)."""

@@ -2,10 +2,10 @@
 
 All bars meet in one stateful step (:class:`InferenceLogic`, a single key): the models see micro-batches
 rather than single rows, and the online pattern library is one piece of Bytewax state, snapshotted with
-the rest, so after a crash it resumes with exactly the patterns it had. In replay the step conditions bars in
-global event-time order, so the library, and with it every context, is the same whether one or several
-workers compute the features. (Inference is cheap next to feature work: about a millisecond per batch of
-hundreds of bars.) The regime smoother is per-symbol state and runs after it in a keyed ``stateful_map``.
+the rest, so after a crash it resumes with exactly the patterns it had. The step conditions bars in global
+event-time order (:class:`InferenceLogic`), so the library, and with it every context, is the same whether
+one or several workers compute the features, live or in replay, resumed after a crash or not. The regime
+smoother is per-symbol state and runs after it in a keyed ``stateful_map``.
 
 Point in time: matured patterns (outcome now known) join the library after the batch that made them known
 has been conditioned, and retrieval skips patterns whose outcome was not known when the query window
@@ -244,11 +244,13 @@ class InferenceState:
     #: The online patterns added so far, oldest first (the newest ``max_patterns``): on resume they are added
     #: again on top of the shipped library, which gives back the library the snapshot was taken with.
     added: deque[Pattern] = field(default_factory=deque)
-    #: Event-time order only: bars waiting for every symbol's clock to pass their end.
+    #: Bars waiting for every input partition's clock to pass their end.
     held: list[BarFeatures] = field(default_factory=list)
-    #: Event-time order only: clock time -> symbols that reported passing it (until all ``fanout`` have).
-    passed: dict[int, int] = field(default_factory=dict)
-    #: Event-time order only: every symbol has passed this time; bars ending at or before it are conditioned.
+    #: (clock, time) -> keys of that clock that reported passing the time (until all ``fanout`` have).
+    passed: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: clock -> the time every key of that clock has passed.
+    clock_ns: dict[str, int] = field(default_factory=dict)
+    #: Every clock has passed this time; bars ending at or before it have been conditioned.
     released_ns: int = 0
 
 
@@ -260,40 +262,43 @@ def _bar_order(bar: BarFeatures) -> tuple[int, str]:
 class InferenceLogic(StatefulBatchLogic):
     """The single inference key: conditions bar batches; its state is the online part of the library.
 
-    ``event_time_order`` (replay, whose source carries the event-time clock): bars are held until every symbol
-    has passed their end (one :class:`Heartbeat` per symbol, forwarded by the bar step behind the bars it
-    closed), then conditioned one bar end at a time, symbols in name order, each end's matured patterns added
-    before the next end is conditioned. The library every query sees is then a function of the input alone,
-    not of how far each worker had got, so replay output is byte-identical for any number of workers with the
-    online library on. The cost is latency: a bar waits for the slowest worker to pass its end, which replay
-    does not mind. Live, bars are conditioned as they arrive (each batch sorted, one RAG deadline for it): a
-    pattern another worker has not yet delivered is missing from a query's library, never a later one (the
-    point-in-time rule in rag.py).
+    Bars are held until every input partition's clock (flows/clock.py) has passed their end: one
+    :class:`Heartbeat` per key of a clock, forwarded by the bar step behind the bars it closed. They are then
+    conditioned one bar end at a time, symbols in name order, each end's matured patterns added before the
+    next end is conditioned. The library every query sees is then a function of the input alone, not of how
+    the partitions' reading interleaved, how far each worker had got, or where a crash and restart fell: replay
+    and live give byte-identical contexts for any number of workers with the online library on, and a live
+    run resumed after a crash gives the contexts of an uninterrupted one. The cost is latency: a bar waits for
+    the slowest partition's watermark to pass its end (live, at the head of the topics, about the allowed
+    lateness; a quiet partition advances on the wall clock once the broker confirms it has nothing more,
+    ``pipeline.idle_close_ms``).
     """
 
-    def __init__(self, engine: ContextEngine, event_time_order: bool, resume: InferenceState | None):
+    def __init__(self, engine: ContextEngine, resume: InferenceState | None):
         self.engine = engine
-        self.event_time_order = event_time_order
         self.state = resume or InferenceState()
         self.state.added = deque(self.state.added, maxlen=engine.cfg.conditioning.rag.max_patterns)
         engine.add_patterns(list(self.state.added))
 
     def on_batch(self, values: list[BarFeatures | Heartbeat]) -> tuple[list[tuple[str, ContextDraft]], bool]:
-        bars = [v for v in values if isinstance(v, BarFeatures)]
-        if not self.event_time_order:
-            return self._condition(sorted(bars, key=_bar_order)), StatefulBatchLogic.RETAIN
         st = self.state
-        st.held.extend(bars)
-        released = st.released_ns
-        for beat in values:
-            if isinstance(beat, Heartbeat):
-                count = st.passed.get(beat.ts_ns, 0) + 1
-                st.passed[beat.ts_ns] = count
-                if count == beat.fanout:
-                    st.released_ns = max(st.released_ns, beat.ts_ns)
-        if st.released_ns == released:
+        clocks = 0
+        for value in values:
+            if isinstance(value, BarFeatures):
+                st.held.append(value)
+                continue
+            key = (value.clock, value.ts_ns)
+            count = st.passed.get(key, 0) + 1
+            if count < value.fanout:
+                st.passed[key] = count
+                continue
+            st.passed.pop(key, None)
+            st.clock_ns[value.clock] = max(st.clock_ns.get(value.clock, 0), value.ts_ns)
+            clocks = value.clocks
+        if not clocks or len(st.clock_ns) < clocks or min(st.clock_ns.values()) <= st.released_ns:
             return [], StatefulBatchLogic.RETAIN
-        st.passed = {t: n for t, n in st.passed.items() if t > st.released_ns}
+        st.released_ns = min(st.clock_ns.values())
+        st.passed = {k: n for k, n in st.passed.items() if k[1] > st.clock_ns[k[0]]}
         return self._release(st.released_ns), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple[str, ContextDraft]], bool]:
@@ -319,7 +324,8 @@ class InferenceLogic(StatefulBatchLogic):
 
     def snapshot(self) -> InferenceState:
         st = self.state
-        return replace(st, added=st.added.copy(), held=list(st.held), passed=dict(st.passed))
+        return replace(st, added=st.added.copy(), held=list(st.held), passed=dict(st.passed),
+                       clock_ns=dict(st.clock_ns))
 
 
 def load_engine(cfg: AppConfig, deterministic: bool) -> ContextEngine:

@@ -2,26 +2,25 @@
 
 ::
 
-    ticks (Kafka or file) ─ decode ─┬─ dead letters ───────────────────────────────────────┐
-                                    └─ key by symbol ─ bars (SymbolLogic) ─┬─ late ticks ──┴─> dead-letter sink
-                                                                          └─ BarFeatures (+ heartbeats,
-                                                                             replay) ─ one key: infer
-                                                 (InferenceLogic, micro-batches) ─ key by symbol ─ regime
-                                                 hysteresis ─┬─> contexts sink
-                                                             └─> features sink
+    ticks + heartbeats (Kafka or file) ─┬─ dead letters ────────────────────────────────────────┐
+                                        └─ key by symbol ─ bars (SymbolLogic) ─┬─ late ticks ──┴─> dead-letter sink
+                                                                              └─ BarFeatures + heartbeats ─
+                                           one key: infer (InferenceLogic, event-time order) ─ key by symbol ─
+                                           regime hysteresis ─┬─> contexts sink
+                                                              └─> features sink
 
-Live and replay run this same graph; only the source, the sinks and the clock differ.
+Live and replay run this same graph; only the source and the sinks differ. Each source decodes its input
+and carries its partitions' event-time clocks as heartbeats (flows/clock.py); nothing downstream reads the
+wall clock to decide what a context holds.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink
@@ -32,9 +31,7 @@ from flows.config import AppConfig
 from flows.contexts import ContextEngine, InferenceLogic, feature_record
 from flows.metrics import METRICS
 from flows.sinks import Keyed
-from schemas.errors import TickDecodeError
 from schemas.records import ContextRecord, DeadLetter, FeatureRecord
-from schemas.ticks import decode_tick
 
 log = logging.getLogger(__name__)
 
@@ -44,30 +41,6 @@ class Sinks:
     contexts: DynamicSink | None
     dead_letters: DynamicSink
     features: DynamicSink | None = None
-
-
-def decode_message(msg: KafkaSourceMessage | KafkaError) -> list:
-    """One Kafka message -> a tick, or a dead letter that says why (librdkafka errors included)."""
-    now = time.time_ns()
-    if isinstance(msg, KafkaError):
-        err = msg.err
-        METRICS.consumer_errors.labels(err.name()).inc()
-        log.error("Kafka consumer error %s (code %s): %s", err.name(), err.code(), err.str())
-        raw = msg.msg.value() if msg.msg is not None and msg.msg.value() is not None else b""
-        return [DeadLetter.of(raw, "consumer_error", f"{err.name()}: {err.str()}", now,
-                              topic=msg.msg.topic() if msg.msg is not None else None)]
-    where = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}
-    key = msg.key.decode(errors="replace") if msg.key is not None else None
-    raw = msg.value if msg.value is not None else b""
-    try:
-        tick = decode_tick(raw)
-    except TickDecodeError as err:
-        return [DeadLetter.of(raw, err.reason, err.detail, now, key=key, **where)]
-    if key is not None and key != tick.symbol:
-        # The key decides the partition and so the worker: a mismatch would split a symbol's state.
-        return [DeadLetter.of(raw, "key_mismatch", f"message key {key!r} != symbol {tick.symbol!r}", now,
-                              key=key, **where)]
-    return [tick]
 
 
 def _count_tick(tick):
@@ -92,23 +65,17 @@ def build_flow(
     sinks: Sinks,
     engine: Callable[[], ContextEngine] | None,
     *,
-    kafka_input: bool,
-    wall_clock: bool,
     name: str = "hrm_conditioning",
 ) -> Dataflow:
-    """Wire the graph. ``engine`` builds the worker's models (called once, when the flow is built); without
-    one the graph stops at the features (training data, which must not need a trained model).
-
-    ``wall_clock``: live, idle bars close on the wall clock and bars are conditioned as they arrive. Without
-    it (replay) the source carries the event-time clock as heartbeats, and the inference step conditions bars
-    in global event-time order (contexts.InferenceLogic)."""
+    """Wire the graph. ``source`` emits decoded ticks, dead letters and heartbeats (flows/sources). ``engine``
+    builds the worker's models (called once, when the flow is built); without one the graph stops at the
+    features (training data, which must not need a trained model)."""
     flow = Dataflow(name)
-    raw = op.input("ticks_in", flow, source)
-    items = op.flat_map("decode", raw, decode_message) if kafka_input else raw
+    items = op.input("ticks_in", flow, source)
     split = op.branch("split_dead_in", items, lambda x: isinstance(x, DeadLetter))
     ticks = op.map("count_ticks", split.falses, _count_tick)
     keyed = op.key_on("key_symbol", ticks, lambda t: t.symbol)
-    bar_out = op.stateful("bars", keyed, lambda resume: SymbolLogic(cfg.pipeline, wall_clock, resume))
+    bar_out = op.stateful("bars", keyed, lambda resume: SymbolLogic(cfg.pipeline, resume))
     bar_split = op.branch("split_late", op.key_rm("unkey_bars", bar_out), lambda x: not isinstance(x, DeadLetter))
     dead = op.merge("dead", split.trues, bar_split.falses)
     op.output("dead_out", op.map("dl_out", dead, _dead_letter_out), sinks.dead_letters)
@@ -122,7 +89,7 @@ def build_flow(
     ctx_engine = engine()
     one_key = op.key_on("all_bars", bar_split.trues, lambda _: "model")
     drafts = op.key_rm("unkey_model", op.stateful_batch(
-        "infer", one_key, lambda resume: InferenceLogic(ctx_engine, not wall_clock, resume)))
+        "infer", one_key, lambda resume: InferenceLogic(ctx_engine, resume)))
     records = op.stateful_map("regime_hysteresis", drafts, ctx_engine.finish)
     contexts = op.map("ctx_out", op.key_rm("unkey_ctx", records), lambda pair: _record_out(pair[0]))
     op.output("contexts_out", contexts, sinks.contexts)

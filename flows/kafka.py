@@ -6,18 +6,58 @@ produces goes through :class:`CheckedProducer`, which raises on the first failed
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from flows.lifecycle import BrokerWatch
 from schemas.errors import DeliveryError, HrmcondError
+
+log = logging.getLogger(__name__)
 
 
 def _describe(err: KafkaError) -> str:
     return f"{err.name()} (code {err.code()}): {err.str()}"
+
+
+class _Repeats(logging.Filter):
+    """Passes a message once per ``window_s``: a client retrying a dead broker repeats the same line for ever."""
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self.seen: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # librdkafka's lines carry a client name and counters; the text after the last "]: " is the message
+        key = f"{record.levelno}:{record.getMessage().rsplit(']: ', 1)[-1]}"
+        now = time.monotonic()
+        if now - self.seen.get(key, -self.window_s) < self.window_s:
+            return False
+        self.seen[key] = now
+        return True
+
+
+#: librdkafka's own log lines (connection failures and the like) go through Python logging, once a minute
+#: each, instead of straight to stderr hundreds of times.
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+LIBRDKAFKA_LOG.addFilter(_Repeats())
+
+
+def _on_client_error(err: KafkaError) -> None:
+    # Client-level errors (all brokers down, transport failures) are retried by librdkafka itself; what the
+    # run does about a broker that stays away is decided by the source's and sinks' watches (lifecycle.py).
+    LIBRDKAFKA_LOG.warning("%s", _describe(err))
+
+
+def client_callbacks() -> dict[str, Any]:
+    """Settings every client of this project gets: its logs and errors routed through Python logging."""
+    return {"logger": LIBRDKAFKA_LOG, "error_cb": _on_client_error}
 
 
 def wait_for_broker(conf: Mapping[str, str], timeout_s: float = 30.0) -> None:
@@ -90,7 +130,8 @@ class CheckedProducer:
     """
 
     def __init__(self, conf: Mapping[str, str], flush_timeout_s: float = 30.0) -> None:
-        settings = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"}
+        settings = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4",
+                    **client_callbacks()}
         settings.update(conf)
         self._producer = Producer(settings)
         self._failure: DeliveryError | None = None
@@ -127,8 +168,21 @@ class CheckedProducer:
         self._producer.poll(timeout_s)
         self._raise_failure()
 
-    def flush(self) -> None:
-        remaining = self._producer.flush(self._flush_timeout_s)
-        self._raise_failure()
-        if remaining:
-            raise DeliveryError(f"{remaining} records still undelivered after {self._flush_timeout_s} s flush")
+    def flush(self, watch: BrokerWatch | None = None) -> None:
+        """Wait until every record is acknowledged. With ``watch``, a stall is reported while it lasts, and
+        the wait ends (DeliveryError) when the watch gives up, rather than after ``flush_timeout_s``."""
+        deadline = time.monotonic() + self._flush_timeout_s
+        before = len(self._producer)
+        while True:
+            remaining = self._producer.flush(1.0 if watch is not None else self._flush_timeout_s)
+            self._raise_failure()
+            now = time.monotonic()
+            if watch is not None and remaining < before:  # acknowledgements arrive: slow is not stalled
+                watch.answered(now)
+            before = remaining
+            if not remaining:
+                return
+            if watch is None and now >= deadline:
+                raise DeliveryError(f"{remaining} records still undelivered after {self._flush_timeout_s} s flush")
+            if watch is not None and watch.silent(now, f"{remaining} records not acknowledged"):
+                raise DeliveryError(f"{remaining} records not acknowledged for {now - watch.last_answer:.0f} s")

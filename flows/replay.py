@@ -51,7 +51,7 @@ def build_replay_flow(
         dead_letters=JsonlPartSink(outputs.dead_letters_path),
     )
     make_engine = (lambda: engine or load_engine(cfg, deterministic=True)) if outputs.contexts else None
-    return build_flow(cfg, TableSource(inp), sinks, make_engine, kafka_input=False, wall_clock=False)
+    return build_flow(cfg, TableSource(inp), sinks, make_engine)
 
 
 def finish_replay(outputs: ReplayOutputs) -> dict[str, int]:

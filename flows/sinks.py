@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import heapq
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from flows.config import KafkaConfig
 from flows.kafka import CheckedProducer
+from flows.lifecycle import BrokerWatch, fatal
+from schemas.errors import DeliveryError
 
 #: What the sinks write: (key, JSON bytes, sort key). The sort key orders file output, e.g.
 #: ``f"{window_end_ns:020d} {symbol}"``: fixed width, so string order is time order.
@@ -17,30 +20,37 @@ Keyed = tuple[str, bytes, str]
 
 
 class _KafkaPartition(StatelessSinkPartition):
-    def __init__(self, conf: Mapping[str, str], topic: str):
+    def __init__(self, kafka: KafkaConfig, topic: str):
         self.topic = topic
-        self.producer = CheckedProducer(conf)
+        self.producer = CheckedProducer(kafka.client_config())
+        self.watch = BrokerWatch(f"producing to {topic}", kafka.stall_warning_s, kafka.unavailable_after_s)
 
     def write_batch(self, items: list[Keyed]) -> None:
-        for key, value, _ in items:
-            self.producer.produce(self.topic, value, key=key)
-        # Flushing per batch ties delivery to Bytewax's progress: an epoch is only snapshotted after its
-        # outputs are acknowledged, so a crash replays (duplicates), never skips: at-least-once.
-        self.producer.flush()
+        try:
+            for key, value, _ in items:
+                self.producer.produce(self.topic, value, key=key)
+            # Flushing per batch ties delivery to Bytewax's progress: an epoch is only snapshotted after its
+            # outputs are acknowledged, so a crash replays (duplicates), never skips: at-least-once.
+            self.producer.flush(self.watch)
+        except DeliveryError as err:
+            # Raising would unwind through Bytewax (lifecycle.py); ending here snapshots nothing past the
+            # undelivered records, so a restart with the same recovery store delivers them.
+            fatal(f"output to {self.topic!r} cannot be delivered: {err}")
 
     def close(self) -> None:
-        self.producer.flush()
+        self.write_batch([])
 
 
 class KafkaRecordSink(DynamicSink):
-    """Produces each record keyed by symbol; a failed delivery raises (Bytewax's KafkaSink would drop it)."""
+    """Produces each record keyed by symbol; a record Kafka does not acknowledge ends the run (exit code 3),
+    where Bytewax's KafkaSink would drop it."""
 
-    def __init__(self, conf: Mapping[str, str], topic: str):
-        self.conf = dict(conf)
+    def __init__(self, kafka: KafkaConfig, topic: str):
+        self.kafka = kafka
         self.topic = topic
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaPartition:
-        return _KafkaPartition(self.conf, self.topic)
+        return _KafkaPartition(self.kafka, self.topic)
 
 
 class _JsonlPartition(StatelessSinkPartition):

@@ -2,14 +2,15 @@
 
 Rows are turned into the same tick models the Kafka path decodes, in file order (the table is
 time-sorted), with two additions: the reference rows of every trading date up front (each stamped at the
-start of its date, so the per-symbol reorder buffer applies it at the right moment), and an event-time
-clock: whenever the stream crosses a bar boundary, every symbol seen so far gets a :class:`Heartbeat`, so
-quiet symbols close their bars exactly as they would with a continuous feed. A row that fails validation
-becomes a dead letter naming the file row.
+start of its date, so the per-symbol reorder buffer applies it at the right moment), and the file's
+event-time clock (flows/clock.py, no lateness: the file is sorted): whenever the stream crosses a bar
+boundary, every symbol seen so far gets a heartbeat, so quiet symbols close their bars exactly as they would
+with a continuous feed. A row that fails validation becomes a dead letter naming the file row.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from tqdm import tqdm
 
 from conditioning.features.ssr_luld import session_day
-from flows.bars import Heartbeat
+from flows.clock import EventClock
 from schemas.canonical import ReferenceRow
 from schemas.records import DeadLetter
 from schemas.ticks import Quote, Reference, Trade
@@ -60,12 +61,11 @@ class ReplayInput:
 
 
 class _TablePartition(StatefulSourcePartition):
-    def __init__(self, inp: ReplayInput, resume: tuple[int, int, tuple[str, ...]] | None):
+    def __init__(self, inp: ReplayInput, resume: tuple[int, EventClock] | None):
         self.inp = inp
         self.cols = {name: inp.ticks.column(name).to_pylist() for name in inp.ticks.column_names}
         self.n = inp.ticks.num_rows
-        self.row, self.next_bar_ns, symbols = resume or (-1, 0, ())
-        self.symbols = set(symbols)
+        self.row, self.clock = resume or (-1, EventClock(TableSource.PART, 1, inp.bar_ns))
         # Progress on a terminal only (disable=None): logs and CI stay clean.
         self.progress = tqdm(total=self.n, initial=max(self.row, 0), unit="tick", unit_scale=True, desc="replay",
                              disable=None, leave=False)
@@ -80,12 +80,6 @@ class _TablePartition(StatefulSourcePartition):
         c, out = self.cols, []
         stop = min(self.n, self.row + self.inp.batch_size)
         for i in range(self.row, stop):
-            ts = c["ts_ns"][i]
-            if ts >= self.next_bar_ns:
-                boundary = ts // self.inp.bar_ns * self.inp.bar_ns
-                if self.next_bar_ns:
-                    out.extend(Heartbeat(s, boundary, len(self.symbols)) for s in sorted(self.symbols))
-                self.next_bar_ns = boundary + self.inp.bar_ns
             try:
                 tick = row_tick(c, i)
             except pydantic.ValidationError as err:
@@ -93,24 +87,26 @@ class _TablePartition(StatefulSourcePartition):
                 out.append(DeadLetter.of(repr(row).encode(), "invalid_value", "; ".join(str(err).splitlines()[:3]),
                                          time.time_ns(), source=f"{self.inp.source_name}:row {i}"))
                 continue
-            self.symbols.add(tick.symbol)
+            out.extend(self.clock.observe(tick))
             out.append(tick)
         self.progress.update(stop - self.row)
         self.row = stop
         return out
 
-    def snapshot(self) -> tuple[int, int, tuple[str, ...]]:
-        return (self.row, self.next_bar_ns, tuple(sorted(self.symbols)))
+    def snapshot(self) -> tuple[int, EventClock]:
+        return (self.row, copy.deepcopy(self.clock))
 
 
 class TableSource(FixedPartitionedSource):
     """One partition: the file is time-ordered, so one reader keeps it so; symbols fan out downstream."""
 
+    PART = "ticks"
+
     def __init__(self, inp: ReplayInput):
         self.inp = inp
 
     def list_parts(self) -> list[str]:
-        return ["ticks"]
+        return [self.PART]
 
     def build_part(self, step_id: str, for_part: str, resume_state) -> _TablePartition:
         return _TablePartition(self.inp, resume_state)

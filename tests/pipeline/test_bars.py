@@ -1,11 +1,9 @@
 """Per-symbol event-time logic: reordering within the allowed lateness, late ticks dead-lettered, bars closed
-by ticks, heartbeats, the wall clock and end of input, the session filter, snapshots."""
+by ticks, heartbeats and end of input, the session filter, snapshots."""
 
 from __future__ import annotations
 
 import pickle
-
-import pytest
 
 from conditioning.features.state import BarFeatures, SymbolFeatures
 from flows.bars import Heartbeat, SymbolLogic, feature_params
@@ -44,7 +42,7 @@ def bars(out) -> list[BarFeatures]:
 
 
 def test_out_of_order_within_lateness_is_reordered_not_late():
-    logic = SymbolLogic(cfg(), wall_clock=False)
+    logic = SymbolLogic(cfg())
     out = feed(logic, [trade(OPEN + 10 * S), trade(OPEN + 9 * S), trade(OPEN + 11 * S)])
     assert not [x for x in out if isinstance(x, DeadLetter)]
     out += feed(logic, [trade(OPEN + MIN + 5 * S)])  # watermark passes the first bar's end
@@ -53,7 +51,7 @@ def test_out_of_order_within_lateness_is_reordered_not_late():
 
 
 def test_late_tick_is_dead_lettered_with_reason():
-    logic = SymbolLogic(cfg(), wall_clock=False)
+    logic = SymbolLogic(cfg())
     out = feed(logic, [trade(OPEN + 10 * S), trade(OPEN + 20 * S), trade(OPEN + 12 * S)])
     dead = [x for x in out if isinstance(x, DeadLetter)]
     assert len(dead) == 1 and dead[0].reason == "late" and dead[0].key == "AAA"
@@ -63,7 +61,7 @@ def test_late_tick_is_dead_lettered_with_reason():
 def test_reference_published_ahead_neither_advances_the_clock_nor_is_late():
     import datetime as dt
 
-    logic = SymbolLogic(cfg(), wall_clock=False)
+    logic = SymbolLogic(cfg())
     day3 = Reference(symbol="AAA", ts_ns=OPEN + 2 * 86_400 * S, prev_close=50.0, tier=2, date=dt.date(2018, 1, 4))
     day1 = Reference(symbol="AAA", ts_ns=OPEN - 600 * S, prev_close=100.0, tier=1, date=dt.date(2018, 1, 2))
     out = feed(logic, [day3, trade(OPEN + S), day1, trade(OPEN + 30 * S)])
@@ -74,13 +72,13 @@ def test_reference_published_ahead_neither_advances_the_clock_nor_is_late():
 
 
 def test_tick_at_bar_end_belongs_to_next_bar():
-    logic = SymbolLogic(cfg(allowed_lateness_ms=0), wall_clock=False)
+    logic = SymbolLogic(cfg(allowed_lateness_ms=0))
     out = feed(logic, [trade(OPEN + 1 * S), trade(OPEN + MIN), trade(OPEN + 2 * MIN)])
     assert [b.n_trades for b in bars(out)] == [1, 2]  # trailing window: 1, then 1 + 1
 
 
 def test_heartbeat_closes_bars_of_a_quiet_symbol():
-    logic = SymbolLogic(cfg(), wall_clock=False)
+    logic = SymbolLogic(cfg())
     out = feed(logic, [trade(OPEN + 1 * S)])
     assert not bars(out)
     beat = Heartbeat("AAA", OPEN + MIN, 1)
@@ -93,7 +91,7 @@ def test_heartbeat_closes_bars_of_a_quiet_symbol():
 
 def test_patterns_maturing_in_quiet_bars_ride_on_the_next_emitted_bar():
     c = cfg(pattern_horizon_bars=2)
-    logic = SymbolLogic(c, wall_clock=False)
+    logic = SymbolLogic(c)
     oracle = SymbolFeatures("AAA", feature_params(c))  # every bar closed, none dropped
     quiet = range(45, 53)
     out, expected = [], []
@@ -116,7 +114,7 @@ def test_patterns_maturing_in_quiet_bars_ride_on_the_next_emitted_bar():
 
 def test_patterns_whose_outcome_runs_past_the_close_are_dropped():
     c = cfg(pattern_horizon_bars=5)
-    logic = SymbolLogic(c, wall_clock=False)
+    logic = SymbolLogic(c)
     oracle = SymbolFeatures("AAA", feature_params(c))
     close, next_open = OPEN + 390 * MIN, OPEN + 24 * 60 * MIN
     out, expected = [], []
@@ -134,7 +132,7 @@ def test_patterns_whose_outcome_runs_past_the_close_are_dropped():
 
 
 def test_halted_symbol_keeps_emitting_its_state():
-    logic = SymbolLogic(cfg(), wall_clock=False)
+    logic = SymbolLogic(cfg())
     feed(logic, [trade(OPEN + 1 * S), Status(symbol="AAA", ts_ns=OPEN + 2 * S, halted=True)])
     out = feed(logic, [Heartbeat("AAA", OPEN + 4 * MIN, 1)])
     states = [b.ssr_luld_state.name for b in bars(out)]
@@ -142,7 +140,7 @@ def test_halted_symbol_keeps_emitting_its_state():
 
 
 def test_eof_flushes_pending_and_closes_last_bar():
-    logic = SymbolLogic(cfg(), wall_clock=False)
+    logic = SymbolLogic(cfg())
     out = feed(logic, [trade(OPEN + 1 * S), quote(OPEN + 61 * S), trade(OPEN + 62 * S)])
     assert [b.window_end_ns for b in bars(out)] == [OPEN + MIN]  # watermark 62 s - 2 s lateness
     out, _ = logic.on_eof()
@@ -151,37 +149,25 @@ def test_eof_flushes_pending_and_closes_last_bar():
 
 
 def test_session_filter_skips_and_rolls_over_the_night():
-    logic = SymbolLogic(cfg(), wall_clock=False)
+    logic = SymbolLogic(cfg())
     pre_open = OPEN - 10 * MIN
     day2 = OPEN + 24 * 3600 * S
     out = feed(logic, [trade(pre_open), trade(OPEN + 5 * S), trade(OPEN + 390 * MIN - S), trade(day2 + S)])
     out += logic.on_eof()[0]
     ends = [b.window_end_ns for b in bars(out)]
     assert ends == [OPEN + MIN, OPEN + 390 * MIN, day2 + MIN]
-    logic2 = SymbolLogic(cfg(session=SessionConfig(regular_hours_only=False)), wall_clock=False)
+    logic2 = SymbolLogic(cfg(session=SessionConfig(regular_hours_only=False)))
     out2 = feed(logic2, [trade(pre_open), trade(OPEN + 5 * S)]) + logic2.on_eof()[0]
     assert [b.window_end_ns for b in bars(out2)] == [pre_open + MIN - pre_open % MIN, OPEN + MIN]
 
 
-def test_wall_clock_idle_close(monkeypatch):
-    now = [OPEN + 10 * S]
-    monkeypatch.setattr("flows.bars.time.time_ns", lambda: now[0])
-    logic = SymbolLogic(cfg(idle_close_ms=5_000), wall_clock=True)
-    feed(logic, [trade(OPEN + 10 * S)])
-    due = logic.notify_at()
-    assert due.timestamp() == pytest.approx((OPEN + MIN + 5 * S) / 1e9)
-    now[0] = OPEN + MIN + 5 * S
-    out, _ = logic.on_notify()
-    assert [b.window_end_ns for b in bars(out)] == [OPEN + MIN]
-
-
 def test_snapshot_round_trip_continues_identically():
     items = [trade(OPEN + i * 7 * S, 100 + (i % 5) / 10) for i in range(40)]
-    a = SymbolLogic(cfg(), wall_clock=False)
+    a = SymbolLogic(cfg())
     out_a = feed(a, items)
-    b = SymbolLogic(cfg(), wall_clock=False)
+    b = SymbolLogic(cfg())
     out_b = feed(b, items[:17])
-    b = SymbolLogic(cfg(), wall_clock=False, state=pickle.loads(pickle.dumps(b.snapshot())))
+    b = SymbolLogic(cfg(), state=pickle.loads(pickle.dumps(b.snapshot())))
     out_b += feed(b, items[17:])
     assert [x.window_end_ns for x in bars(out_a)] == [x.window_end_ns for x in bars(out_b)]
     assert [x.tsrv for x in bars(out_a)] == [x.tsrv for x in bars(out_b)]

@@ -48,7 +48,11 @@ def engine():
     return load_engine(cfg, deterministic=False)
 
 
-def test_a_bars_context_does_not_depend_on_its_batch(engine):
+def test_a_bars_context_does_not_depend_on_its_batch():
+    # a generous deadline: a retrieval timing out on a loaded machine would change the context on purpose
+    engine = load_engine(load_config("deploy/local.yaml", env={"HRMCOND__PIPELINE__RAG_ONLINE_UPDATES": "false",
+                                                               "HRMCOND__CONDITIONING__RAG__TIMEOUT_MS": "10000"}),
+                         deterministic=False)
     batch = bars(3 * INFER_ROWS + 5)
     by_key = {(d.bar.symbol, d.bar.window_end_ns): d for _, d in engine.drafts(batch)[0]}
     for bar in batch[::9]:
@@ -90,18 +94,29 @@ def worker_streams(batch: list[BarFeatures], symbols: int) -> tuple[list, list]:
     return [in_step[i:i + 5] for i in range(0, len(in_step), 5)], [skewed[i:i + 7] for i in range(0, len(skewed), 7)]
 
 
-def run_inference(batches: list[list], event_time_order: bool, resume_after: int | None = None) -> list:
+def run_inference(batches: list[list], resume_after: int | None = None) -> list:
     """(symbol, window end, context, RAG status) of every draft, in output order; a fresh engine (library)
     per run. With ``resume_after``, the step is snapshotted after that many batches and resumed anew."""
     cfg = load_config("deploy/local.yaml", env={})
-    logic = InferenceLogic(load_engine(cfg, deterministic=True), event_time_order, None)
+    logic = InferenceLogic(load_engine(cfg, deterministic=True), None)
     out = []
     for i, values in enumerate(batches):
         if i == resume_after:
             state = pickle.loads(pickle.dumps(logic.snapshot()))
-            logic = InferenceLogic(load_engine(cfg, deterministic=True), event_time_order, state)
+            logic = InferenceLogic(load_engine(cfg, deterministic=True), state)
         out += logic.on_batch(values)[0]
     out += logic.on_eof()[0]
+    return [(d.bar.symbol, d.bar.window_end_ns, d.context, d.rag_status) for _, d in out]
+
+
+def run_on_arrival(batches: list[list]) -> list:
+    """The control: each batch's bars conditioned as they arrive, as a step without event-time order would."""
+    engine = load_engine(load_config("deploy/local.yaml", env={}), deterministic=True)
+    out = []
+    for values in batches:
+        batch = sorted((b for b in values if isinstance(b, BarFeatures)), key=lambda b: (b.window_end_ns, b.symbol))
+        if batch:
+            out += engine.drafts(batch)[0]
     return [(d.bar.symbol, d.bar.window_end_ns, d.context, d.rag_status) for _, d in out]
 
 
@@ -109,13 +124,13 @@ def test_event_time_order_makes_contexts_independent_of_worker_interleaving():
     symbols = 3
     batch = bars(symbols * 45, seed=4, symbols=symbols, matured=True)
     in_step, skewed = worker_streams(batch, symbols)
-    reference = run_inference(in_step, event_time_order=True)
+    reference = run_inference(in_step)
     assert [(t, s) for s, t, _, _ in reference] == sorted((b.window_end_ns, b.symbol) for b in batch)
     assert {status for *_, status in reference} == {"ok"}
-    assert run_inference(skewed, event_time_order=True) == reference
-    assert run_inference(skewed, event_time_order=True, resume_after=len(skewed) // 2) == reference
+    assert run_inference(skewed) == reference
+    assert run_inference(skewed, resume_after=len(skewed) // 2) == reference
     # control: conditioned as they arrive, the lagging worker's queries see a library the others have moved on
-    arrival = run_inference(skewed, event_time_order=False)
+    arrival = run_on_arrival(skewed)
     assert sorted(arrival, key=lambda r: (r[1], r[0])) != sorted(reference, key=lambda r: (r[1], r[0]))
 
 

@@ -1,0 +1,92 @@
+"""The event-time clock of one input partition, and the heartbeats it sends.
+
+Each input partition (a Kafka partition live, the time-sorted file in replay) is read in order by one worker.
+Its clock is the newest event time seen on it; its *watermark* is that time minus the allowed lateness: every
+tick still to come on the partition is expected at or after it. Whenever the watermark crosses a bar
+boundary, the clock sends a :class:`~flows.bars.Heartbeat` to every symbol it has seen, plus one to the
+clock's own key (so that a partition without symbols still reports). Downstream, a heartbeat lets a quiet
+symbol close its bars exactly as a continuous feed would (the bar step), and once every clock has passed a
+time, bars up to it can be conditioned in a global event-time order (the inference step): the output is then
+a function of the partitions' contents alone, not of how their reading interleaved, how fast each worker
+ran, or where a crash and restart fell.
+
+Heartbeats are emitted at the stream position where the watermark crossed the boundary, never at a batch
+end, so their place among the ticks is a function of the partition's content too.
+
+A tick far ahead of the clock (a clock error at a producer, a year 2099) must not drag every other symbol of
+the partition along. It moves the clock only once the next tick confirms the jump (it lies at or beyond the
+suspect, minus ``max_ahead``), as the first ticks of a new session do after a night's gap; a lone one leaves
+the clock where it was. Reference data (stamped at the start of its date, often published days ahead) neither
+moves the clock nor makes its symbol a member: a symbol is sent heartbeats from its first trade or quote on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flows.bars import Heartbeat
+from schemas.ticks import Reference
+
+
+def clock_key(name: str) -> str:
+    """The key a clock's own heartbeats travel under: no symbol can have it (symbols start alphanumeric)."""
+    return f"@{name}"
+
+
+@dataclass
+class EventClock:
+    """One partition's clock; pickled into recovery snapshots with the partition's offset.
+
+    ``name`` identifies the partition among the ``clocks`` that feed the dataflow; ``lateness_ns`` is the
+    allowed lateness (0 for a time-sorted file); ``max_ahead_ns`` the largest jump a single tick may make
+    (None: any).
+    """
+
+    name: str
+    clocks: int
+    bar_ns: int
+    lateness_ns: int = 0
+    max_ahead_ns: int | None = None
+    #: Newest event time accepted (0 before the first tick).
+    now_ns: int = 0
+    #: A tick that jumped more than ``max_ahead_ns`` ahead, waiting for the next tick to confirm it (0: none).
+    suspect_ns: int = 0
+    #: The watermark must reach this to send the next heartbeats (0 before the first tick).
+    next_beat_ns: int = 0
+    symbols: set[str] = field(default_factory=set)
+
+    def observe(self, tick) -> list[Heartbeat]:
+        """Account for ``tick`` (about to be sent); returns the heartbeats to send *before* it."""
+        if isinstance(tick, Reference):
+            return []
+        beats = self.advance(self._accept(tick.ts_ns))
+        self.symbols.add(tick.symbol)
+        return beats
+
+    def advance(self, now_ns: int) -> list[Heartbeat]:
+        """Move the clock to ``now_ns`` (if later); heartbeats for the bar boundary the watermark has reached."""
+        self.now_ns = max(self.now_ns, now_ns)
+        watermark = self.now_ns - self.lateness_ns
+        if watermark < self.next_beat_ns or not self.now_ns:
+            return []
+        boundary = watermark // self.bar_ns * self.bar_ns
+        first = not self.next_beat_ns
+        self.next_beat_ns = boundary + self.bar_ns
+        if first:  # nothing was sent before the first tick: there is nothing to close yet
+            return []
+        keys = sorted(self.symbols) + [clock_key(self.name)]
+        return [Heartbeat(key, boundary, len(keys), self.name, self.clocks) for key in keys]
+
+    def _accept(self, ts_ns: int) -> int:
+        """The time ``ts_ns`` lets the clock move to (the current time while a jump waits for confirmation)."""
+        if self.max_ahead_ns is None or not self.now_ns:
+            return ts_ns
+        if self.suspect_ns:
+            if ts_ns >= self.suspect_ns - self.max_ahead_ns:  # two ticks agree: the stream did move on
+                confirmed, self.suspect_ns = self.suspect_ns, 0
+                return max(confirmed, ts_ns)
+            self.suspect_ns = 0  # refuted: the stream went on near the old clock
+        if ts_ns > self.now_ns + self.max_ahead_ns:
+            self.suspect_ns = ts_ns
+            return self.now_ns
+        return ts_ns

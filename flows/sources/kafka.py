@@ -1,0 +1,186 @@
+"""Live input: the ticks topic, one Bytewax partition per Kafka partition, each with its event-time clock.
+
+Each partition owns a consumer assigned to its Kafka partition (no consumer group: offsets live in Bytewax's
+recovery snapshots, together with the partition's :class:`~flows.clock.EventClock`). A poll takes what the
+consumer has fetched, decodes every message (a bad one becomes a dead letter with its partition, offset and
+original bytes) and puts the clock's heartbeats at the stream positions where its watermark crossed a bar
+boundary. Everything it emits is therefore a function of the partition's content and the offset it resumed
+from, which is what makes a resumed run's output equal to an uninterrupted one's.
+
+The wall clock enters in one place only. At the head of the partition, with nothing more to read, event time
+has moved on at least as far as the wall clock since the newest tick (less ``pipeline.idle_close_ms`` of
+grace for feed delays), so quiet symbols still close their bars. That is taken only while the broker
+confirms it: the consumer reached the end of the partition (librdkafka's partition-EOF event) with nothing
+read since, and the broker answered a watermark query at most a second ago without showing more data. A
+frozen broker confirms nothing, so a stall closes no bar and makes no held-back tick late. A broker that does
+not answer is reported after ``kafka.stall_warning_s`` and, after ``kafka.unavailable_after_s``, ends the run
+with a clear error (flows/lifecycle.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+from bytewax.inputs import AbortExecution, FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from flows.clock import EventClock
+from flows.config import AppConfig
+from flows.kafka import client_callbacks
+from flows.lifecycle import STOP, BrokerUnavailableError, BrokerWatch
+from flows.metrics import METRICS
+from schemas.errors import HrmcondError, TickDecodeError
+from schemas.records import DeadLetter
+from schemas.ticks import decode_tick
+
+log = logging.getLogger(__name__)
+
+#: Most messages taken per poll.
+BATCH = 1_000
+#: How long a partition with nothing to read waits before it is polled again (Bytewax would spin otherwise).
+IDLE_POLL = timedelta(milliseconds=5)
+#: How often, at most, an idle partition asks the broker whether it is at the head, and for how long.
+HEAD_CHECK_S = 1.0
+HEAD_CHECK_TIMEOUT_S = 0.5
+
+
+def decode_message(msg: Message) -> list:
+    """One consumed message -> a tick, or a dead letter that says why (librdkafka errors included)."""
+    now = time.time_ns()
+    err = msg.error()
+    if err is not None:
+        METRICS.consumer_errors.labels(err.name()).inc()
+        log.error("Kafka consumer error %s (code %s): %s", err.name(), err.code(), err.str())
+        return [DeadLetter.of(msg.value() or b"", "consumer_error", f"{err.name()}: {err.str()}", now,
+                              topic=msg.topic(), partition=msg.partition(), offset=msg.offset())]
+    where = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
+    key = msg.key().decode(errors="replace") if msg.key() is not None else None
+    raw = msg.value() or b""
+    try:
+        tick = decode_tick(raw)
+    except TickDecodeError as err:
+        return [DeadLetter.of(raw, err.reason, err.detail, now, key=key, **where)]
+    if key is not None and key != tick.symbol:
+        # The key decides the partition and so the worker: a mismatch would split a symbol's state.
+        return [DeadLetter.of(raw, "key_mismatch", f"message key {key!r} != symbol {tick.symbol!r}", now,
+                              key=key, **where)]
+    return [tick]
+
+
+class _TickPartition(StatefulSourcePartition):
+    def __init__(self, cfg: AppConfig, topic: str, partition: int, clocks: int, until_eof: bool,
+                 resume: tuple[int, EventClock] | None):
+        k, p = cfg.kafka, cfg.pipeline
+        self.name = f"{topic}[{partition}]"
+        self.consumer = Consumer({
+            **k.client_config(), **client_callbacks(),
+            "group.id": "hrmcond-unused",  # required by librdkafka; assign() uses no group
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,  # the head of the partition: --until-eof ends there, live idles there
+        })
+        self.tp = TopicPartition(topic, partition)
+        self.offset, self.clock = resume or (OFFSET_BEGINNING, EventClock(
+            self.name, clocks, p.bar_ms * 10**6, p.allowed_lateness_ms * 10**6, p.max_ahead_ms * 10**6))
+        self.until_eof = until_eof
+        #: Reached the end of the partition, nothing read since.
+        self.at_head = False
+        self.idle_close_ns = p.idle_close_ms * 10**6
+        self.consumer.assign([TopicPartition(topic, partition, self.offset)])
+        self.watch = BrokerWatch(self.name, k.stall_warning_s, k.unavailable_after_s)
+        #: Monotonic time the newest tick was read (after a restart: now, the clock stood still meanwhile).
+        self.newest_at = time.monotonic()
+        self.checked_at = 0.0
+        self.awake: datetime | None = None
+
+    def next_batch(self) -> list:
+        if STOP.requested.is_set():
+            raise AbortExecution()
+        if self.until_eof and self.at_head:
+            raise StopIteration()
+        msgs = self.consumer.consume(BATCH, 0)
+        now = time.monotonic()
+        if not msgs:
+            self.awake = datetime.now(UTC) + IDLE_POLL
+            return self._idle(now)
+        self.awake = None
+        self.watch.answered(now)
+        out: list = []
+        for msg in msgs:
+            err = msg.error()
+            if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                self.at_head = True
+                continue
+            self.at_head = False
+            if err is None:
+                self.offset = msg.offset() + 1
+            for item in decode_message(msg):
+                if not isinstance(item, DeadLetter):
+                    out.extend(self.clock.observe(item))
+                    self.newest_at = now
+                out.append(item)
+        return out
+
+    def _idle(self, now: float) -> list:
+        """Nothing was read: at a confirmed head, let event time run on with the wall clock."""
+        if now - self.checked_at < HEAD_CHECK_S:
+            return []
+        self.checked_at = now
+        try:
+            _, high = self.consumer.get_watermark_offsets(self.tp, timeout=HEAD_CHECK_TIMEOUT_S, cached=False)
+        except KafkaException as err:
+            if self.watch.silent(now, err.args[0].str()):
+                STOP.request(BrokerUnavailableError(
+                    f"Kafka has not answered for {now - self.watch.last_answer:.0f} s (reading {self.name}); "
+                    "stopping. Restart with the same --recovery-dir to resume where it stopped"))
+                raise AbortExecution() from None
+            return []
+        self.watch.answered(now)
+        if not self.at_head or self.until_eof or high > max(self.offset, 0):
+            return []  # more is on its way: the clock moves with it
+        if not self.clock.now_ns:  # a partition that never had a tick: event time is the wall clock
+            now_ns = time.time_ns() - self.idle_close_ns
+        else:
+            now_ns = self.clock.now_ns + int((now - self.newest_at) * 1e9) - self.idle_close_ns
+        return self.clock.advance(now_ns + self.clock.lateness_ns)
+
+    def next_awake(self) -> datetime | None:
+        return self.awake
+
+    def snapshot(self) -> tuple[int, EventClock]:
+        return self.offset, copy.deepcopy(self.clock)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class TickSource(FixedPartitionedSource):
+    """The ticks topic; ``until_eof`` stops each partition at the end it had when the run started."""
+
+    def __init__(self, cfg: AppConfig, *, until_eof: bool):
+        self.cfg = cfg
+        self.until_eof = until_eof
+
+    def _partitions(self) -> list[int]:
+        k = self.cfg.kafka
+        admin = AdminClient({**k.client_config(), **client_callbacks()})
+        try:
+            meta = admin.list_topics(k.topics.ticks, timeout=k.unavailable_after_s).topics[k.topics.ticks]
+        except KafkaException as err:
+            raise BrokerUnavailableError(f"cannot list the partitions of {k.topics.ticks!r} at "
+                                         f"{k.bootstrap_servers}: {err.args[0].str()}") from None
+        if meta.error is not None:
+            raise HrmcondError(f"topic {k.topics.ticks!r}: {meta.error.str()}")
+        return sorted(meta.partitions)
+
+    def list_parts(self) -> list[str]:
+        return [str(p) for p in self._partitions()]
+
+    def build_part(self, step_id: str, for_part: str, resume_state) -> _TickPartition:
+        clocks = len(self._partitions())
+        return _TickPartition(self.cfg, self.cfg.kafka.topics.ticks, int(for_part), clocks, self.until_eof,
+                              resume_state)

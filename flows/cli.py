@@ -96,9 +96,7 @@ def cmd_replay(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from bytewax.errors import BytewaxRuntimeError
-
-    from flows.kafka import flush_all_producers
+    from flows.lifecycle import STOP
     from flows.live import build_live_flow
     from flows.metrics import serve
     from flows.runner import recovery_config, run_process, spawn_cluster
@@ -111,30 +109,32 @@ def cmd_run(args: argparse.Namespace) -> None:
         spawn_cluster(sys.argv[1:], args.processes)
         return
     serve(cfg.metrics.port)
-    # SIGTERM (an orchestrator's stop) behaves like Ctrl-C: Bytewax stops at the next check, the sinks flush
-    # and close; with recovery the last completed epoch is the resume point.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    _stop_on_signals()
     flow = build_live_flow(cfg, until_eof=args.until_eof)
     addresses = args.addresses.split(";") if args.addresses else None
     log.info("consuming %s from %s", cfg.kafka.topics.ticks, cfg.kafka.bootstrap_servers)
-    try:
-        run_process(flow, process_id=args.process_id or 0, addresses=addresses, recovery=recovery,
-                    epoch_s=cfg.recovery.snapshot_interval_s if recovery else 1.0)
-    except BytewaxRuntimeError as err:
-        if not _interrupted(err):
-            raise
-        flush_all_producers()
-        log.info("stopped by signal; pending output delivered")
+    run_process(flow, process_id=args.process_id or 0, addresses=addresses, recovery=recovery,
+                epoch_s=cfg.recovery.snapshot_interval_s if recovery else 1.0)
+    if STOP.error is not None:
+        raise STOP.error
+    if STOP.requested.is_set():
+        log.info("stopped by signal; output up to the last completed batch delivered%s",
+                 ", resume with the same --recovery-dir" if recovery else "")
 
 
-def _interrupted(err: BaseException) -> bool:
-    """Whether Bytewax stopped because of SIGINT/SIGTERM: it reports the signal itself, or the interrupt
-    surfaced inside one of our callbacks and comes wrapped."""
-    while err is not None:
-        if isinstance(err, KeyboardInterrupt) or "signal received" in str(err):
-            return True
-        err = err.__cause__
-    return False
+def _stop_on_signals() -> None:
+    """SIGTERM (an orchestrator's stop) and SIGINT ask the source to stop at its next poll (flows/lifecycle.py);
+    a second signal interrupts at once."""
+    from flows.lifecycle import STOP
+
+    def handler(signum: int, frame) -> None:
+        if STOP.requested.is_set():
+            raise KeyboardInterrupt
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        STOP.request()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
 
 
 def cmd_produce(args: argparse.Namespace) -> None:
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
         args.fn(args)
     except HrmcondError as err:
         print(f"hrmcond {args.command}: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(err, "exit_code", 2)) from None
 
 
 if __name__ == "__main__":

@@ -70,10 +70,7 @@ class EventClock:
         if watermark < self.next_beat_ns or not self.now_ns:
             return []
         boundary = watermark // self.bar_ns * self.bar_ns
-        first = not self.next_beat_ns
         self.next_beat_ns = boundary + self.bar_ns
-        if first:  # nothing was sent before the first tick: there is nothing to close yet
-            return []
         keys = sorted(self.symbols) + [clock_key(self.name)]
         return [Heartbeat(key, boundary, len(keys), self.name, self.clocks) for key in keys]
 

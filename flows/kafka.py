@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -111,16 +110,6 @@ def delete_topics(conf: Mapping[str, str], topics: Iterable[str], timeout_s: flo
                 raise HrmcondError(f"cannot delete topic {topic!r}: {_describe(err.args[0])}") from err
 
 
-_LIVE_PRODUCERS: weakref.WeakSet[CheckedProducer] = weakref.WeakSet()
-
-
-def flush_all_producers() -> None:
-    """Deliver whatever any producer of this process still holds (on shutdown, when the dataflow was
-    interrupted between a produce and its batch's flush)."""
-    for producer in list(_LIVE_PRODUCERS):
-        producer.flush()
-
-
 class CheckedProducer:
     """An idempotent producer whose failed deliveries raise :class:`DeliveryError` instead of vanishing.
 
@@ -137,7 +126,6 @@ class CheckedProducer:
         self._failure: DeliveryError | None = None
         self._flush_timeout_s = flush_timeout_s
         self.delivered = 0
-        _LIVE_PRODUCERS.add(self)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -59,6 +60,14 @@ def spawn_cluster(argv: list[str], processes: int) -> None:
                          env=os.environ.copy())
         for i in range(processes)
     ]
+
+    def forward(signum: int, frame) -> None:  # an orchestrator stops the parent: every worker stops the same way
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
     codes = []
     try:
         for child in children:

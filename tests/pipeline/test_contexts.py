@@ -221,3 +221,21 @@ def test_breaker_state_machine():
     for t in range(10):
         never.record(True, t)
     assert never.allows(10)
+
+
+def test_bars_wait_for_every_partitions_clock():
+    """Two partitions: a bar is conditioned only once both clocks have passed its end, and a clock counts as
+    passed only when every key it sent to reported back."""
+    cfg = load_config("deploy/local.yaml", env={})
+    logic = InferenceLogic(load_engine(cfg, deterministic=True), None)
+    s0, s1 = bars(2, symbols=2)  # S0 in partition a, S1 in partition b, both ending at T0
+    end = s0.window_end_ns
+
+    def beat(symbol: str, clock: str, fanout: int = 2) -> Heartbeat:
+        return Heartbeat(symbol, end, fanout, clock, 2)
+
+    assert logic.on_batch([s0, beat("S0", "a"), beat("@a", "a")])[0] == []  # partition b has not reported
+    assert logic.on_batch([s1, beat("S1", "b")])[0] == []  # b's own key has not reported back yet
+    done = logic.on_batch([beat("@b", "b")])[0]
+    assert [(sym, d.bar.window_end_ns) for sym, d in done] == [("S0", end), ("S1", end)]
+    assert logic.state.held == [] and logic.state.passed == {}

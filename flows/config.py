@@ -10,8 +10,6 @@ a log line or an error message.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -125,12 +123,6 @@ class AppConfig(_Strict):
     recovery: RecoveryConfig = RecoveryConfig()
     model: ModelConfig = ModelConfig()
     metrics: MetricsConfig = MetricsConfig()
-
-    def fingerprint(self) -> str:
-        """SHA-256 of the model-relevant configuration (recorded in artifacts and checked on load)."""
-        relevant = {"conditioning": self.conditioning.model_dump(mode="json"),
-                    "pipeline": self.pipeline.model_dump(mode="json")}
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:

@@ -88,9 +88,3 @@ def test_librdkafka_secrets_never_printed(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, "kafka: {librdkafka: {sasl.password: [hunter2]}}\n"), env={})
     assert "hunter2" not in str(info.value)
-
-
-def test_fingerprint_tracks_model_relevant_config():
-    a, b = load_config(None, env={}), load_config(None, env={"HRMCOND__PIPELINE__BAR_MS": "1000"})
-    c = load_config(None, env={"HRMCOND__KAFKA__BOOTSTRAP_SERVERS": "elsewhere:9092"})
-    assert a.fingerprint() != b.fingerprint() and a.fingerprint() == c.fingerprint()

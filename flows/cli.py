@@ -110,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.processes > 1 and args.process_id is None:
         spawn_cluster(sys.argv[1:], args.processes)
         return
-    serve(cfg.metrics.port)
+    serve(cfg.metrics)
     # SIGTERM (an orchestrator's stop) behaves like Ctrl-C: Bytewax stops at the next check, the sinks flush
     # and close; with recovery the last completed epoch is the resume point.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -121,6 +121,9 @@ class ModelConfig(_Strict):
 class MetricsConfig(_Strict):
     #: Prometheus exposition port; None disables the endpoint.
     port: int | None = Field(None, ge=1, le=65535)
+    #: Address the endpoint listens on. Loopback by default: the metrics are unauthenticated, so a scraper on
+    #: another host needs an interface address (or ``0.0.0.0``, every interface) chosen on purpose.
+    host: str = Field("127.0.0.1", min_length=1)
 
 
 class AppConfig(_Strict):

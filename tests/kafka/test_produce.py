@@ -1,7 +1,11 @@
-"""``hrmcond produce`` against the session's broker: pacing at ``--speed`` x real time (issue 9)."""
+"""``hrmcond produce`` against the session's broker: pacing at ``--speed`` x real time, and a run configured with
+secrets logs none of them (issue 9)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -12,6 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from conditioning.sim.market import MarketConfig, simulate_market
 from flows.cli import main
+from flows.config import load_config
 from schemas.canonical import write_ticks
 from schemas.ticks import decode_tick
 
@@ -66,3 +71,32 @@ def test_speed_paces_event_time(kafka_cluster, kafka_topics, ticks_file, capsys)
     assert np.abs(sent_s - event_s / SPEED).max() < 0.1 * event_s[-1] / SPEED
     assert event_s[-1] / SPEED * 0.9 <= wall_s <= event_s[-1] / SPEED * 1.1 + 2.0, wall_s
 
+
+SECRET_ENV, SECRET_FILE = "p#ss: [Zq9!SeCrEt #env", "p#ss: [Zq9!SeCrEt #file'"
+MARK = "SeCrEt"
+
+
+def test_runs_with_secrets_log_none(kafka_cluster, kafka_topics, ticks_file, tmp_path):
+    """Successful runs, debug logging on, with one secret from the environment and one from the file:
+    ``produce`` (text and JSON logs), then ``run`` over what it produced."""
+    topics = kafka_topics("ticks", "contexts", "features", "dead_letter")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"kafka:\n  bootstrap_servers: {kafka_cluster.bootstrap_servers}\n  topics: {topics}\n"
+                      f"  librdkafka:\n    ssl.key.password: '{SECRET_FILE.replace(chr(39), chr(39) * 2)}'\n")
+    env = {**os.environ, "HRMCOND__KAFKA__LIBRDKAFKA__SASL.PASSWORD": SECRET_ENV}
+    # The runs get both secrets intact (this is the configuration the commands load).
+    conf = load_config(config, env=env).kafka.client_config()
+    assert (conf["sasl.password"], conf["ssl.key.password"]) == (SECRET_ENV, SECRET_FILE)
+
+    def hrmcond(*argv: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "flows.cli", "-v", *argv], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert MARK not in done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    produce = ["produce", "--config", str(config), "--format", "canonical", "--ticks", str(ticks_file)]
+    assert "produced" in hrmcond(*produce)
+    assert "produced" in hrmcond("--log-format", "json", *produce)
+    assert "consuming" in hrmcond("run", "--config", str(config), "--until-eof")
+    assert read_back(kafka_cluster.client_config, topics["contexts"], 1)  # the run did condition bars

@@ -64,6 +64,7 @@ def _config(args: argparse.Namespace):
 
 # -- commands ---------------------------------------------------------------------------------------------
 def cmd_replay(args: argparse.Namespace) -> None:
+    from conditioning.artifacts import verify_model
     from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
     from flows.runner import run_process, spawn_cluster
 
@@ -71,12 +72,14 @@ def cmd_replay(args: argparse.Namespace) -> None:
         raise HrmcondError("give --out (contexts) and/or --features-out (feature records)")
     outputs = ReplayOutputs(args.out, args.features_out, args.dead_letters_out)
     started = time.perf_counter()
+    cfg = _config(args)
+    if outputs.contexts is not None:  # before any worker starts: inside one, a bad model ends in a traceback
+        verify_model(cfg.model.dir, cfg.conditioning)
     table, reference = load_input(args)
     n_ticks = table.num_rows + len(reference)
     if args.processes > 1 and args.process_id is None:
         spawn_cluster(sys.argv[1:], args.processes)
     else:
-        cfg = _config(args)
         name = str(args.ticks or args.trades or args.lobster)
         flow = build_replay_flow(cfg, table, reference, outputs, source_name=name)
         log.info("replaying %d ticks, %d reference rows", table.num_rows, len(reference))
@@ -96,19 +99,21 @@ def cmd_replay(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from conditioning.artifacts import verify_model
     from flows.lifecycle import STOP
     from flows.live import build_live_flow
     from flows.metrics import serve
     from flows.runner import recovery_config, run_process, spawn_cluster
 
     cfg = _config(args)
+    verify_model(cfg.model.dir, cfg.conditioning)  # before any worker starts (see cmd_replay)
     if args.recovery_dir is not None:
         cfg = cfg.model_copy(update={"recovery": cfg.recovery.model_copy(update={"dir": args.recovery_dir})})
     recovery = recovery_config(cfg.recovery, max(1, args.processes))  # initialised once, before any worker
     if args.processes > 1 and args.process_id is None:
         spawn_cluster(sys.argv[1:], args.processes)
         return
-    serve(cfg.metrics.port)
+    serve(cfg.metrics)
     _stop_on_signals()
     flow = build_live_flow(cfg, until_eof=args.until_eof)
     addresses = args.addresses.split(";") if args.addresses else None

@@ -3,16 +3,21 @@
 Precedence: built-in defaults < YAML file < environment variables. An environment variable
 ``HRMCOND__SECTION__KEY=value`` overrides ``section.key`` (the value is parsed as YAML, so ``true``, ``5``
 and ``[a, b]`` get their types). Unknown keys, wrong types and out-of-range values are errors that name the
-key; nothing falls back to a default silently. librdkafka settings are secrets: they never appear in a repr,
-a log line or an error message.
+key; nothing falls back to a default silently.
+
+librdkafka settings (``kafka.librdkafka``) are secrets: they never appear in a repr, a log line or an error
+message. They are strings to librdkafka, so ``HRMCOND__KAFKA__LIBRDKAFKA__SASL.PASSWORD=...`` is taken
+verbatim, never parsed as YAML (where `` #`` would start a comment and ``[``, ``!``, ``: `` change meaning).
+In a YAML file put them in single quotes (``sasl.password: 'p#ss: [x'``; a ``'`` inside is written ``''``).
+No error message quotes a configuration line or an unknown key's value, which may be a misplaced secret:
+YAML errors give the file, line, column and the problem.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -124,6 +129,9 @@ class ModelConfig(_Strict):
 class MetricsConfig(_Strict):
     #: Prometheus exposition port; None disables the endpoint.
     port: int | None = Field(None, ge=1, le=65535)
+    #: Address the endpoint listens on. Loopback by default: the metrics are unauthenticated, so a scraper on
+    #: another host needs an interface address (or ``0.0.0.0``, every interface) chosen on purpose.
+    host: str = Field("127.0.0.1", min_length=1)
 
 
 class AppConfig(_Strict):
@@ -134,11 +142,27 @@ class AppConfig(_Strict):
     model: ModelConfig = ModelConfig()
     metrics: MetricsConfig = MetricsConfig()
 
-    def fingerprint(self) -> str:
-        """SHA-256 of the model-relevant configuration (recorded in artifacts and checked on load)."""
-        relevant = {"conditioning": self.conditioning.model_dump(mode="json"),
-                    "pipeline": self.pipeline.model_dump(mode="json")}
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+#: Where the secrets live: values under it are strings, taken verbatim from the environment and never shown.
+SECRET_SECTION = ("kafka", "librdkafka")
+#: A quoted fragment in a PyYAML problem (``'!tag'``, ``'alias'``, ``"x'y"``), as ``repr`` writes it.
+_QUOTED = re.compile(r"'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\"")
+
+
+def _yaml_problem(err: Exception) -> str:
+    """``line L, column C: problem (context)`` of a YAML error, without the text PyYAML quotes: its message
+    shows the offending line, and its problem may quote a tag or an alias taken from it, either of which may
+    be a secret. A quoted single character (``'\\t'``) and token names (``'<stream end>'``) are kept."""
+    def elide(m: re.Match[str]) -> str:
+        inner = m.group(0)[1:-1]
+        return m.group(0) if len(inner) <= 2 or re.fullmatch(r"<[a-z ]+>", inner) else "'...'"
+
+    mark = getattr(err, "problem_mark", None)
+    if mark is None:  # ValueError (an impossible date), or a YAMLError without a position
+        return _QUOTED.sub(elide, str(err).splitlines()[0])
+    context = getattr(err, "context", None)
+    what = _QUOTED.sub(elide, err.problem or "syntax error") + (f" ({context})" if context else "")
+    return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
@@ -154,10 +178,13 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"environment variable {name} conflicts with another override")
+        if tuple(path[:-1]) == SECRET_SECTION:
+            node[path[-1]] = raw
+            continue
         try:
             node[path[-1]] = yaml.safe_load(raw)
         except (yaml.YAMLError, ValueError) as err:
-            raise ConfigError(f"environment variable {name}: cannot parse {raw!r} as a YAML value") from err
+            raise ConfigError(f"environment variable {name}: not a YAML value: {_yaml_problem(err)}") from None
     return tree
 
 
@@ -172,12 +199,15 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _describe(err: pydantic.ValidationError, source: str) -> str:
+    """One line per error, naming the key. The offending value is shown only where it cannot be a secret: a
+    scalar given for a known key outside ``SECRET_SECTION`` (an unknown key may be a misplaced secret)."""
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        secret = "librdkafka" in key
-        got = "" if secret or e["type"] == "missing" else f" (got {e['input']!r})"
-        lines.append(f"  {key}: {e['msg']}{got}")
+        loc = tuple(str(p) for p in e["loc"])
+        shown = (e["type"] not in ("missing", "extra_forbidden") and loc[:2] != SECRET_SECTION
+                 and not isinstance(e["input"], dict | list))
+        got = f" (got {e['input']!r})" if shown else ""
+        lines.append(f"  {'.'.join(loc) or '<root>'}: {e['msg']}{got}")
     return "\n".join(lines)
 
 
@@ -193,7 +223,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         except FileNotFoundError as err:
             raise ConfigError(f"config file not found: {path}") from err
         except (yaml.YAMLError, ValueError) as err:  # PyYAML raises ValueError for impossible dates
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(err)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: top level must be a mapping, got {type(loaded).__name__}")
         data = loaded or {}

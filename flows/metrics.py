@@ -1,10 +1,15 @@
-"""Prometheus metrics of the pipeline (exposed on ``metrics.port`` when set; read by the demo summary)."""
+"""Prometheus metrics of the pipeline (exposed on ``metrics.host:metrics.port`` when a port is set; read by the
+demo summary)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+from flows.config import MetricsConfig
+from schemas.errors import HrmcondError
 
 _LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 80, 100, 250, 1000)
 
@@ -48,6 +53,12 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
-def serve(port: int | None) -> None:
-    if port is not None:
-        start_http_server(port)
+def serve(cfg: MetricsConfig) -> WSGIServer | None:
+    """Start the exposition endpoint on ``cfg.host:cfg.port`` in a daemon thread (None when no port is set)."""
+    if cfg.port is None:
+        return None
+    try:
+        server, _ = start_http_server(cfg.port, addr=cfg.host)
+    except OSError as err:  # port taken, address not on this host, unknown name
+        raise HrmcondError(f"metrics endpoint: cannot listen on {cfg.host}:{cfg.port}: {err.strerror or err}") from err
+    return server

@@ -42,15 +42,20 @@ def produce_table(
     speed: float = 0.0,
     partitions: int = 3,
 ) -> int:
-    """Produce every tick keyed by symbol; ``speed`` > 0 paces event time at ``speed`` x real time."""
+    """Produce every tick keyed by symbol; ``speed`` > 0 paces event time at ``speed`` x real time.
+
+    Each tick leaves at ``t0 + (ts_ns - first ts_ns) / speed`` of wall time. The wait serves delivery reports:
+    ``poll`` blocks until its timeout or until a report arrives, so it is repeated until the tick's time
+    (a single ``poll`` returned at the first report and ran ~46x too fast at ``--speed 1``).
+    """
     ensure_topics(conf, [topic], partitions)
     producer = CheckedProducer(conf)
     n, t0_event, t0_wall = 0, None, time.monotonic()
     for tick in table_ticks(table, reference):
         if speed > 0 and not isinstance(tick, Reference):
             t0_event = t0_event or tick.ts_ns
-            ahead = (tick.ts_ns - t0_event) / 1e9 / speed - (time.monotonic() - t0_wall)
-            if ahead > 0:
+            due = t0_wall + (tick.ts_ns - t0_event) / 1e9 / speed  # monotonic seconds
+            while (ahead := due - time.monotonic()) > 0:
                 producer.poll(ahead)
         producer.produce(topic, tick.model_dump_json(exclude_none=True).encode(), key=tick.symbol)
         n += 1

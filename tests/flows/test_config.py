@@ -90,7 +90,97 @@ def test_librdkafka_secrets_never_printed(tmp_path):
     assert "hunter2" not in str(info.value)
 
 
-def test_fingerprint_tracks_model_relevant_config():
-    a, b = load_config(None, env={}), load_config(None, env={"HRMCOND__PIPELINE__BAR_MS": "1000"})
-    c = load_config(None, env={"HRMCOND__KAFKA__BOOTSTRAP_SERVERS": "elsewhere:9092"})
-    assert a.fingerprint() != b.fingerprint() and a.fingerprint() == c.fingerprint()
+# -- secrets: never shown, never mangled (issue 9) ---------------------------------------------------------
+#: YAML specials: unquoted, ``: `` and ``[`` break the parse, ``!`` starts a tag, `` #`` starts a comment.
+SECRETS = ["p#ss: [Zq9!SeCrEt", "Zq9SeCrEt #tail", "!SeCrEt'q\"x"]
+MARK = "SeCrEt"  # in every secret; no output may hold it, nor a fragment of a secret around it
+
+
+def single_quoted(secret: str) -> str:
+    """How README tells users to write a secret in YAML: in single quotes, a ``'`` inside doubled."""
+    return "'" + secret.replace("'", "''") + "'"
+
+
+def password_file(value: str) -> str:
+    """A config file setting ``kafka.librdkafka.sasl.password`` to ``value`` as written (on line 3)."""
+    return f"kafka:\n  librdkafka:\n    sasl.password: {value}\n"
+
+
+def said(err: BaseException) -> str:
+    """Everything a traceback of ``err`` would print: message, repr, chained causes."""
+    import traceback
+
+    return "".join(traceback.format_exception(err)) + repr(err)
+
+
+def assert_hidden(cfg: AppConfig) -> None:
+    for text in (repr(cfg), str(cfg), str(cfg.model_dump()), cfg.model_dump_json(), repr(cfg.kafka.librdkafka)):
+        assert MARK not in text
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_secret_from_the_environment_is_taken_verbatim(secret):
+    import yaml
+
+    # As a YAML value the secret would be refused, truncated at " #" or read as a tag (the old parse).
+    try:
+        assert yaml.safe_load(secret) != secret
+    except yaml.YAMLError:
+        pass
+    cfg = load_config(None, env={"HRMCOND__KAFKA__LIBRDKAFKA__SASL.PASSWORD": secret})
+    assert cfg.kafka.client_config()["sasl.password"] == secret
+    assert_hidden(cfg)
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_secret_from_a_yaml_file_single_quoted(tmp_path, secret):
+    path = write(tmp_path, password_file(single_quoted(secret)))
+    assert MARK in path.read_text()
+    cfg = load_config(path, env={})
+    assert cfg.kafka.client_config()["sasl.password"] == secret
+    assert_hidden(cfg)
+
+
+QUOTED_SECRET = password_file(single_quoted(SECRETS[0]))
+
+
+@pytest.mark.parametrize(
+    "text,env,expect",
+    [
+        # A secret, unquoted: a YAML syntax error on the secret's own line (PyYAML's message shows that line).
+        (password_file(SECRETS[0]), {}, r"c\.yaml is not valid YAML: line 3, column 24"),
+        # Unquoted, starting with '!': a tag, which PyYAML's message quotes.
+        (password_file("!SeCrEt"), {}, r"line 3, column 20: could not determine a constructor"),
+        # Quoted properly, with a syntax error elsewhere in the same file.
+        (QUOTED_SECRET + "pipeline: {bar_ms: [1}\n", {}, r"not valid YAML: line 4, column 22"),
+        # Quoted properly, with a validation error elsewhere in the same file.
+        (QUOTED_SECRET + "pipeline: {bar_ms: soon}\n", {}, r"pipeline\.bar_ms: .*\(got 'soon'\)"),
+        # Under a misspelt key: an unknown key's value is not shown (it may be a secret).
+        ("kafka: {sasl.password: 'Zq9SeCrEt'}\n", {}, r"kafka\.sasl\.password: Extra inputs"),
+        # Of a wrong type: a librdkafka value is never shown.
+        ("kafka: {librdkafka: {sasl.password: [Zq9SeCrEt]}}\n", {}, r"kafka\.librdkafka\.sasl\.password"),
+        # Through the environment, under a key outside kafka.librdkafka: parsed as YAML, and unparsable.
+        (None, {"HRMCOND__KAFKA__SASL_PASSWORD": SECRETS[0]},
+         r"HRMCOND__KAFKA__SASL_PASSWORD: not a YAML value: line 1, column 18"),
+        (None, {"HRMCOND__KAFKA__SASL_PASSWORD": SECRETS[1].split()[0]}, r"kafka\.sasl_password: Extra inputs"),
+    ],
+    ids=["unquoted", "tag", "syntax-elsewhere", "invalid-elsewhere", "unknown-key", "wrong-type", "env-unparsable",
+         "env-unknown-key"],
+)
+def test_no_error_shows_a_secret(tmp_path, text, env, expect):
+    path = None if text is None else write(tmp_path, text)
+    assert MARK in (text or "") + "".join(env.values())
+    with pytest.raises(ConfigError, match=expect) as info:
+        load_config(path, env=env)
+    assert MARK not in said(info.value)
+
+
+def test_cli_config_error_shows_no_secret(tmp_path, capsys):
+    from flows.cli import main
+
+    path = write(tmp_path, password_file(SECRETS[0]))
+    with pytest.raises(SystemExit) as exit_:
+        main(["produce", "--config", str(path), "--format", "canonical", "--ticks", str(tmp_path / "t.csv")])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and "c.yaml is not valid YAML: line 3" in err
+    assert MARK not in out + err

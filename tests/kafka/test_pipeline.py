@@ -314,8 +314,10 @@ def test_fail_open_under_a_slow_rag(tmp_path, kafka_cluster, kafka_topics, marke
     cfg = cfg.model_copy(update={"conditioning": cfg.conditioning.model_copy(
         update={"rag": cfg.conditioning.rag.model_copy(update={"timeout_ms": 60})})})
     original = PatternRAG._knn
+    calls = []
 
     def slow_knn(self, *args, **kwargs):
+        calls.append(time.monotonic())
         time.sleep(0.15)  # far past the 60 ms deadline
         return original(self, *args, **kwargs)
 
@@ -328,9 +330,13 @@ def test_fail_open_under_a_slow_rag(tmp_path, kafka_cluster, kafka_topics, marke
     statuses = Counter(r.rag_status for r in live.values())
     # the first batches wait out the deadline, then the circuit breaker skips the stuck index
     assert set(statuses) == {"timeout", "unavailable"}, statuses
-    total = np.array([r.latency.total_ms for r in live.values()])
-    # generous bound on a shared 2-core runner; the figures themselves come from benchmarks/
-    assert np.median(total) < 80.0, f"fail-open path median {np.median(total):.1f} ms"
+    # the deadline was really hit: the index was queried, and each timed-out batch waited out (nearly all of)
+    # the 60 ms, which runs from the start of the batch, a little before the retrieval stage
+    timed_out = [r.latency for r in live.values() if r.rag_status == "timeout"]
+    assert calls and min(lat.rag_ms for lat in timed_out) >= 55.0
+    # the budget holds for the slowest context on the fail-open path, not only the typical one
+    worst = max(r.latency.total_ms for r in live.values())
+    assert worst < 80.0, f"fail-open path max {worst:.1f} ms (budget 80 ms)"
 
 
 def test_sigterm_stops_gracefully(tmp_path, kafka_cluster, kafka_topics, market):

@@ -27,6 +27,7 @@ class _Metrics:
     rag_breaker_open: Gauge
     context_latency_ms: Histogram
     consumer_errors: Counter
+    consumer_lag: Gauge
 
 
 METRICS = _Metrics(
@@ -45,6 +46,7 @@ METRICS = _Metrics(
         buckets=_LATENCY_BUCKETS_MS,
     ),
     consumer_errors=Counter("hrmcond_consumer_errors", "librdkafka consumer errors, by code", ["code"]),
+    consumer_lag=Gauge("hrmcond_consumer_lag", "Messages of the ticks partition not yet read", ["partition"]),
 )
 
 

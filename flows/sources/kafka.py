@@ -123,6 +123,10 @@ class _TickPartition(StatefulSourcePartition):
                     out.extend(self.clock.observe(item))
                     self.newest_at = now
                 out.append(item)
+        # the high watermark of the last fetch response: known locally, no request
+        _, high = self.consumer.get_watermark_offsets(self.tp, cached=True)
+        if high >= 0 and self.offset >= 0:
+            METRICS.consumer_lag.labels(self.name).set(max(0, high - self.offset))
         return out
 
     def _idle(self, now: float) -> list:

@@ -42,13 +42,15 @@ class Heartbeat:
     every tick of ``symbol`` before ``ts_ns`` has been sent. Out of it: every bar of ``symbol`` ending at or
     before ``ts_ns`` has been emitted. ``clock`` sent it to ``fanout`` keys at once, so ``fanout`` heartbeats
     of ``clock`` with this ``ts_ns`` out of the bar step mean that all of that partition has passed ``ts_ns``;
-    once each of the ``clocks`` partitions has, the whole input has."""
+    once each of the ``clocks`` partitions has, the whole input has. ``evict``: the symbol has been idle past
+    ``pipeline.evict_idle_s``; its state is discarded after this heartbeat (a later tick starts it afresh)."""
 
     symbol: str
     ts_ns: int
     fanout: int
     clock: str = "ticks"
     clocks: int = 1
+    evict: bool = False
 
 
 def feature_params(cfg: PipelineConfig) -> FeatureParams:
@@ -100,7 +102,7 @@ class SymbolLogic(StatefulLogic):
             if self.state is not None:
                 self._advance(value.ts_ns, out)
             out.append(value)  # after the bars it closed: they travel the same channel, in order
-            return out, StatefulLogic.RETAIN
+            return out, StatefulLogic.DISCARD if value.evict else StatefulLogic.RETAIN
         if self.state is None:
             self.state = SymbolState(features=SymbolFeatures(value.symbol, feature_params(self.cfg)))
         st = self.state

@@ -17,7 +17,10 @@ A tick far ahead of the clock (a clock error at a producer, a year 2099) must no
 the partition along. It moves the clock only once the next tick confirms the jump (it lies at or beyond the
 suspect, minus ``max_ahead``), as the first ticks of a new session do after a night's gap; a lone one leaves
 the clock where it was. Reference data (stamped at the start of its date, often published days ahead) neither
-moves the clock nor makes its symbol a member: a symbol is sent heartbeats from its first trade or quote on.
+moves the clock nor makes its symbol a member: a symbol is sent heartbeats from its first trade or quote on,
+until it has been idle for ``evict_after_ns``: its last heartbeat then says so (``evict``), the bar step
+discards the symbol's state after it and the inference step the regime smoother's, so a universe that churns
+through symbols keeps only the recently active ones. A symbol that returns starts afresh, as a new one.
 """
 
 from __future__ import annotations
@@ -47,20 +50,24 @@ class EventClock:
     bar_ns: int
     lateness_ns: int = 0
     max_ahead_ns: int | None = None
+    #: A symbol without a tick for this long (event time) gets a last heartbeat that discards its state
+    #: downstream, and no more (None: never).
+    evict_after_ns: int | None = None
     #: Newest event time accepted (0 before the first tick).
     now_ns: int = 0
     #: A tick that jumped more than ``max_ahead_ns`` ahead, waiting for the next tick to confirm it (0: none).
     suspect_ns: int = 0
     #: The watermark must reach this to send the next heartbeats (0 before the first tick).
     next_beat_ns: int = 0
-    symbols: set[str] = field(default_factory=set)
+    #: Symbols of the partition -> their newest event time.
+    symbols: dict[str, int] = field(default_factory=dict)
 
     def observe(self, tick) -> list[Heartbeat]:
         """Account for ``tick`` (about to be sent); returns the heartbeats to send *before* it."""
         if isinstance(tick, Reference):
             return []
         beats = self.advance(self._accept(tick.ts_ns))
-        self.symbols.add(tick.symbol)
+        self.symbols[tick.symbol] = max(self.symbols.get(tick.symbol, 0), tick.ts_ns)
         return beats
 
     def advance(self, now_ns: int) -> list[Heartbeat]:
@@ -72,7 +79,11 @@ class EventClock:
         boundary = watermark // self.bar_ns * self.bar_ns
         self.next_beat_ns = boundary + self.bar_ns
         keys = sorted(self.symbols) + [clock_key(self.name)]
-        return [Heartbeat(key, boundary, len(keys), self.name, self.clocks) for key in keys]
+        gone = {s for s, t in self.symbols.items()
+                if self.evict_after_ns is not None and boundary - t >= self.evict_after_ns}
+        for symbol in gone:
+            del self.symbols[symbol]
+        return [Heartbeat(key, boundary, len(keys), self.name, self.clocks, key in gone) for key in keys]
 
     def _accept(self, ts_ns: int) -> int:
         """The time ``ts_ns`` lets the clock move to (the current time while a jump waits for confirmation)."""

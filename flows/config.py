@@ -61,6 +61,11 @@ class PipelineConfig(_Strict):
     #: A tick further than this ahead of its partition's clock moves the clock only once the next tick
     #: confirms the jump (flows/clock.py): one bad timestamp cannot close every other symbol's bars.
     max_ahead_ms: int = Field(300_000, gt=0)
+    #: A symbol without a tick for this long (event time) has its state discarded (bars, features,
+    #: baselines, SSR/LULD, regime smoother; snapshots too): memory holds the recently active symbols only. A
+    #: symbol that returns starts afresh (warm-up included). Keep it above the longest state that matters:
+    #: an SSR restriction lasts into the next session, a halt can last days. None = never.
+    evict_idle_s: int | None = Field(7 * 86_400, gt=0)
     #: TSRV slow-scale K; None = data-driven ``c * n^(2/3)``.
     tsrv_k: int | None = Field(None, ge=1)
     pattern_bars: int = Field(32, ge=2)

@@ -207,9 +207,12 @@ class ContextEngine:
             self._update_thread = None
         self.system.pattern_rag.close()
 
-    def finish(self, smoother: RegimeSmoother | None, draft: ContextDraft
-               ) -> tuple[RegimeSmoother | None, tuple[ContextRecord, FeatureRecord]]:
-        """Per symbol: smooth the regime, build the records. ``smoother`` is the symbol's state."""
+    def finish(self, smoother: RegimeSmoother | None, draft: ContextDraft | None
+               ) -> tuple[RegimeSmoother | None, tuple[ContextRecord, FeatureRecord] | None]:
+        """Per symbol: smooth the regime, build the records. ``smoother`` is the symbol's state; a ``None``
+        draft (the symbol was evicted) discards it."""
+        if draft is None:
+            return None, None
         regime = None
         if draft.regime_probs is not None:
             if smoother is None:
@@ -252,6 +255,8 @@ class InferenceState:
     clock_ns: dict[str, int] = field(default_factory=dict)
     #: Every clock has passed this time; bars ending at or before it have been conditioned.
     released_ns: int = 0
+    #: (time, symbol) of evicting heartbeats not yet released: the symbol's smoother goes after its bars.
+    evicting: list[tuple[int, str]] = field(default_factory=list)
 
 
 def _bar_order(bar: BarFeatures) -> tuple[int, str]:
@@ -287,6 +292,8 @@ class InferenceLogic(StatefulBatchLogic):
             if isinstance(value, BarFeatures):
                 st.held.append(value)
                 continue
+            if value.evict:
+                st.evicting.append((value.ts_ns, value.symbol))
             key = (value.clock, value.ts_ns)
             count = st.passed.get(key, 0) + 1
             if count < value.fanout:
@@ -306,13 +313,20 @@ class InferenceLogic(StatefulBatchLogic):
         held = self.state.held
         return self._release(max((b.window_end_ns for b in held), default=0)), StatefulBatchLogic.RETAIN
 
-    def _release(self, through_ns: int) -> list[tuple[str, ContextDraft]]:
-        """Condition the held bars ending at or before ``through_ns``, one bar end at a time."""
+    def _release(self, through_ns: int) -> list[tuple[str, ContextDraft | None]]:
+        """Condition the held bars ending at or before ``through_ns``, one bar end at a time; an evicted
+        symbol's ``(symbol, None)`` follows the bars up to its eviction time (and precedes any it has after)."""
         st = self.state
         due = sorted((b for b in st.held if b.window_end_ns <= through_ns), key=_bar_order)
         st.held = [b for b in st.held if b.window_end_ns > through_ns]
-        by_end = groupby(due, key=lambda b: b.window_end_ns)
-        return [d for _, same_end in by_end for d in self._condition(list(same_end))]
+        gone = sorted(e for e in st.evicting if e[0] <= through_ns)
+        st.evicting = [e for e in st.evicting if e[0] > through_ns]
+        out: list[tuple[str, ContextDraft | None]] = []
+        for end, same_end in groupby(due, key=lambda b: b.window_end_ns):
+            while gone and gone[0][0] < end:
+                out.append((gone.pop(0)[1], None))
+            out += self._condition(list(same_end))
+        return out + [(symbol, None) for _, symbol in gone]
 
     def _condition(self, bars: list[BarFeatures]) -> list[tuple[str, ContextDraft]]:
         """``bars`` in ``_bar_order``."""
@@ -325,7 +339,7 @@ class InferenceLogic(StatefulBatchLogic):
     def snapshot(self) -> InferenceState:
         st = self.state
         return replace(st, added=st.added.copy(), held=list(st.held), passed=dict(st.passed),
-                       clock_ns=dict(st.clock_ns))
+                       clock_ns=dict(st.clock_ns), evicting=list(st.evicting))
 
 
 def load_engine(cfg: AppConfig, deterministic: bool) -> ContextEngine:

@@ -85,7 +85,8 @@ class _TickPartition(StatefulSourcePartition):
         })
         self.tp = TopicPartition(topic, partition)
         self.offset, self.clock = resume or (OFFSET_BEGINNING, EventClock(
-            self.name, clocks, p.bar_ms * 10**6, p.allowed_lateness_ms * 10**6, p.max_ahead_ms * 10**6))
+            self.name, clocks, p.bar_ms * 10**6, p.allowed_lateness_ms * 10**6, p.max_ahead_ms * 10**6,
+            None if p.evict_idle_s is None else p.evict_idle_s * 10**9))
         self.until_eof = until_eof
         #: Reached the end of the partition, nothing read since.
         self.at_head = False

@@ -49,6 +49,8 @@ class ReplayInput:
     reference: tuple[ReferenceRow, ...]
     bar_ns: int
     source_name: str
+    #: pipeline.evict_idle_s in ns (flows/clock.py)
+    evict_after_ns: int | None = None
     batch_size: int = 4096
 
     def __post_init__(self) -> None:
@@ -65,7 +67,8 @@ class _TablePartition(StatefulSourcePartition):
         self.inp = inp
         self.cols = {name: inp.ticks.column(name).to_pylist() for name in inp.ticks.column_names}
         self.n = inp.ticks.num_rows
-        self.row, self.clock = resume or (-1, EventClock(TableSource.PART, 1, inp.bar_ns))
+        self.row, self.clock = resume or (-1, EventClock(TableSource.PART, 1, inp.bar_ns,
+                                                         evict_after_ns=inp.evict_after_ns))
         # Progress on a terminal only (disable=None): logs and CI stay clean.
         self.progress = tqdm(total=self.n, initial=max(self.row, 0), unit="tick", unit_scale=True, desc="replay",
                              disable=None, leave=False)

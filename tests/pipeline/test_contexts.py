@@ -239,3 +239,18 @@ def test_bars_wait_for_every_partitions_clock():
     done = logic.on_batch([beat("@b", "b")])[0]
     assert [(sym, d.bar.window_end_ns) for sym, d in done] == [("S0", end), ("S1", end)]
     assert logic.state.held == [] and logic.state.passed == {}
+
+
+def test_an_evicted_symbol_leaves_after_its_bars_and_its_smoother_is_discarded():
+    cfg = load_config("deploy/local.yaml", env={})
+    engine = load_engine(cfg, deterministic=True)
+    logic = InferenceLogic(engine, None)
+    first, back = bars(3, symbols=1)[0::2]  # S0 at T0, evicted; back again at T0 + 2 min
+    end, end2 = first.window_end_ns, back.window_end_ns
+    out = logic.on_batch([first, Heartbeat("S0", end, 2, evict=True), back, Heartbeat("@ticks", end, 2),
+                          Heartbeat("S0", end2, 2), Heartbeat("@ticks", end2, 2)])[0]
+    assert [(sym, d if d is None else d.bar.window_end_ns) for sym, d in out] == [
+        ("S0", end), ("S0", None), ("S0", end2)]
+    smoother, record = engine.finish(None, out[0][1])
+    assert smoother is not None and record is not None
+    assert engine.finish(smoother, None) == (None, None)  # None state: Bytewax drops the symbol's smoother

@@ -93,8 +93,9 @@ class _TickPartition(StatefulSourcePartition):
         self.idle_close_ns = p.idle_close_ms * 10**6
         self.consumer.assign([TopicPartition(topic, partition, self.offset)])
         self.watch = BrokerWatch(self.name, k.stall_warning_s, k.unavailable_after_s)
-        #: Monotonic time the newest tick was read (after a restart: now, the clock stood still meanwhile).
-        self.newest_at = time.monotonic()
+        #: The clock when the newest tick was read, and the monotonic time it was read (after a restart: now,
+        #: the clock stood still meanwhile): the base from which an idle partition's event time runs on.
+        self.newest_ns, self.newest_at = self.clock.now_ns, time.monotonic()
         self.checked_at = 0.0
         self.awake: datetime | None = None
 
@@ -122,8 +123,8 @@ class _TickPartition(StatefulSourcePartition):
             for item in decode_message(msg):
                 if not isinstance(item, DeadLetter):
                     out.extend(self.clock.observe(item))
-                    self.newest_at = now
                 out.append(item)
+        self.newest_ns, self.newest_at = self.clock.now_ns, now
         # the high watermark of the last fetch response: known locally, no request
         _, high = self.consumer.get_watermark_offsets(self.tp, cached=True)
         if high >= 0 and self.offset >= 0:
@@ -147,10 +148,10 @@ class _TickPartition(StatefulSourcePartition):
         self.watch.answered(now)
         if not self.at_head or self.until_eof or high > max(self.offset, 0):
             return []  # more is on its way: the clock moves with it
-        if not self.clock.now_ns:  # a partition that never had a tick: event time is the wall clock
+        if not self.newest_ns:  # a partition that never had a tick: event time is the wall clock
             now_ns = time.time_ns() - self.idle_close_ns
         else:
-            now_ns = self.clock.now_ns + int((now - self.newest_at) * 1e9) - self.idle_close_ns
+            now_ns = self.newest_ns + int((now - self.newest_at) * 1e9) - self.idle_close_ns
         return self.clock.advance(now_ns + self.clock.lateness_ns)
 
     def next_awake(self) -> datetime | None:

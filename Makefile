@@ -30,9 +30,11 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-demo
 	$(BIN)/hrmcond demo
 
+# The Kafka tests run through testcontainers: the wrapper sets up a container API (podman where no Docker engine
+# answers), stops it afterwards, and falls back to the embedded broker, saying why, where it cannot.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check conditioning flows schemas tests benchmarks
-	$(BIN)/python -m pytest
+	bash tests/with_container_api.sh $(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check conditioning flows schemas tests benchmarks

@@ -59,7 +59,7 @@ def test_produce_and_consume_ticks(kafka_cluster, kafka_topics):
 
 def test_failed_delivery_raises(kafka_cluster, kafka_topics):
     if kafka_cluster.broker is None:
-        pytest.skip("needs the embedded broker to pause it (external cluster / container in use)")
+        pytest.skip("needs a broker the session can pause (an external cluster is in use)")
     topic = kafka_topics("out")["out"]
     producer = CheckedProducer({**kafka_cluster.client_config, "message.timeout.ms": "1500"}, flush_timeout_s=10)
     kafka_cluster.broker.pause()

@@ -236,7 +236,7 @@ def test_broker_paused_then_resumed_loses_nothing(tmp_path, kafka_cluster, kafka
     """A 6 s freeze while the run is mid-stream: warned about within seconds, then the same output as an
     uninterrupted run (default configuration), with no tick late for it."""
     if kafka_cluster.broker is None:
-        pytest.skip("pausing needs the embedded broker (an external cluster or a container is in use)")
+        pytest.skip("pausing needs a broker of ours, embedded or in a container (an external cluster is in use)")
     clean_topics, paused_topics = new_topics(kafka_topics), new_topics(kafka_topics)
     clean_path = default_config(tmp_path, kafka_cluster, clean_topics)
     paused_path = default_config(tmp_path, kafka_cluster, paused_topics, stall_warning_s=2.0)

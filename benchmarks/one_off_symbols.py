@@ -65,7 +65,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ticks = Path(tmp) / "one_off.parquet"
         write_ticks(one_off_day(args.symbols, args.every_ms * 10**6), ticks)
-        for label, evict in (("no_eviction", None), ("evict_idle_1800s", 1800), ("evict_idle_600s", 600)):
+        for label, evict in (("evict_idle_600s", 600), ("evict_idle_1800s", 1800), ("no_eviction", None)):
             peak, wall = replay_peak_rss_mib(ticks, Path(tmp) / f"{label}.jsonl", evict)
             results["runs"][label] = {"evict_idle_s": evict, "peak_rss_mib": round(peak, 1),
                                       "wall_s": round(wall, 1)}

@@ -179,8 +179,14 @@ def records_by_key(conf, topic) -> dict[tuple[str, int], list[ContextRecord]]:
     return out
 
 
-def without_latency(rec: ContextRecord) -> dict:
-    return rec.model_dump(exclude={"latency"})
+def assert_every_delivery_equals(got: dict, clean: dict) -> None:
+    """Every delivery of every key in ``got``, first or redelivered, equals ``clean``'s apart from latency."""
+    assert got.keys() == clean.keys()
+    for key, recs in got.items():
+        want = clean[key][0].model_dump(exclude={"latency"})
+        for rec in recs:
+            have = rec.model_dump(exclude={"latency"})
+            assert have == want, (key, [f for f in want if have[f] != want[f]], have["rag_status"], want["rag_status"])
 
 
 def count_until(conf, topic: str, target: float, proc: subprocess.Popen, seen: int = 0,
@@ -225,11 +231,8 @@ def test_crash_and_resume_equals_an_uninterrupted_run(tmp_path, kafka_cluster, k
     consumer.close()
     subprocess.run(cmd, check=True, timeout=300)  # resumes from the recovery store and finishes
     resumed = records_by_key(conf, crash_topics["contexts"])
-    assert resumed.keys() == clean.keys()
     assert sum(map(len, resumed.values())) > len(resumed), "no record was redelivered: nothing was replayed"
-    for key, recs in resumed.items():
-        # every delivery of a key, first or redelivered, equals the uninterrupted run's apart from latency
-        assert all(without_latency(r) == without_latency(clean[key][0]) for r in recs), key
+    assert_every_delivery_equals(resumed, clean)
 
 
 def test_broker_paused_then_resumed_loses_nothing(tmp_path, kafka_cluster, kafka_topics, market):
@@ -261,13 +264,7 @@ def test_broker_paused_then_resumed_loses_nothing(tmp_path, kafka_cluster, kafka
     assert proc.returncode == 0, stderr[-2000:]
     assert "no answer from Kafka" in stderr and "answers again" in stderr, stderr[-2000:]
     assert "panicked" not in stderr
-    paused = records_by_key(conf, paused_topics["contexts"])
-    assert paused.keys() == clean.keys()
-    for key, recs in paused.items():
-        want = without_latency(clean[key][0])
-        for rec in recs:
-            got = without_latency(rec)
-            assert got == want, (key, [f for f in want if got[f] != want[f]], got["rag_status"], want["rag_status"])
+    assert_every_delivery_equals(records_by_key(conf, paused_topics["contexts"]), clean)
     dead = [DeadLetter.model_validate_json(x) for x in read_topic(conf, paused_topics["dead_letter"], settle_s=0.3)]
     assert [d for d in dead if d.reason == "late"] == []
 

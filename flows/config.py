@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from conditioning.config import ConditioningConfig
 from schemas.errors import ConfigError
+from schemas.ticks import WireLimits
 
 ENV_PREFIX = "HRMCOND__"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "conditioning" / "pretrained" / "default"
@@ -66,6 +67,8 @@ class PipelineConfig(_Strict):
     rag_breaker_after: int = Field(3, ge=0)
     rag_breaker_cooldown_ms: int = Field(5_000, ge=0)
     session: SessionConfig = SessionConfig()
+    #: Plausible prices (USD) and sizes on the wire; beyond them a tick is dead-lettered ``out_of_range``.
+    wire: WireLimits = WireLimits()
 
     @model_validator(mode="after")
     def _lookback_covers_a_bar(self) -> PipelineConfig:

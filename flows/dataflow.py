@@ -15,6 +15,7 @@ Live and replay run this same graph; only the source, the sinks and the clock di
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from flows.metrics import METRICS
 from flows.sinks import Keyed
 from schemas.errors import TickDecodeError
 from schemas.records import ContextRecord, DeadLetter, FeatureRecord
-from schemas.ticks import decode_tick
+from schemas.ticks import DEFAULT_LIMITS, WireLimits, decode_tick
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class Sinks:
     features: DynamicSink | None = None
 
 
-def decode_message(msg: KafkaSourceMessage | KafkaError) -> list:
+def decode_message(msg: KafkaSourceMessage | KafkaError, limits: WireLimits = DEFAULT_LIMITS) -> list:
     """One Kafka message -> a tick, or a dead letter that says why (librdkafka errors included)."""
     now = time.time_ns()
     if isinstance(msg, KafkaError):
@@ -60,7 +61,7 @@ def decode_message(msg: KafkaSourceMessage | KafkaError) -> list:
     key = msg.key.decode(errors="replace") if msg.key is not None else None
     raw = msg.value if msg.value is not None else b""
     try:
-        tick = decode_tick(raw)
+        tick = decode_tick(raw, limits)
     except TickDecodeError as err:
         return [DeadLetter.of(raw, err.reason, err.detail, now, key=key, **where)]
     if key is not None and key != tick.symbol:
@@ -104,7 +105,8 @@ def build_flow(
     in global event-time order (contexts.InferenceLogic)."""
     flow = Dataflow(name)
     raw = op.input("ticks_in", flow, source)
-    items = op.flat_map("decode", raw, decode_message) if kafka_input else raw
+    decode = functools.partial(decode_message, limits=cfg.pipeline.wire)
+    items = op.flat_map("decode", raw, decode) if kafka_input else raw
     split = op.branch("split_dead_in", items, lambda x: isinstance(x, DeadLetter))
     ticks = op.map("count_ticks", split.falses, _count_tick)
     keyed = op.key_on("key_symbol", ticks, lambda t: t.symbol)

@@ -44,7 +44,8 @@ def build_replay_flow(
     """Contexts (with ``outputs.contexts``) or, without it, feature records only (no model needed)."""
     for path in outputs.paths():
         path.parent.mkdir(parents=True, exist_ok=True)
-    inp = ReplayInput(ticks, tuple(reference), cfg.pipeline.bar_ms * 1_000_000, source_name=source_name)
+    inp = ReplayInput(ticks, tuple(reference), cfg.pipeline.bar_ms * 1_000_000, source_name=source_name,
+                      limits=cfg.pipeline.wire)
     sinks = Sinks(
         contexts=JsonlPartSink(outputs.contexts) if outputs.contexts else None,
         features=JsonlPartSink(outputs.features) if outputs.features else None,

@@ -5,7 +5,7 @@ time-sorted), with two additions: the reference rows of every trading date up fr
 start of its date, so the per-symbol reorder buffer applies it at the right moment), and an event-time
 clock: whenever the stream crosses a bar boundary, every symbol seen so far gets a :class:`Heartbeat`, so
 quiet symbols close their bars exactly as they would with a continuous feed. A row that fails validation
-becomes a dead letter naming the file row.
+becomes a dead letter naming the file row (a reference row: ``reference SYMBOL DATE``).
 """
 
 from __future__ import annotations
@@ -23,23 +23,28 @@ from conditioning.features.ssr_luld import session_day
 from flows.bars import Heartbeat
 from schemas.canonical import ReferenceRow
 from schemas.records import DeadLetter
-from schemas.ticks import Quote, Reference, Trade
+from schemas.ticks import DEFAULT_LIMITS, Quote, Reference, Trade, WireLimits, reason_of
 
 
-def reference_tick(row: ReferenceRow) -> Reference:
-    """A reference row as the wire tick, stamped at the start (00:00 ET) of its trading date."""
-    return Reference(symbol=row.symbol, ts_ns=session_day(row.date).start_ns, prev_close=row.prev_close,
-                     tier=row.tier, date=row.date)
+def reference_tick(row: ReferenceRow, limits: WireLimits = DEFAULT_LIMITS) -> Reference:
+    """A reference row as the wire tick, stamped at the start (00:00 ET) of its trading date; raises
+    ``pydantic.ValidationError`` for a row the wire format refuses (a prior close outside ``limits``)."""
+    fields = {"symbol": row.symbol, "ts_ns": session_day(row.date).start_ns, "prev_close": row.prev_close,
+              "tier": row.tier, "date": row.date}
+    return Reference.model_validate(fields, context=limits)
 
 
-def row_tick(columns: dict[str, list], i: int) -> Trade | Quote:
-    """Row ``i`` of a canonical table (as ``{column: values}``) as a validated wire tick; raises
-    ``pydantic.ValidationError`` for a row the wire format refuses (e.g. a one-sided quote)."""
+def row_tick(columns: dict[str, list], i: int, limits: WireLimits = DEFAULT_LIMITS) -> Trade | Quote:
+    """Row ``i`` of a canonical table (as ``{column: values}``) as a wire tick validated as the decoder
+    validates one (``limits`` included); raises ``pydantic.ValidationError`` for a row the wire format
+    refuses (e.g. a one-sided quote)."""
     c = columns
     if c["kind"][i] == "trade":
-        return Trade(symbol=c["symbol"][i], ts_ns=c["ts_ns"][i], price=c["price"][i], size=c["size"][i])
-    return Quote(symbol=c["symbol"][i], ts_ns=c["ts_ns"][i], bid=c["bid"][i], bid_size=c["bid_size"][i],
-                 ask=c["ask"][i], ask_size=c["ask_size"][i])
+        fields = {"symbol": c["symbol"][i], "ts_ns": c["ts_ns"][i], "price": c["price"][i], "size": c["size"][i]}
+        return Trade.model_validate(fields, context=limits)
+    fields = {"symbol": c["symbol"][i], "ts_ns": c["ts_ns"][i], "bid": c["bid"][i], "bid_size": c["bid_size"][i],
+              "ask": c["ask"][i], "ask_size": c["ask_size"][i]}
+    return Quote.model_validate(fields, context=limits)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class ReplayInput:
     bar_ns: int
     source_name: str
     batch_size: int = 4096
+    limits: WireLimits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
         # The event-time clock ticks at the first row of each bar: it is only true of a time-sorted table.
@@ -73,7 +79,13 @@ class _TablePartition(StatefulSourcePartition):
     def next_batch(self) -> list:
         if self.row == -1:
             self.row = 0
-            return [reference_tick(r) for r in self.inp.reference]
+            out = []
+            for r in self.inp.reference:
+                try:
+                    out.append(reference_tick(r, self.inp.limits))
+                except pydantic.ValidationError as err:
+                    out.append(_dead(r, err, f"reference {r.symbol} {r.date}"))
+            return out
         if self.row >= self.n:
             self.progress.close()
             raise StopIteration
@@ -87,11 +99,9 @@ class _TablePartition(StatefulSourcePartition):
                     out.extend(Heartbeat(s, boundary, len(self.symbols)) for s in sorted(self.symbols))
                 self.next_bar_ns = boundary + self.inp.bar_ns
             try:
-                tick = row_tick(c, i)
+                tick = row_tick(c, i, self.inp.limits)
             except pydantic.ValidationError as err:
-                row = {k: c[k][i] for k in c}
-                out.append(DeadLetter.of(repr(row).encode(), "invalid_value", "; ".join(str(err).splitlines()[:3]),
-                                         time.time_ns(), source=f"{self.inp.source_name}:row {i}"))
+                out.append(_dead({k: c[k][i] for k in c}, err, f"{self.inp.source_name}:row {i}"))
                 continue
             self.symbols.add(tick.symbol)
             out.append(tick)
@@ -101,6 +111,11 @@ class _TablePartition(StatefulSourcePartition):
 
     def snapshot(self) -> tuple[int, int, tuple[str, ...]]:
         return (self.row, self.next_bar_ns, tuple(sorted(self.symbols)))
+
+
+def _dead(row: object, err: pydantic.ValidationError, source: str) -> DeadLetter:
+    return DeadLetter.of(repr(row).encode(), reason_of(err), "; ".join(str(err).splitlines()[:3]), time.time_ns(),
+                         source=source)
 
 
 class TableSource(FixedPartitionedSource):

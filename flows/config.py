@@ -91,6 +91,9 @@ class KafkaConfig(_Strict):
     topics: TopicsConfig = TopicsConfig()
     #: Extra librdkafka settings (SASL/SSL, timeouts...) passed through to consumers and producers.
     librdkafka: dict[str, SecretStr] = {}
+    #: The largest message the brokers and our producers take (Kafka's and librdkafka's default
+    #: ``message.max.bytes``): the dead letter of a larger message keeps the prefix of it that fits.
+    max_message_bytes: int = Field(1_000_000, ge=4_096)
 
     def topic_names(self) -> list[str]:
         """Every topic the pipeline reads or writes (created up front: some brokers do not auto-create)."""

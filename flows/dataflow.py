@@ -77,8 +77,13 @@ def _count_tick(tick):
     return tick
 
 
-def _dead_letter_out(dl: DeadLetter) -> Keyed:
+#: Room for the Kafka record's own framing (record batch header, lengths, timestamps) next to key and value.
+_RECORD_FRAMING_BYTES = 512
+
+
+def _dead_letter_out(dl: DeadLetter, max_message_bytes: int) -> Keyed:
     METRICS.dead_letters.labels(dl.reason).inc()
+    dl = dl.fit(max_message_bytes - len((dl.key or "").encode()) - _RECORD_FRAMING_BYTES)
     where = dl.source or (f"{dl.topic}:{dl.partition}:{dl.offset:020d}" if dl.offset is not None else "")
     return (dl.key or "", dl.model_dump_json().encode(), f"{where} {dl.reason} {dl.raw_b64}")
 
@@ -113,7 +118,8 @@ def build_flow(
     bar_out = op.stateful("bars", keyed, lambda resume: SymbolLogic(cfg.pipeline, wall_clock, resume))
     bar_split = op.branch("split_late", op.key_rm("unkey_bars", bar_out), lambda x: not isinstance(x, DeadLetter))
     dead = op.merge("dead", split.trues, bar_split.falses)
-    op.output("dead_out", op.map("dl_out", dead, _dead_letter_out), sinks.dead_letters)
+    dead_out = functools.partial(_dead_letter_out, max_message_bytes=cfg.kafka.max_message_bytes)
+    op.output("dead_out", op.map("dl_out", dead, dead_out), sinks.dead_letters)
     if engine is None:
         if sinks.features is None:
             raise ValueError("a features-only flow needs a features sink")

@@ -6,6 +6,7 @@ topics back and checks them against a replay of the same ticks (the deterministi
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from conditioning.rag import PatternRAG
 from conditioning.sim.market import MarketConfig, simulate_market
@@ -131,31 +132,47 @@ def test_every_class_of_bad_input_is_dead_lettered_nothing_lost(tmp_path, kafka_
     conf, topic = cfg.kafka.client_config(), cfg.kafka.topics.ticks
     good = produce_table(conf, topic, market.ticks, market.reference)
     t0 = int(market.ticks.column("ts_ns")[0].as_py())
-    bad = {
-        "invalid_json": b"{nope",
-        "unknown_kind": b'{"kind":"order","symbol":"SIM00002","ts_ns":%d}' % t0,
-        "missing_field": b'{"kind":"trade","symbol":"SIM00002","ts_ns":%d,"size":1}' % t0,
-        "invalid_value": b'{"kind":"trade","symbol":"SIM00002","ts_ns":%d,"price":-1,"size":1}' % t0,
-        "unknown_field": b'{"kind":"trade","symbol":"SIM00002","ts_ns":%d,"price":1,"size":1,"px":1}' % t0,
-        "key_mismatch": b'{"kind":"trade","symbol":"SIM00003","ts_ns":%d,"price":1,"size":1}' % t0,
+    sym = "SIM00002"
+    bad = {  # class: (reason, message)
+        "invalid_json": ("invalid_json", b"{nope"),
+        "unknown_kind": ("unknown_kind", b'{"kind":"order","symbol":"SIM00002","ts_ns":%d}' % t0),
+        "missing_field": ("missing_field", b'{"kind":"trade","symbol":"SIM00002","ts_ns":%d,"size":1}' % t0),
+        "invalid_value": ("invalid_value",
+                          b'{"kind":"trade","symbol":"SIM00002","ts_ns":%d,"price":-1,"size":1}' % t0),
+        "unknown_field": ("unknown_field",
+                          b'{"kind":"trade","symbol":"SIM00002","ts_ns":%d,"price":1,"size":1,"px":1}' % t0),
+        "key_mismatch": ("key_mismatch",
+                         b'{"kind":"trade","symbol":"SIM00003","ts_ns":%d,"price":1,"size":1}' % t0),
         # an hour older than everything already applied for its symbol
-        "late": b'{"kind":"trade","symbol":"SIM00002","ts_ns":%d,"price":10,"size":1}' % (t0 - 3600 * 10**9),
+        "late": ("late", b'{"kind":"trade","symbol":"SIM00002","ts_ns":%d,"price":10,"size":1}' % (t0 - 3600 * 10**9)),
+        # 2 MB: its dead letter, whole, would be 2.7 MB, far above the broker's and librdkafka's 1 MB
+        "oversized": ("invalid_json", b"x" * 2_000_000),
     }
-    producer = CheckedProducer(conf)
-    for raw in bad.values():
-        producer.produce(topic, raw, key="SIM00002")
+    whole = DeadLetter.of(bad["oversized"][1], "invalid_json", "", 0, key=sym).model_dump_json().encode()
+    with pytest.raises(KafkaException, match="MSG_SIZE_TOO_LARGE"):  # what stopped the pipeline before
+        CheckedProducer(conf).produce(cfg.kafka.topics.dead_letter, whole, key=sym)
+    producer = CheckedProducer({**conf, "message.max.bytes": 3_000_000})  # a producer that allows 2 MB
+    for _, raw in bad.values():
+        producer.produce(topic, raw, key=sym)
     producer.flush()
     before = {k: sample("hrmcond_ticks_total", {"kind": k}) for k in ("trade", "quote", "reference")}
     run_process(build_live_flow(cfg, until_eof=True))
     accepted = sum(sample("hrmcond_ticks_total", {"kind": k}) - v for k, v in before.items())
     dead = [DeadLetter.model_validate_json(x) for x in read_topic(conf, cfg.kafka.topics.dead_letter)]
-    assert sorted(d.reason for d in dead) == sorted(bad)
+    by_sha = {hashlib.sha256(raw).hexdigest(): name for name, (_, raw) in bad.items()}
+    assert sorted(d.reason for d in dead) == sorted(reason for reason, _ in bad.values())
     for d in dead:
-        assert d.detail and d.key == "SIM00002"
+        assert d.detail and d.key == sym
         if d.reason == "late":  # found late after decoding: the record holds the decoded tick
-            assert decode_tick(d.raw) == decode_tick(bad["late"])
-        else:  # the original bytes and where they came from
-            assert d.raw == bad[d.reason] and d.topic == topic and d.offset is not None
+            assert decode_tick(d.raw) == decode_tick(bad["late"][1])
+            continue
+        name = by_sha[d.raw_sha256]
+        raw = bad[name][1]
+        assert d.reason == bad[name][0] and d.raw_size == len(raw) and d.topic == topic and d.offset is not None
+        if name == "oversized":  # a prefix that fits the broker, the whole described by size and hash
+            assert d.truncated and raw.startswith(d.raw) and len(d.raw) > 700_000
+        else:  # the original bytes
+            assert d.raw == raw
     # count in = count out + count dead (the late tick is counted on the way in, then dead-lettered)
     assert good + len(bad) == accepted + len(dead) - 1
     assert len(contexts_of(conf, cfg.kafka.topics.contexts)) > 0

@@ -4,7 +4,8 @@ Ticks of one symbol may arrive slightly out of order (several venues, several pr
 small reorder buffer and are released in event-time order once the symbol's watermark,
 ``newest tick - allowed_lateness``, passes them; a bar ``[end - bar, end)`` closes when the watermark
 reaches ``end``. A tick older than what was already released (or than a closed bar) is *late*: it comes back
-as a dead letter (reason ``late``) instead of being applied out of order or lost.
+as a dead letter (reason ``late``) instead of being applied out of order or lost. Live ticks arrive as
+:class:`Received`, so that such a dead letter carries the original message and its topic/partition/offset.
 
 Quiet symbols still close their bars: a :class:`Heartbeat` (replay: the file source's event-time clock)
 or, live, the wall clock (``idle_close_ms`` after a bar end, via Bytewax's ``notify_at``) advances the
@@ -31,7 +32,7 @@ from conditioning.features.types import Pattern, SsrLuldState
 from flows.config import PipelineConfig
 from flows.metrics import METRICS
 from schemas.records import DeadLetter
-from schemas.ticks import Quote, Reference, Status, Trade
+from schemas.ticks import Quote, Reference, Status, Trade, encode_tick
 
 Tick = Trade | Quote | Reference | Status
 
@@ -46,6 +47,23 @@ class Heartbeat:
     symbol: str
     ts_ns: int
     fanout: int
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A live tick with the Kafka message it was decoded from: a tick the bar step refuses on arrival is
+    dead-lettered with these original bytes and where they were read. Only the tick goes on into the reorder
+    buffer; the bytes are not kept."""
+
+    tick: Tick
+    raw: bytes
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def symbol(self) -> str:
+        return self.tick.symbol
 
 
 def feature_params(cfg: PipelineConfig) -> FeatureParams:
@@ -98,33 +116,37 @@ class SymbolLogic(StatefulLogic):
             state.newest_wall_ns = time.time_ns()
 
     # -- Bytewax hooks ------------------------------------------------------------------------------------
-    def on_item(self, value: Tick | Heartbeat) -> tuple[list[BarFeatures | DeadLetter | Heartbeat], bool]:
+    def on_item(
+        self, value: Tick | Received | Heartbeat
+    ) -> tuple[list[BarFeatures | DeadLetter | Heartbeat], bool]:
         out: list[BarFeatures | DeadLetter | Heartbeat] = []
         if isinstance(value, Heartbeat):
             if self.state is not None:
                 self._advance(value.ts_ns, out)
             out.append(value)  # after the bars it closed: they travel the same channel, in order
             return out, StatefulLogic.RETAIN
+        tick = value.tick if isinstance(value, Received) else value
         if self.state is None:
-            self.state = SymbolState(features=SymbolFeatures(value.symbol, feature_params(self.cfg)))
+            self.state = SymbolState(features=SymbolFeatures(tick.symbol, feature_params(self.cfg)))
         st = self.state
-        if isinstance(value, Reference):
+        if isinstance(tick, Reference):
             # Reference data is stamped with the start of its trading date and may be published days ahead:
             # it waits for its date in the buffer but never moves the symbol's clock, and is never late.
-            if value.ts_ns < st.released_ns:
-                self._apply(value, out)
+            if tick.ts_ns < st.released_ns:
+                self._apply(tick, out)
             else:
-                heapq.heappush(st.pending, (value.ts_ns, st.seq, value))
+                heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
                 st.seq += 1
             return out, StatefulLogic.RETAIN
-        if value.ts_ns < st.released_ns:
+        if tick.ts_ns < st.released_ns:
             METRICS.late_ticks.inc()
-            out.append(_late(value, st.released_ns))
+            out.append(_refused(value, "late", f"event time {tick.ts_ns} is before {st.released_ns}, already "
+                                f"applied for {tick.symbol} (beyond pipeline.allowed_lateness_ms)"))
             return out, StatefulLogic.RETAIN
-        heapq.heappush(st.pending, (value.ts_ns, st.seq, value))
+        heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
         st.seq += 1
-        if value.ts_ns > st.newest_ns:
-            st.newest_ns = value.ts_ns
+        if tick.ts_ns > st.newest_ns:
+            st.newest_ns = tick.ts_ns
             st.newest_wall_ns = time.time_ns()
         self._advance(st.newest_ns - self.lateness_ns, out)
         return out, StatefulLogic.RETAIN
@@ -251,12 +273,10 @@ class SymbolLogic(StatefulLogic):
             st.features_end_ns = ts_ns - ts_ns % self.bar_ns + self.bar_ns
 
 
-def _late(tick: Tick, released_ns: int) -> DeadLetter:
-    return DeadLetter.of(
-        tick.model_dump_json().encode(),
-        "late",
-        f"event time {tick.ts_ns} is before {released_ns}, already applied for {tick.symbol} "
-        "(beyond pipeline.allowed_lateness_ms)",
-        time.time_ns(),
-        key=tick.symbol,
-    )
+def _refused(value: Tick | Received, reason: str, detail: str) -> DeadLetter:
+    """The dead letter of a tick the bar step refuses: the original message where it came from Kafka, else
+    (replay) the tick in its wire form."""
+    if isinstance(value, Received):
+        return DeadLetter.of(value.raw, reason, detail, time.time_ns(), key=value.symbol, topic=value.topic,
+                             partition=value.partition, offset=value.offset)
+    return DeadLetter.of(encode_tick(value), reason, detail, time.time_ns(), key=value.symbol)

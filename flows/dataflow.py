@@ -28,7 +28,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink
 
 from conditioning.features.state import BarFeatures
-from flows.bars import Heartbeat, SymbolLogic
+from flows.bars import Heartbeat, Received, SymbolLogic, Tick
 from flows.config import AppConfig
 from flows.contexts import ContextEngine, InferenceLogic, feature_record
 from flows.metrics import METRICS
@@ -48,7 +48,8 @@ class Sinks:
 
 
 def decode_message(msg: KafkaSourceMessage | KafkaError, limits: WireLimits = DEFAULT_LIMITS) -> list:
-    """One Kafka message -> a tick, or a dead letter that says why (librdkafka errors included)."""
+    """One Kafka message -> a tick with its message (:class:`Received`), or a dead letter that says why
+    (librdkafka errors included)."""
     now = time.time_ns()
     if isinstance(msg, KafkaError):
         err = msg.err
@@ -64,17 +65,22 @@ def decode_message(msg: KafkaSourceMessage | KafkaError, limits: WireLimits = DE
         tick = decode_tick(raw, limits)
     except TickDecodeError as err:
         return [DeadLetter.of(raw, err.reason, err.detail, now, key=key, **where)]
-    if key is not None and key != tick.symbol:
-        # The key decides the partition and so the worker: a mismatch would split a symbol's state.
+    # The key decides the partition, and a symbol's ticks are only in order within one partition: a tick
+    # without the key, or with another one, arrives out of order with the rest and moves the symbol's clock
+    # (73 key-less messages, 0.15% of a day, once erased 57% of its contexts as late).
+    if key is None:
+        return [DeadLetter.of(raw, "missing_key", f"no message key (must be the symbol {tick.symbol!r})", now,
+                              **where)]
+    if key != tick.symbol:
         return [DeadLetter.of(raw, "key_mismatch", f"message key {key!r} != symbol {tick.symbol!r}", now,
                               key=key, **where)]
-    return [tick]
+    return [Received(tick, raw, **where)]
 
 
-def _count_tick(tick):
-    if not isinstance(tick, Heartbeat):
-        METRICS.ticks.labels(tick.kind).inc()
-    return tick
+def _count_tick(item: Tick | Received | Heartbeat) -> Tick | Received | Heartbeat:
+    if not isinstance(item, Heartbeat):
+        METRICS.ticks.labels((item.tick if isinstance(item, Received) else item).kind).inc()
+    return item
 
 
 #: Room for the Kafka record's own framing (record batch header, lengths, timestamps) next to key and value.

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 from bytewax.operators import StatefulLogic
 
-from conditioning.features.ssr_luld import session_day, trading_date
+from conditioning.features.ssr_luld import SsrLuldInputError, session_day, trading_date
 from conditioning.features.state import BarFeatures, FeatureParams, SymbolFeatures
 from conditioning.features.types import Pattern, SsrLuldState
 from flows.config import PipelineConfig
@@ -131,7 +131,13 @@ class SymbolLogic(StatefulLogic):
         st = self.state
         if isinstance(tick, Reference):
             # Reference data is stamped with the start of its trading date and may be published days ahead:
-            # it waits for its date in the buffer but never moves the symbol's clock, and is never late.
+            # it waits for its date in the buffer but never moves the symbol's clock, and is never late. Data
+            # for a date already past (yesterday's, re-sent) cannot apply any more: the SSR/LULD rules refuse it.
+            date, today = tick.date or trading_date(tick.ts_ns), trading_date(max(st.released_ns, tick.ts_ns))
+            if date < today:
+                out.append(_refused(value, "stale_reference", f"reference data for {tick.symbol} on {date} "
+                                    f"arrived on {today}, after that date"))
+                return out, StatefulLogic.RETAIN
             if tick.ts_ns < st.released_ns:
                 self._apply(tick, out)
             else:
@@ -233,6 +239,15 @@ class SymbolLogic(StatefulLogic):
         return [p for p in matured if p.outcome_end_ns <= session_day(trading_date(p.end_ns - 1), holidays).close_ns]
 
     def _apply(self, tick: Tick, out: list) -> None:
+        try:
+            self._apply_checked(tick, out)
+        except SsrLuldInputError as err:
+            # The arrival checks refuse what the SSR/LULD rules cannot take, and those rules check before they
+            # change anything; should a tick still get through, it is dead-lettered, not a crash (a crash loop
+            # under recovery, where it would come back every restart).
+            out.append(_refused(tick, "rejected", str(err)))
+
+    def _apply_checked(self, tick: Tick, out: list) -> None:
         st, f = self.state, self.state.features
         if isinstance(tick, Reference):
             f.on_reference(tick.date or trading_date(tick.ts_ns), tick.prev_close, tick.tier)

@@ -4,20 +4,25 @@ harm the message would do (or did, before), then that it is dead-lettered instea
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
+import pytest
 from bytewax.connectors.kafka import KafkaSourceMessage
 
-from conditioning.features.state import BarFeatures
+from conditioning.features.ssr_luld import SsrLuldInputError, session_day
+from conditioning.features.state import BarFeatures, SymbolFeatures
 from flows.bars import Received, SymbolLogic
 from flows.config import PipelineConfig
+from flows.contexts import feature_record
 from flows.dataflow import decode_message
 from schemas.records import DeadLetter
-from schemas.ticks import Trade, decode_tick
+from schemas.ticks import Reference, Trade, decode_tick
 
 OPEN = 1_514_903_400_000_000_000  # 2018-01-02 09:30:00 ET
 S = 1_000_000_000
 MIN = 60 * S
+DAY = 86_400 * S
 
 
 def cfg(**over) -> PipelineConfig:
@@ -53,6 +58,11 @@ def bars(out) -> list[BarFeatures]:
     return [x for x in out if isinstance(x, BarFeatures)]
 
 
+def records(out) -> list[str]:
+    """The feature records the bars become: equal records, equal features, states and patterns."""
+    return [feature_record(b).model_dump_json() for b in bars(out)]
+
+
 def test_message_without_a_key_is_dead_lettered():
     raw = wire(OPEN)
     assert isinstance(decode_tick(raw), Trade)  # a valid tick: only its missing key is wrong
@@ -74,3 +84,56 @@ def test_late_tick_dead_letter_carries_the_original_message():
     assert dl.reason == "late" and (dl.raw, dl.key, dl.topic, dl.partition, dl.offset) == (raw, "AAA", "ticks", 2, 77)
     # the reorder buffer holds ticks, not the messages they came in
     assert logic.state.pending and all(isinstance(t, Trade) for _, _, t in logic.state.pending)
+
+
+def reference(date: dt.date, prev_close: float, ts_ns: int | None = None) -> Reference:
+    """Reference data for ``date``, stamped at the start of it unless ``ts_ns`` says otherwise."""
+    return Reference(symbol="AAA", ts_ns=ts_ns or session_day(date).start_ns, prev_close=prev_close, tier=1,
+                     date=date)
+
+
+def two_days(stale: list) -> list:
+    """Day 1 and 2 of AAA with their reference data; ``stale`` arrives in the middle of day 2."""
+    day1, day2 = dt.date(2018, 1, 2), dt.date(2018, 1, 3)
+    first = [reference(day1, 100.0)] + [trade(OPEN + m * MIN + S, 100.0 + 0.01 * (m % 3)) for m in range(30)]
+    second = [reference(day2, 100.0)] + [trade(OPEN + DAY + m * MIN + S, 95.0 - 0.01 * (m % 3)) for m in range(30)]
+    return first + second[:15] + stale + second[15:]
+
+
+def trade(t_ns: int, price: float = 100.0) -> Trade:
+    return Trade(symbol="AAA", ts_ns=t_ns, price=price, size=100)
+
+
+def test_stale_reference_is_dead_lettered_and_changes_nothing():
+    day1 = dt.date(2018, 1, 2)
+    resent = reference(day1, 58.5)  # yesterday's reference data, re-sent during day 2
+    clean = SymbolLogic(cfg(), wall_clock=False)
+    expected = feed(clean, two_days([])) + clean.on_eof()[0]
+    # what it did: the SSR/LULD rules refuse a past date, and the exception stopped the process
+    probe = SymbolLogic(cfg(), wall_clock=False)
+    feed(probe, two_days([])[:47])
+    with pytest.raises(SsrLuldInputError, match="after that date"):
+        probe.state.features.on_reference(day1, 58.5, 1)
+    logic = SymbolLogic(cfg(), wall_clock=False)
+    out = feed(logic, two_days([resent, reference(day1, 58.5, ts_ns=OPEN + DAY)]))  # by ts_ns or by date
+    out += logic.on_eof()[0]
+    assert [(d.reason, d.key) for d in dead(out)] == [("stale_reference", "AAA")] * 2
+    assert "2018-01-02" in dead(out)[0].detail and decode_tick(dead(out)[0].raw) == resent
+    assert records(out) == records(expected) and len(bars(out)) == 60  # as if it never came
+
+
+def test_an_input_error_inside_the_features_is_a_dead_letter_not_a_crash(monkeypatch):
+    original = SymbolFeatures.on_trade
+
+    def picky(self, ts_ns, price, size):
+        if price == 13.0:
+            raise SsrLuldInputError("unlucky price")
+        original(self, ts_ns, price, size)
+
+    monkeypatch.setattr(SymbolFeatures, "on_trade", picky)
+    logic = SymbolLogic(cfg(), wall_clock=False)
+    out = feed(logic, [trade(OPEN + S), trade(OPEN + 2 * S, 13.0), trade(OPEN + 3 * S), trade(OPEN + MIN + 5 * S)])
+    (dl,) = dead(out)
+    assert dl.reason == "rejected" and dl.detail == "unlucky price" and decode_tick(dl.raw).price == 13.0
+    (bar,) = bars(out)
+    assert bar.n_trades == 2  # the symbol goes on

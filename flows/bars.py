@@ -7,6 +7,26 @@ reaches ``end``. A tick older than what was already released (or than a closed b
 as a dead letter (reason ``late``) instead of being applied out of order or lost. Live ticks arrive as
 :class:`Received`, so that such a dead letter carries the original message and its topic/partition/offset.
 
+A tick implausibly far ahead of the symbol's clock (``max_ahead_ms`` past the newest tick or the watermark,
+whichever is later) does not move it: a corrupt timestamp (a year 2099, or just a day ahead) would make every
+later tick of the symbol late. It is held as a *suspect*, and the input that follows decides, a function of
+the symbol's own input sequence only (replay stays deterministic; suspects are part of the snapshot):
+
+- a tick near the clock refutes it: the suspects that tick does not reach (within ``max_ahead_ms``) are
+  dead-lettered with reason ``future``, the others applied;
+- a tick that is also far ahead, but within ``max_ahead_ms`` of a suspect, confirms the jump (the first tick
+  of a session after a night or a weekend): the suspects up to ``max_ahead_ms`` past the earliest of the two
+  are applied with it, in arrival order; others stay suspects;
+- more than :data:`MAX_SUSPECTS` suspects in a row, none near another (a symbol so thin that its ticks are
+  further apart than ``max_ahead_ms``): the earliest one becomes the clock, as if confirmed;
+- a heartbeat (replay's clock, once per bar) confirms the suspects it reaches; none of a time-sorted file
+  stays held past the next bar boundary;
+- at the end of input a suspect is dead-lettered ``future``, unless the symbol never had a clock: then its
+  earliest suspect becomes the clock, as above.
+
+A symbol's first tick has no clock to be measured against: it is a suspect too, so that a corrupt first tick
+cannot set the clock. Reference data never moves the clock and is exempt.
+
 Quiet symbols still close their bars: a :class:`Heartbeat` (replay: the file source's event-time clock)
 or, live, the wall clock (``idle_close_ms`` after a bar end, via Bytewax's ``notify_at``) advances the
 watermark without a tick. A heartbeat is passed on after the bars it closed: downstream, it says that this
@@ -35,6 +55,9 @@ from schemas.records import DeadLetter
 from schemas.ticks import Quote, Reference, Status, Trade, encode_tick
 
 Tick = Trade | Quote | Reference | Status
+
+#: Far-ahead ticks held at most per symbol before the earliest is taken for the clock (memory bound).
+MAX_SUSPECTS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +121,9 @@ class SymbolState:
     #: Patterns that matured in bars not emitted (quiet): they ride on the next emitted bar, keeping the time
     #: their outcome became known, so the library loses none.
     matured: list[Pattern] = field(default_factory=list)
+    #: Ticks too far ahead of the clock, held until later input confirms or refutes them (module docstring);
+    #: as received (live: with their message, for a dead letter), in arrival order, at most MAX_SUSPECTS.
+    suspects: list[Tick | Received] = field(default_factory=list)
 
 
 class SymbolLogic(StatefulLogic):
@@ -107,6 +133,7 @@ class SymbolLogic(StatefulLogic):
         self.cfg = cfg
         self.bar_ns = cfg.bar_ms * 1_000_000
         self.lateness_ns = cfg.allowed_lateness_ms * 1_000_000
+        self.ahead_ns = cfg.max_ahead_ms * 1_000_000
         self.wall_clock = wall_clock
         #: Built on the first item (Bytewax's builder is not told the key), or restored from a snapshot.
         self.state = state
@@ -122,10 +149,12 @@ class SymbolLogic(StatefulLogic):
         out: list[BarFeatures | DeadLetter | Heartbeat] = []
         if isinstance(value, Heartbeat):
             if self.state is not None:
+                if self.state.suspects:
+                    self._settle(max(self._clock(), value.ts_ns) + self.ahead_ns, out, refute=False)
                 self._advance(value.ts_ns, out)
             out.append(value)  # after the bars it closed: they travel the same channel, in order
             return out, StatefulLogic.RETAIN
-        tick = value.tick if isinstance(value, Received) else value
+        tick = _tick(value)
         if self.state is None:
             self.state = SymbolState(features=SymbolFeatures(tick.symbol, feature_params(self.cfg)))
         st = self.state
@@ -144,17 +173,11 @@ class SymbolLogic(StatefulLogic):
                 heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
                 st.seq += 1
             return out, StatefulLogic.RETAIN
-        if tick.ts_ns < st.released_ns:
-            METRICS.late_ticks.inc()
-            out.append(_refused(value, "late", f"event time {tick.ts_ns} is before {st.released_ns}, already "
-                                f"applied for {tick.symbol} (beyond pipeline.allowed_lateness_ms)"))
-            return out, StatefulLogic.RETAIN
-        heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
-        st.seq += 1
-        if tick.ts_ns > st.newest_ns:
-            st.newest_ns = tick.ts_ns
-            st.newest_wall_ns = time.time_ns()
-        self._advance(st.newest_ns - self.lateness_ns, out)
+        clock = self._clock()
+        if st.suspects or not clock or tick.ts_ns > clock + self.ahead_ns:
+            self._judge(value, out)
+        else:
+            self._accept(value, out)
         return out, StatefulLogic.RETAIN
 
     def on_notify(self) -> tuple[list[BarFeatures | DeadLetter], bool]:
@@ -169,6 +192,9 @@ class SymbolLogic(StatefulLogic):
     def on_eof(self) -> tuple[list[BarFeatures | DeadLetter], bool]:
         out: list[BarFeatures | DeadLetter] = []
         st = self.state
+        if st is not None and st.suspects:
+            clock = self._clock() or min(_tick(v).ts_ns for v in st.suspects)
+            self._settle(clock + self.ahead_ns, out, refute=True)
         if st is not None and (st.pending or st.bar_end_ns):
             # End of input: everything pending is final, and the bar holding the last tick closes.
             last = max([t for t, _, _ in st.pending] + [st.released_ns])
@@ -191,6 +217,59 @@ class SymbolLogic(StatefulLogic):
 
     def snapshot(self) -> SymbolState | None:
         return self.state
+
+    # -- arrival ------------------------------------------------------------------------------------------
+    def _clock(self) -> int:
+        """How far the symbol's event time has got: its newest tick, or the watermark where a heartbeat or the
+        idle clock moved it further; 0 before the first tick."""
+        return max(self.state.newest_ns, self.state.released_ns)
+
+    def _accept(self, value: Tick | Received, out: list) -> None:
+        """Into the reorder buffer, or a dead letter if it is late."""
+        st, tick = self.state, _tick(value)
+        if tick.ts_ns < st.released_ns:
+            METRICS.late_ticks.inc()
+            out.append(_refused(value, "late", f"event time {tick.ts_ns} is before {st.released_ns}, already "
+                                f"applied for {tick.symbol} (beyond pipeline.allowed_lateness_ms)"))
+            return
+        heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
+        st.seq += 1
+        if tick.ts_ns > st.newest_ns:
+            st.newest_ns = tick.ts_ns
+            st.newest_wall_ns = time.time_ns()
+        self._advance(st.newest_ns - self.lateness_ns, out)
+
+    def _judge(self, value: Tick | Received, out: list) -> None:
+        """A tick while suspects are held, or one far ahead of the clock: the rules of the module docstring."""
+        st, ts = self.state, _tick(value).ts_ns
+        st.suspects.append(value)
+        clock = self._clock()
+        if clock and ts <= clock + self.ahead_ns:  # the stream goes on near the clock
+            self._settle(max(clock, ts) + self.ahead_ns, out, refute=True)
+            return
+        times = [_tick(v).ts_ns for v in st.suspects]
+        near = [t for t in times[:-1] if abs(t - ts) <= self.ahead_ns]
+        if near:
+            self._settle(min(near + [ts]) + self.ahead_ns, out, refute=False)
+        elif len(times) > MAX_SUSPECTS:
+            self._settle(min(times) + self.ahead_ns, out, refute=False)
+
+    def _settle(self, reach_ns: int, out: list, *, refute: bool) -> None:
+        """Accept the suspects at or before ``reach_ns`` in arrival order; dead-letter the others as ``future``
+        (``refute``) or keep holding them."""
+        st = self.state
+        held = []
+        for value in st.suspects:
+            tick = _tick(value)
+            if tick.ts_ns <= reach_ns:
+                self._accept(value, out)
+            elif refute:
+                out.append(_refused(value, "future", f"event time {tick.ts_ns} is more than "
+                                    f"pipeline.max_ahead_ms ahead of {tick.symbol}'s clock ({self._clock()}), "
+                                    "and no later input confirmed the jump"))
+            else:
+                held.append(value)
+        st.suspects = held
 
     # -- event time ---------------------------------------------------------------------------------------
     def _advance(self, watermark_ns: int, out: list) -> None:
@@ -286,6 +365,10 @@ class SymbolLogic(StatefulLogic):
             st.features_end_ns = start + self.bar_ns
         elif not st.features_end_ns:
             st.features_end_ns = ts_ns - ts_ns % self.bar_ns + self.bar_ns
+
+
+def _tick(value: Tick | Received) -> Tick:
+    return value.tick if isinstance(value, Received) else value
 
 
 def _refused(value: Tick | Received, reason: str, detail: str) -> DeadLetter:

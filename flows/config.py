@@ -53,6 +53,10 @@ class PipelineConfig(_Strict):
     allowed_lateness_ms: int = Field(2_000, ge=0)
     #: Quiet symbols still close their bars once wall-clock time passes the bar end by this much (live).
     idle_close_ms: int = Field(5_000, ge=0)
+    #: A tick further than this ahead of its symbol's clock is held as a suspect until the symbol's next ticks
+    #: confirm the jump or refute it (reason ``future``; flows/bars.py). At least one bar, so that the replay
+    #: clock (a heartbeat per bar) never holds a tick of a time-sorted file.
+    max_ahead_ms: int = Field(300_000, gt=0)
     #: TSRV slow-scale K; None = data-driven ``c * n^(2/3)``.
     tsrv_k: int | None = Field(None, ge=1)
     pattern_bars: int = Field(32, ge=2)
@@ -71,9 +75,11 @@ class PipelineConfig(_Strict):
     wire: WireLimits = WireLimits()
 
     @model_validator(mode="after")
-    def _lookback_covers_a_bar(self) -> PipelineConfig:
+    def _windows_cover_a_bar(self) -> PipelineConfig:
         if self.lookback_s * 1000 < self.bar_ms:
             raise ValueError(f"lookback_s ({self.lookback_s} s) must cover at least one bar ({self.bar_ms} ms)")
+        if self.max_ahead_ms < self.bar_ms:
+            raise ValueError(f"max_ahead_ms ({self.max_ahead_ms} ms) must cover at least one bar ({self.bar_ms} ms)")
         return self
 
 

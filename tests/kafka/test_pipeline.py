@@ -127,7 +127,11 @@ def test_real_sample_end_to_end(tmp_path, kafka_cluster, kafka_topics, shared_da
         assert len(rec.context) == 256 and len(rec.regime_probs) == 8 and rec.latency.total_ms > 0
     market = type("M", (), {"ticks": ticks, "reference": []})
     assert_same_contexts(live, replayed(tmp_path, cfg, market))
-    assert read_topic(conf, cfg.kafka.topics.dead_letter, settle_s=0.3) == []
+    # The sample ends on a quote at 16:05:18 ET, 5 min 16 s after the one before: more than max_ahead_ms ahead
+    # of the symbol's clock, and the input ends before a later tick confirms the jump (replay's clock does).
+    dead = [DeadLetter.model_validate_json(x) for x in read_topic(conf, cfg.kafka.topics.dead_letter, settle_s=0.3)]
+    last = ticks.column("ts_ns")[-1].as_py()
+    assert [(d.reason, decode_tick(d.raw).ts_ns) for d in dead] == [("future", last)]
 
 
 def test_every_class_of_bad_input_is_dead_lettered_nothing_lost(tmp_path, kafka_cluster, kafka_topics, market):
@@ -155,6 +159,9 @@ def test_every_class_of_bad_input_is_dead_lettered_nothing_lost(tmp_path, kafka_
         # yesterday's reference data, re-sent: the SSR/LULD rules refuse a past date (it stopped the process)
         "stale_reference": ("stale_reference", tick("reference", ts_ns=session_day(yesterday).start_ns,
                                                     prev_close=58.5, tier=1, date=yesterday.isoformat())),
+        # plausible timestamps in the future: each would move the symbol's clock and make its later ticks late
+        "future_day": ("future", tick(ts_ns=t0 + 86_400 * 10**9, price=10, size=1)),
+        "future_2099": ("future", tick(ts_ns=4_070_000_000 * 10**9, price=10, size=1)),
         # 2 MB: its dead letter, whole, would be 2.7 MB, far above the broker's and librdkafka's 1 MB
         "oversized": ("invalid_json", b"x" * 2_000_000),
     }
@@ -181,7 +188,7 @@ def test_every_class_of_bad_input_is_dead_lettered_nothing_lost(tmp_path, kafka_
         else:
             assert d.raw == raw
     # count in = count out + count dead; a tick the bar step refuses was counted as decoded on the way in
-    refused_by_bars = sum(d.reason in ("late", "stale_reference") for d in dead)
+    refused_by_bars = sum(d.reason in ("late", "stale_reference", "future") for d in dead)
     assert good + len(bad) == (accepted - refused_by_bars) + len(dead)
     assert len(contexts_of(conf, cfg.kafka.topics.contexts)) > 0
 

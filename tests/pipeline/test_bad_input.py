@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import pickle
 
 import pytest
 from bytewax.connectors.kafka import KafkaSourceMessage
 
 from conditioning.features.ssr_luld import SsrLuldInputError, session_day
 from conditioning.features.state import BarFeatures, SymbolFeatures
-from flows.bars import Received, SymbolLogic
+from flows.bars import MAX_SUSPECTS, Heartbeat, Received, SymbolLogic
 from flows.config import PipelineConfig
 from flows.contexts import feature_record
 from flows.dataflow import decode_message
@@ -137,3 +138,68 @@ def test_an_input_error_inside_the_features_is_a_dead_letter_not_a_crash(monkeyp
     assert dl.reason == "rejected" and dl.detail == "unlucky price" and decode_tick(dl.raw).price == 13.0
     (bar,) = bars(out)
     assert bar.n_trades == 2  # the symbol goes on
+
+
+def session_of(day: int, n: int, step_s: int = 10, first_offset: int = 0) -> list[Received]:
+    """``n`` trades of AAA ``step_s`` apart from 09:30 on trading day ``day`` (0 = 2018-01-02)."""
+    return [received(OPEN + day * DAY + (i * step_s + 1) * S, 100.0 + 0.01 * (i % 5), offset=first_offset + i)
+            for i in range(n)]
+
+
+def test_tick_from_the_future_is_dead_lettered_instead_of_moving_the_clock():
+    stream = session_of(0, 60)
+    ahead = [received(OPEN + 3000 * S + DAY, offset=900),  # a day ahead: passes every check of the format
+             received(4_070_000_000 * S, offset=901)]  # 2098-12-22
+    polluted = stream[:30] + ahead[:1] + stream[30:45] + ahead[1:] + stream[45:]
+    clean = SymbolLogic(cfg(), wall_clock=False)
+    expected = feed(clean, stream) + clean.on_eof()[0]
+    # what it did: the clock jumped, every later tick of the symbol was late and its bars were lost
+    lax = SymbolLogic(cfg(max_ahead_ms=200 * 365 * 86_400_000), wall_clock=False)
+    out = feed(lax, polluted) + lax.on_eof()[0]
+    assert sum(d.reason == "late" for d in dead(out)) == 30 and len(bars(out)) < len(bars(expected))
+    logic = SymbolLogic(cfg(), wall_clock=False)
+    out = feed(logic, polluted) + logic.on_eof()[0]
+    assert [(d.reason, d.offset, d.raw) for d in dead(out)] == [("future", x.offset, x.raw) for x in ahead]
+    assert records(out) == records(expected)
+
+
+def test_real_jumps_are_confirmed_by_the_next_tick():
+    friday, monday = 3, 6  # 2018-01-05 and 2018-01-08: a weekend between
+    stream = session_of(0, 30) + session_of(1, 30, first_offset=100) + session_of(friday, 30, first_offset=200)
+    stream += session_of(monday, 30, first_offset=300)
+    lax = SymbolLogic(cfg(max_ahead_ms=200 * 365 * 86_400_000), wall_clock=False)
+    expected = feed(lax, stream) + lax.on_eof()[0]
+    logic = SymbolLogic(cfg(), wall_clock=False)
+    out = feed(logic, stream[:31])
+    assert logic.state.suspects == [stream[30]]  # the first tick of day 2 waits for the next one...
+    out += feed(logic, stream[31:]) + logic.on_eof()[0]
+    assert dead(out) == [] and records(out) == records(expected)  # ...which confirms it: nothing lost
+    assert len(bars(out)) == 4 * 5
+
+
+def test_a_thin_symbol_whose_ticks_are_further_apart_than_the_bound_loses_nothing():
+    stream = session_of(0, 30, step_s=600)  # every 10 minutes, max_ahead_ms is 5
+    lax = SymbolLogic(cfg(max_ahead_ms=200 * 365 * 86_400_000), wall_clock=False)
+    expected = feed(lax, stream) + lax.on_eof()[0]
+    logic = SymbolLogic(cfg(), wall_clock=False)
+    out = feed(logic, stream)
+    assert len(logic.state.suspects) == MAX_SUSPECTS  # each one beyond the clock: applied with a lag, bounded
+    out += feed(logic, [Heartbeat("AAA", OPEN + 6 * 3600 * S, 1)])  # replay's clock reaches them
+    out += logic.on_eof()[0]
+    assert dead(out) == [] and records(out) == records(expected)
+
+
+def test_lone_suspect_at_the_end_of_input_and_suspects_in_a_snapshot():
+    stream = session_of(0, 20)
+    bogus = received(OPEN + DAY, offset=500)
+    logic = SymbolLogic(cfg(), wall_clock=False)
+    feed(logic, stream + [bogus])
+    assert logic.state.suspects == [bogus]
+    restored = SymbolLogic(cfg(), wall_clock=False, state=pickle.loads(pickle.dumps(logic.snapshot())))
+    (dl,) = dead(restored.on_eof()[0])  # nothing confirmed it
+    assert (dl.reason, dl.offset, dl.raw) == ("future", 500, bogus.raw)
+    # a symbol that never had a clock: its first tick is the clock
+    (first,) = session_of(2, 1)
+    alone = SymbolLogic(cfg(), wall_clock=False)
+    out = feed(alone, [first]) + alone.on_eof()[0]
+    assert dead(out) == [] and bars(out)[0].n_trades == 1

@@ -151,14 +151,17 @@ def test_eof_flushes_pending_and_closes_last_bar():
 
 
 def test_session_filter_skips_and_rolls_over_the_night():
-    logic = SymbolLogic(cfg(), wall_clock=False)
+    # ticks hours apart with no clock in between: let them all count as plausible (test_bad_input.py holds
+    # the far-ahead ones)
+    night = 2 * 24 * 3600 * 1000
+    logic = SymbolLogic(cfg(max_ahead_ms=night), wall_clock=False)
     pre_open = OPEN - 10 * MIN
     day2 = OPEN + 24 * 3600 * S
     out = feed(logic, [trade(pre_open), trade(OPEN + 5 * S), trade(OPEN + 390 * MIN - S), trade(day2 + S)])
     out += logic.on_eof()[0]
     ends = [b.window_end_ns for b in bars(out)]
     assert ends == [OPEN + MIN, OPEN + 390 * MIN, day2 + MIN]
-    logic2 = SymbolLogic(cfg(session=SessionConfig(regular_hours_only=False)), wall_clock=False)
+    logic2 = SymbolLogic(cfg(max_ahead_ms=night, session=SessionConfig(regular_hours_only=False)), wall_clock=False)
     out2 = feed(logic2, [trade(pre_open), trade(OPEN + 5 * S)]) + logic2.on_eof()[0]
     assert [b.window_end_ns for b in bars(out2)] == [pre_open + MIN - pre_open % MIN, OPEN + MIN]
 
@@ -167,7 +170,7 @@ def test_wall_clock_idle_close(monkeypatch):
     now = [OPEN + 10 * S]
     monkeypatch.setattr("flows.bars.time.time_ns", lambda: now[0])
     logic = SymbolLogic(cfg(idle_close_ms=5_000), wall_clock=True)
-    feed(logic, [trade(OPEN + 10 * S)])
+    feed(logic, [trade(OPEN + 9 * S), trade(OPEN + 10 * S)])  # a first tick alone waits for a second one
     due = logic.notify_at()
     assert due.timestamp() == pytest.approx((OPEN + MIN + 5 * S) / 1e9)
     now[0] = OPEN + MIN + 5 * S

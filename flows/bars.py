@@ -27,6 +27,11 @@ the symbol's own input sequence only (replay stays deterministic; suspects are p
 A symbol's first tick has no clock to be measured against: it is a suspect too, so that a corrupt first tick
 cannot set the clock. Reference data never moves the clock and is exempt.
 
+A tick with a producer sequence number whose identity ``(symbol, ts_ns, seq)`` the symbol has already received
+is dead-lettered ``duplicate``: a re-sent message counts once. The identities are remembered while their time
+is not yet released (held, in the reorder buffer, or at the watermark): memory bounded like the buffer; a
+copy arriving after that is ``late``. Ticks without ``seq`` are never duplicates (see schemas/ticks.py).
+
 Quiet symbols still close their bars: a :class:`Heartbeat` (replay: the file source's event-time clock)
 or, live, the wall clock (``idle_close_ms`` after a bar end, via Bytewax's ``notify_at``) advances the
 watermark without a tick. A heartbeat is passed on after the bars it closed: downstream, it says that this
@@ -124,6 +129,10 @@ class SymbolState:
     #: Ticks too far ahead of the clock, held until later input confirms or refutes them (module docstring);
     #: as received (live: with their message, for a dead letter), in arrival order, at most MAX_SUSPECTS.
     suspects: list[Tick | Received] = field(default_factory=list)
+    #: ``(ts_ns, seq)`` of the applied or buffered ticks that carry a ``seq`` and are not yet older than
+    #: ``released_ns`` (module docstring), and the same as a min-heap, to forget them as the watermark passes.
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    seen_by_time: list[tuple[int, int]] = field(default_factory=list)
 
 
 class SymbolLogic(StatefulLogic):
@@ -158,6 +167,10 @@ class SymbolLogic(StatefulLogic):
         if self.state is None:
             self.state = SymbolState(features=SymbolFeatures(tick.symbol, feature_params(self.cfg)))
         st = self.state
+        if tick.seq is not None and self._received_before(tick):
+            out.append(_refused(value, "duplicate", f"{tick.symbol} tick ts_ns={tick.ts_ns} seq={tick.seq} "
+                                "was already received"))
+            return out, StatefulLogic.RETAIN
         if isinstance(tick, Reference):
             # Reference data is stamped with the start of its trading date and may be published days ahead:
             # it waits for its date in the buffer but never moves the symbol's clock, and is never late. Data
@@ -167,6 +180,7 @@ class SymbolLogic(StatefulLogic):
                 out.append(_refused(value, "stale_reference", f"reference data for {tick.symbol} on {date} "
                                     f"arrived on {today}, after that date"))
                 return out, StatefulLogic.RETAIN
+            self._remember(tick)
             if tick.ts_ns < st.released_ns:
                 self._apply(tick, out)
             else:
@@ -232,12 +246,28 @@ class SymbolLogic(StatefulLogic):
             out.append(_refused(value, "late", f"event time {tick.ts_ns} is before {st.released_ns}, already "
                                 f"applied for {tick.symbol} (beyond pipeline.allowed_lateness_ms)"))
             return
+        self._remember(tick)
         heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
         st.seq += 1
         if tick.ts_ns > st.newest_ns:
             st.newest_ns = tick.ts_ns
             st.newest_wall_ns = time.time_ns()
         self._advance(st.newest_ns - self.lateness_ns, out)
+
+    def _received_before(self, tick: Tick) -> bool:
+        key = (tick.ts_ns, tick.seq)
+        return key in self.state.seen or any((_tick(v).ts_ns, _tick(v).seq) == key for v in self.state.suspects)
+
+    def _remember(self, tick: Tick) -> None:
+        """Note the identity of a tick with a ``seq``; forget those a copy of which would be late anyway."""
+        if tick.seq is None:
+            return
+        st = self.state
+        while st.seen_by_time and st.seen_by_time[0][0] < st.released_ns:
+            st.seen.discard(heapq.heappop(st.seen_by_time))
+        key = (tick.ts_ns, tick.seq)
+        st.seen.add(key)
+        heapq.heappush(st.seen_by_time, key)
 
     def _judge(self, value: Tick | Received, out: list) -> None:
         """A tick while suspects are held, or one far ahead of the clock: the rules of the module docstring."""

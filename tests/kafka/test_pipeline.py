@@ -30,7 +30,7 @@ from flows.config import AppConfig, load_config
 from flows.kafka import CheckedProducer
 from flows.live import build_live_flow
 from flows.metrics import sample
-from flows.producer import produce_table
+from flows.producer import produce_table, table_ticks
 from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
 from flows.runner import run_process
 from schemas.records import ContextRecord, DeadLetter
@@ -162,6 +162,9 @@ def test_every_class_of_bad_input_is_dead_lettered_nothing_lost(tmp_path, kafka_
         # plausible timestamps in the future: each would move the symbol's clock and make its later ticks late
         "future_day": ("future", tick(ts_ns=t0 + 86_400 * 10**9, price=10, size=1)),
         "future_2099": ("future", tick(ts_ns=4_070_000_000 * 10**9, price=10, size=1)),
+        # the symbol's last tick again, as produced (same seq): a re-sent message counts once
+        "duplicate": ("duplicate", [t for t in table_ticks(market.ticks, market.reference) if t.symbol == sym][-1]
+                      .model_dump_json(exclude_none=True).encode()),
         # 2 MB: its dead letter, whole, would be 2.7 MB, far above the broker's and librdkafka's 1 MB
         "oversized": ("invalid_json", b"x" * 2_000_000),
     }
@@ -188,7 +191,7 @@ def test_every_class_of_bad_input_is_dead_lettered_nothing_lost(tmp_path, kafka_
         else:
             assert d.raw == raw
     # count in = count out + count dead; a tick the bar step refuses was counted as decoded on the way in
-    refused_by_bars = sum(d.reason in ("late", "stale_reference", "future") for d in dead)
+    refused_by_bars = sum(d.reason in ("late", "stale_reference", "future", "duplicate") for d in dead)
     assert good + len(bad) == (accepted - refused_by_bars) + len(dead)
     assert len(contexts_of(conf, cfg.kafka.topics.contexts)) > 0
 

@@ -203,3 +203,39 @@ def test_lone_suspect_at_the_end_of_input_and_suspects_in_a_snapshot():
     alone = SymbolLogic(cfg(), wall_clock=False)
     out = feed(alone, [first]) + alone.on_eof()[0]
     assert dead(out) == [] and bars(out)[0].n_trades == 1
+
+
+def test_a_resent_tick_counts_once_by_its_sequence_number():
+    stream = [received(OPEN + (i // 2 + 1) * S, 100.0, offset=i, seq=i) for i in range(200)]  # two per second
+    assert decode_tick(stream[0].raw) == decode_tick(stream[1].raw).model_copy(update={"seq": 0})  # twins but seq
+    clean = SymbolLogic(cfg(), wall_clock=False)
+    expected = feed(clean, stream) + clean.on_eof()[0]
+    # what it did: without a sequence number, a copy is a second trade (and identical trades are legitimate)
+    unnumbered = [received(OPEN + (i // 2 + 1) * S, 100.0, offset=i) for i in range(200)]
+    doubled = SymbolLogic(cfg(), wall_clock=False)
+    out = feed(doubled, unnumbered + unnumbered[-3:]) + doubled.on_eof()[0]
+    assert dead(out) == [] and sum(b.n_trades for b in bars(out)) == sum(b.n_trades for b in bars(expected)) + 3
+    # numbered: copies of a tick in the reorder buffer, at the watermark, held as a suspect, or of reference
+    # data are dead-lettered; a copy of one whose time is released is late
+    logic = SymbolLogic(cfg(), wall_clock=False)
+    ref = Reference(symbol="AAA", ts_ns=OPEN + DAY, prev_close=100.0, tier=1, seq=1000)
+    future = received(OPEN + DAY, offset=1001, seq=1001)
+    out = feed(logic, [ref] + stream[:150] + [ref, stream[149], stream[148], future, future, stream[10]])
+    assert [(d.reason, d.offset) for d in dead(out)] == [
+        ("duplicate", None), ("duplicate", 149), ("duplicate", 148), ("duplicate", 1001),
+        ("future", 1001), ("late", 10),  # the tick near the clock refutes the held one, then is late itself
+    ]
+    out += feed(logic, stream[150:]) + logic.on_eof()[0]
+    assert records(out) == records(expected)
+    # of 200 ticks it remembers those of the last ~2 s (the allowed lateness) and the day-2 reference data
+    assert len(logic.state.seen) == len(logic.state.seen_by_time) < 10
+
+
+def test_produced_ticks_are_numbered_per_symbol(sim_files):
+    from flows.producer import table_ticks
+
+    _, _, market = sim_files
+    seqs: dict[str, list[int]] = {}
+    for tick in table_ticks(market.ticks, market.reference):
+        seqs.setdefault(tick.symbol, []).append(tick.seq)
+    assert all(s == list(range(len(s))) for s in seqs.values()) and len(seqs) > 1

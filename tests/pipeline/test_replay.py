@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
@@ -128,7 +129,7 @@ def test_replay_needs_its_inputs(tmp_path, capsys):
 
 def test_producer_refuses_a_row_the_wire_format_cannot_carry(tmp_path):
     from flows.producer import table_ticks
-    from schemas.canonical import read_ticks
+    from schemas.canonical import ReferenceRow, read_ticks
     from schemas.errors import HrmcondError
 
     ticks = tmp_path / "t.csv"
@@ -139,6 +140,9 @@ def test_producer_refuses_a_row_the_wire_format_cannot_carry(tmp_path):
     assert next(produced).kind == "trade"
     with pytest.raises(HrmcondError, match="row 1"):
         next(produced)
+    tiny = ReferenceRow("AAA", dt.date(2018, 1, 2), 1e-9, 1)  # a prior close outside pipeline.wire
+    with pytest.raises(HrmcondError, match="reference AAA 2018-01-02"):
+        next(table_ticks(read_ticks(ticks), [tiny]))
 
 
 def test_replay_refuses_an_unsorted_table(tmp_path, sim_files):

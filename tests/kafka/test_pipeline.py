@@ -150,6 +150,11 @@ def test_every_class_of_bad_input_is_dead_lettered_nothing_lost(tmp_path, kafka_
         "unknown_kind": ("unknown_kind", tick("order")),
         "missing_field": ("missing_field", tick(size=1)),
         "invalid_value": ("invalid_value", tick(price=-1, size=1)),
+        # exact types: a boolean or a string is not a price (true was read as a $1.00 trade: SSR for the day)
+        "bool_price": ("invalid_value", tick(price=True, size=1)),
+        "string_price": ("invalid_value", tick(price="101.5", size=1)),
+        "string_flag": ("invalid_value", tick("status", ssr="no")),
+        "huge_price": ("out_of_range", tick(price=1e300, size=1)),
         "unknown_field": ("unknown_field", tick(price=1, size=1, px=1)),
         "key_mismatch": ("key_mismatch", tick(symbol="SIM00003", price=1, size=1)),
         # an hour older than everything already applied for its symbol
@@ -193,7 +198,8 @@ def test_every_class_of_bad_input_is_dead_lettered_nothing_lost(tmp_path, kafka_
     # count in = count out + count dead; a tick the bar step refuses was counted as decoded on the way in
     refused_by_bars = sum(d.reason in ("late", "stale_reference", "future", "duplicate") for d in dead)
     assert good + len(bad) == (accepted - refused_by_bars) + len(dead)
-    assert len(contexts_of(conf, cfg.kafka.topics.contexts)) > 0
+    # and none of it touched a symbol's state: the contexts are those of the good ticks alone
+    assert_same_contexts(contexts_of(conf, cfg.kafka.topics.contexts), replayed(tmp_path, cfg, market))
 
 
 def test_crash_and_resume_equals_an_uninterrupted_run(tmp_path, kafka_cluster, kafka_topics, market):

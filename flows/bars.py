@@ -61,7 +61,8 @@ from schemas.ticks import Quote, Reference, Status, Trade, encode_tick
 
 Tick = Trade | Quote | Reference | Status
 
-#: Far-ahead ticks held at most per symbol before the earliest is taken for the clock (memory bound).
+#: How many far-ahead ticks a symbol holds at most; one more, none near another, and the earliest is taken
+#: for the clock (module docstring). Bounds the memory, and the lag of a symbol thinner than max_ahead_ms.
 MAX_SUSPECTS = 4
 
 
@@ -81,7 +82,7 @@ class Heartbeat:
 class Received:
     """A live tick with the Kafka message it was decoded from: a tick the bar step refuses on arrival is
     dead-lettered with these original bytes and where they were read. Only the tick goes on into the reorder
-    buffer; the bytes are not kept."""
+    buffer; the bytes stay only while a tick is held as a suspect (at most :data:`MAX_SUSPECTS`)."""
 
     tick: Tick
     raw: bytes
@@ -89,9 +90,14 @@ class Received:
     partition: int
     offset: int
 
+    # Keyed and counted like the tick it carries.
     @property
     def symbol(self) -> str:
         return self.tick.symbol
+
+    @property
+    def kind(self) -> str:
+        return self.tick.kind
 
 
 def feature_params(cfg: PipelineConfig) -> FeatureParams:

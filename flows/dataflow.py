@@ -79,7 +79,7 @@ def decode_message(msg: KafkaSourceMessage | KafkaError, limits: WireLimits = DE
 
 def _count_tick(item: Tick | Received | Heartbeat) -> Tick | Received | Heartbeat:
     if not isinstance(item, Heartbeat):
-        METRICS.ticks.labels((item.tick if isinstance(item, Received) else item).kind).inc()
+        METRICS.ticks.labels(item.kind).inc()
     return item
 
 

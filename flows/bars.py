@@ -4,7 +4,33 @@ Ticks of one symbol may arrive slightly out of order (several venues, several pr
 small reorder buffer and are released in event-time order once the symbol's watermark,
 ``newest tick - allowed_lateness``, passes them; a bar ``[end - bar, end)`` closes when the watermark
 reaches ``end``. A tick older than what was already released (or than a closed bar) is *late*: it comes back
-as a dead letter (reason ``late``) instead of being applied out of order or lost.
+as a dead letter (reason ``late``) instead of being applied out of order or lost. Live ticks arrive as
+:class:`Received`, so that such a dead letter carries the original message and its topic/partition/offset.
+
+A tick implausibly far ahead of the symbol's clock (``max_ahead_ms`` past the newest tick or the watermark,
+whichever is later) does not move it: a corrupt timestamp (a year 2099, or just a day ahead) would make every
+later tick of the symbol late. It is held as a *suspect*, and the input that follows decides, a function of
+the symbol's own input sequence only (replay stays deterministic; suspects are part of the snapshot):
+
+- a tick near the clock refutes it: the suspects that tick does not reach (within ``max_ahead_ms``) are
+  dead-lettered with reason ``future``, the others applied;
+- a tick that is also far ahead, but within ``max_ahead_ms`` of a suspect, confirms the jump (the first tick
+  of a session after a night or a weekend): the suspects up to ``max_ahead_ms`` past the earliest of the two
+  are applied with it, in arrival order; others stay suspects;
+- more than :data:`MAX_SUSPECTS` suspects in a row, none near another (a symbol so thin that its ticks are
+  further apart than ``max_ahead_ms``): the earliest one becomes the clock, as if confirmed;
+- a heartbeat (replay's clock, once per bar) confirms the suspects it reaches; none of a time-sorted file
+  stays held past the next bar boundary;
+- at the end of input a suspect is dead-lettered ``future``, unless the symbol never had a clock: then its
+  earliest suspect becomes the clock, as above.
+
+A symbol's first tick has no clock to be measured against: it is a suspect too, so that a corrupt first tick
+cannot set the clock. Reference data never moves the clock and is exempt.
+
+A tick with a producer sequence number whose identity ``(symbol, ts_ns, seq)`` the symbol has already received
+is dead-lettered ``duplicate``: a re-sent message counts once. The identities are remembered while their time
+is not yet released (held, in the reorder buffer, or at the watermark): memory bounded like the buffer; a
+copy arriving after that is ``late``. Ticks without ``seq`` are never duplicates (see schemas/ticks.py).
 
 Quiet symbols still close their bars: a :class:`Heartbeat` from the input partition's event-time clock
 (flows/clock.py) advances the watermark without a tick. Nothing here reads the wall clock, so a stalled feed
@@ -25,15 +51,19 @@ from dataclasses import dataclass, field
 
 from bytewax.operators import StatefulLogic
 
-from conditioning.features.ssr_luld import session_day, trading_date
+from conditioning.features.ssr_luld import SsrLuldInputError, session_day, trading_date
 from conditioning.features.state import BarFeatures, FeatureParams, SymbolFeatures
 from conditioning.features.types import Pattern, SsrLuldState
 from flows.config import PipelineConfig
 from flows.metrics import METRICS
 from schemas.records import DeadLetter
-from schemas.ticks import Quote, Reference, Status, Trade
+from schemas.ticks import Quote, Reference, Status, Trade, encode_tick
 
 Tick = Trade | Quote | Reference | Status
+
+#: How many far-ahead ticks a symbol holds at most; one more, none near another, and the earliest is taken
+#: for the clock (module docstring). Bounds the memory, and the lag of a symbol thinner than max_ahead_ms.
+MAX_SUSPECTS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +81,28 @@ class Heartbeat:
     clock: str = "ticks"
     clocks: int = 1
     evict: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A live tick with the Kafka message it was decoded from: a tick the bar step refuses on arrival is
+    dead-lettered with these original bytes and where they were read. Only the tick goes on into the reorder
+    buffer; the bytes stay only while a tick is held as a suspect (at most :data:`MAX_SUSPECTS`)."""
+
+    tick: Tick
+    raw: bytes
+    topic: str
+    partition: int
+    offset: int
+
+    # Keyed and counted like the tick it carries.
+    @property
+    def symbol(self) -> str:
+        return self.tick.symbol
+
+    @property
+    def kind(self) -> str:
+        return self.tick.kind
 
 
 def feature_params(cfg: PipelineConfig) -> FeatureParams:
@@ -83,6 +135,13 @@ class SymbolState:
     #: Patterns that matured in bars not emitted (quiet): they ride on the next emitted bar, keeping the time
     #: their outcome became known, so the library loses none.
     matured: list[Pattern] = field(default_factory=list)
+    #: Ticks too far ahead of the clock, held until later input confirms or refutes them (module docstring);
+    #: as received (live: with their message, for a dead letter), in arrival order, at most MAX_SUSPECTS.
+    suspects: list[Tick | Received] = field(default_factory=list)
+    #: ``(ts_ns, seq)`` of the applied or buffered ticks that carry a ``seq`` and are not yet older than
+    #: ``released_ns`` (module docstring), and the same as a min-heap, to forget them as the watermark passes.
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    seen_by_time: list[tuple[int, int]] = field(default_factory=list)
 
 
 class SymbolLogic(StatefulLogic):
@@ -92,42 +151,59 @@ class SymbolLogic(StatefulLogic):
         self.cfg = cfg
         self.bar_ns = cfg.bar_ms * 1_000_000
         self.lateness_ns = cfg.allowed_lateness_ms * 1_000_000
+        self.ahead_ns = cfg.max_ahead_ms * 1_000_000
         #: Built on the first item (Bytewax's builder is not told the key), or restored from a snapshot.
         self.state = state
 
     # -- Bytewax hooks ------------------------------------------------------------------------------------
-    def on_item(self, value: Tick | Heartbeat) -> tuple[list[BarFeatures | DeadLetter | Heartbeat], bool]:
+    def on_item(
+        self, value: Tick | Received | Heartbeat
+    ) -> tuple[list[BarFeatures | DeadLetter | Heartbeat], bool]:
         out: list[BarFeatures | DeadLetter | Heartbeat] = []
         if isinstance(value, Heartbeat):
             if self.state is not None:
+                if self.state.suspects:
+                    self._settle(max(self._clock(), value.ts_ns) + self.ahead_ns, out, refute=False)
                 self._advance(value.ts_ns, out)
             out.append(value)  # after the bars it closed: they travel the same channel, in order
             return out, StatefulLogic.DISCARD if value.evict else StatefulLogic.RETAIN
+        tick = _tick(value)
         if self.state is None:
-            self.state = SymbolState(features=SymbolFeatures(value.symbol, feature_params(self.cfg)))
+            self.state = SymbolState(features=SymbolFeatures(tick.symbol, feature_params(self.cfg)))
         st = self.state
-        if isinstance(value, Reference):
+        if tick.seq is not None and self._received_before(tick):
+            out.append(_refused(value, "duplicate", f"{tick.symbol} tick ts_ns={tick.ts_ns} seq={tick.seq} "
+                                "was already received"))
+            return out, StatefulLogic.RETAIN
+        if isinstance(tick, Reference):
             # Reference data is stamped with the start of its trading date and may be published days ahead:
-            # it waits for its date in the buffer but never moves the symbol's clock, and is never late.
-            if value.ts_ns < st.released_ns:
-                self._apply(value, out)
+            # it waits for its date in the buffer but never moves the symbol's clock, and is never late. Data
+            # for a date already past (yesterday's, re-sent) cannot apply any more: the SSR/LULD rules refuse it.
+            date, today = tick.date or trading_date(tick.ts_ns), trading_date(max(st.released_ns, tick.ts_ns))
+            if date < today:
+                out.append(_refused(value, "stale_reference", f"reference data for {tick.symbol} on {date} "
+                                    f"arrived on {today}, after that date"))
+                return out, StatefulLogic.RETAIN
+            self._remember(tick)
+            if tick.ts_ns < st.released_ns:
+                self._apply(tick, out)
             else:
-                heapq.heappush(st.pending, (value.ts_ns, st.seq, value))
+                heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
                 st.seq += 1
             return out, StatefulLogic.RETAIN
-        if value.ts_ns < st.released_ns:
-            METRICS.late_ticks.inc()
-            out.append(_late(value, st.released_ns))
-            return out, StatefulLogic.RETAIN
-        heapq.heappush(st.pending, (value.ts_ns, st.seq, value))
-        st.seq += 1
-        st.newest_ns = max(st.newest_ns, value.ts_ns)
-        self._advance(st.newest_ns - self.lateness_ns, out)
+        clock = self._clock()
+        if st.suspects or not clock or tick.ts_ns > clock + self.ahead_ns:
+            self._judge(value, out)
+        else:
+            self._accept(value, out)
         return out, StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[BarFeatures | DeadLetter], bool]:
         out: list[BarFeatures | DeadLetter] = []
         st = self.state
+        if st is not None and st.suspects:
+            clock = self._clock() or min(_tick(v).ts_ns for v in st.suspects)
+            self._settle(clock + self.ahead_ns, out, refute=True)
         if st is not None and (st.pending or st.bar_end_ns):
             # End of input: everything pending is final, and the bar holding the last tick closes.
             last = max([t for t, _, _ in st.pending] + [st.released_ns])
@@ -138,6 +214,73 @@ class SymbolLogic(StatefulLogic):
 
     def snapshot(self) -> SymbolState | None:
         return self.state
+
+    # -- arrival ------------------------------------------------------------------------------------------
+    def _clock(self) -> int:
+        """How far the symbol's event time has got: its newest tick, or the watermark where a heartbeat or the
+        idle clock moved it further; 0 before the first tick."""
+        return max(self.state.newest_ns, self.state.released_ns)
+
+    def _accept(self, value: Tick | Received, out: list) -> None:
+        """Into the reorder buffer, or a dead letter if it is late."""
+        st, tick = self.state, _tick(value)
+        if tick.ts_ns < st.released_ns:
+            METRICS.late_ticks.inc()
+            out.append(_refused(value, "late", f"event time {tick.ts_ns} is before {st.released_ns}, already "
+                                f"applied for {tick.symbol} (beyond pipeline.allowed_lateness_ms)"))
+            return
+        self._remember(tick)
+        heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
+        st.seq += 1
+        st.newest_ns = max(st.newest_ns, tick.ts_ns)
+        self._advance(st.newest_ns - self.lateness_ns, out)
+
+    def _received_before(self, tick: Tick) -> bool:
+        key = (tick.ts_ns, tick.seq)
+        return key in self.state.seen or any((_tick(v).ts_ns, _tick(v).seq) == key for v in self.state.suspects)
+
+    def _remember(self, tick: Tick) -> None:
+        """Note the identity of a tick with a ``seq``; forget those a copy of which would be late anyway."""
+        if tick.seq is None:
+            return
+        st = self.state
+        while st.seen_by_time and st.seen_by_time[0][0] < st.released_ns:
+            st.seen.discard(heapq.heappop(st.seen_by_time))
+        key = (tick.ts_ns, tick.seq)
+        st.seen.add(key)
+        heapq.heappush(st.seen_by_time, key)
+
+    def _judge(self, value: Tick | Received, out: list) -> None:
+        """A tick while suspects are held, or one far ahead of the clock: the rules of the module docstring."""
+        st, ts = self.state, _tick(value).ts_ns
+        st.suspects.append(value)
+        clock = self._clock()
+        if clock and ts <= clock + self.ahead_ns:  # the stream goes on near the clock
+            self._settle(max(clock, ts) + self.ahead_ns, out, refute=True)
+            return
+        times = [_tick(v).ts_ns for v in st.suspects]
+        near = [t for t in times[:-1] if abs(t - ts) <= self.ahead_ns]
+        if near:
+            self._settle(min(near + [ts]) + self.ahead_ns, out, refute=False)
+        elif len(times) > MAX_SUSPECTS:
+            self._settle(min(times) + self.ahead_ns, out, refute=False)
+
+    def _settle(self, reach_ns: int, out: list, *, refute: bool) -> None:
+        """Accept the suspects at or before ``reach_ns`` in arrival order; dead-letter the others as ``future``
+        (``refute``) or keep holding them."""
+        st = self.state
+        held = []
+        for value in st.suspects:
+            tick = _tick(value)
+            if tick.ts_ns <= reach_ns:
+                self._accept(value, out)
+            elif refute:
+                out.append(_refused(value, "future", f"event time {tick.ts_ns} is more than "
+                                    f"pipeline.max_ahead_ms ahead of {tick.symbol}'s clock ({self._clock()}), "
+                                    "and no later input confirmed the jump"))
+            else:
+                held.append(value)
+        st.suspects = held
 
     # -- event time ---------------------------------------------------------------------------------------
     def _advance(self, watermark_ns: int, out: list) -> None:
@@ -186,6 +329,15 @@ class SymbolLogic(StatefulLogic):
         return [p for p in matured if p.outcome_end_ns <= session_day(trading_date(p.end_ns - 1), holidays).close_ns]
 
     def _apply(self, tick: Tick, out: list) -> None:
+        try:
+            self._apply_checked(tick, out)
+        except SsrLuldInputError as err:
+            # The arrival checks refuse what the SSR/LULD rules cannot take, and those rules check before they
+            # change anything; should a tick still get through, it is dead-lettered, not a crash (a crash loop
+            # under recovery, where it would come back every restart).
+            out.append(_refused(tick, "rejected", str(err)))
+
+    def _apply_checked(self, tick: Tick, out: list) -> None:
         st, f = self.state, self.state.features
         if isinstance(tick, Reference):
             f.on_reference(tick.date or trading_date(tick.ts_ns), tick.prev_close, tick.tier)
@@ -226,12 +378,14 @@ class SymbolLogic(StatefulLogic):
             st.features_end_ns = ts_ns - ts_ns % self.bar_ns + self.bar_ns
 
 
-def _late(tick: Tick, released_ns: int) -> DeadLetter:
-    return DeadLetter.of(
-        tick.model_dump_json().encode(),
-        "late",
-        f"event time {tick.ts_ns} is before {released_ns}, already applied for {tick.symbol} "
-        "(beyond pipeline.allowed_lateness_ms)",
-        time.time_ns(),
-        key=tick.symbol,
-    )
+def _tick(value: Tick | Received) -> Tick:
+    return value.tick if isinstance(value, Received) else value
+
+
+def _refused(value: Tick | Received, reason: str, detail: str) -> DeadLetter:
+    """The dead letter of a tick the bar step refuses: the original message where it came from Kafka, else
+    (replay) the tick in its wire form."""
+    if isinstance(value, Received):
+        return DeadLetter.of(value.raw, reason, detail, time.time_ns(), key=value.symbol, topic=value.topic,
+                             partition=value.partition, offset=value.offset)
+    return DeadLetter.of(encode_tick(value), reason, detail, time.time_ns(), key=value.symbol)

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from conditioning.config import ConditioningConfig
 from schemas.errors import ConfigError
+from schemas.ticks import WireLimits
 
 ENV_PREFIX = "HRMCOND__"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "conditioning" / "pretrained" / "default"
@@ -58,8 +59,10 @@ class PipelineConfig(_Strict):
     #: Live, at the head of a partition the broker confirms has nothing more: event time is taken to run on
     #: with the wall clock from the newest tick, less this grace for feed delays (quiet symbols close bars).
     idle_close_ms: int = Field(5_000, ge=0)
-    #: A tick further than this ahead of its partition's clock moves the clock only once the next tick
-    #: confirms the jump (flows/clock.py): one bad timestamp cannot close every other symbol's bars.
+    #: A tick further than this ahead of its clock moves it only once later ticks confirm the jump: the
+    #: partition's clock (flows/clock.py: one bad timestamp cannot close every other symbol's bars) and the
+    #: symbol's (held as a suspect until confirmed or refuted, reason ``future``; flows/bars.py). At least one
+    #: bar, so that the replay clock (a heartbeat per bar) never holds a tick of a time-sorted file.
     max_ahead_ms: int = Field(300_000, gt=0)
     #: A symbol without a tick for this long (event time) has its state discarded (bars, features,
     #: baselines, SSR/LULD, regime smoother; snapshots too): memory holds the recently active symbols only. A
@@ -80,11 +83,15 @@ class PipelineConfig(_Strict):
     rag_breaker_after: int = Field(3, ge=0)
     rag_breaker_cooldown_ms: int = Field(5_000, ge=0)
     session: SessionConfig = SessionConfig()
+    #: Plausible prices (USD) and sizes on the wire; beyond them a tick is dead-lettered ``out_of_range``.
+    wire: WireLimits = WireLimits()
 
     @model_validator(mode="after")
-    def _lookback_covers_a_bar(self) -> PipelineConfig:
+    def _windows_cover_a_bar(self) -> PipelineConfig:
         if self.lookback_s * 1000 < self.bar_ms:
             raise ValueError(f"lookback_s ({self.lookback_s} s) must cover at least one bar ({self.bar_ms} ms)")
+        if self.max_ahead_ms < self.bar_ms:
+            raise ValueError(f"max_ahead_ms ({self.max_ahead_ms} ms) must cover at least one bar ({self.bar_ms} ms)")
         return self
 
 
@@ -106,6 +113,9 @@ class KafkaConfig(_Strict):
     stall_warning_s: float = Field(5.0, gt=0)
     #: Live: ... and after this long the run ends with exit code 3 (resume it with the same --recovery-dir).
     unavailable_after_s: float = Field(60.0, gt=0)
+    #: The largest message the brokers and our producers take (Kafka's and librdkafka's default
+    #: ``message.max.bytes``): the dead letter of a larger message keeps the prefix of it that fits.
+    max_message_bytes: int = Field(1_000_000, ge=4_096)
 
     def topic_names(self) -> list[str]:
         """Every topic the pipeline reads or writes (created up front: some brokers do not auto-create)."""

@@ -16,6 +16,7 @@ wall clock to decide what a context holds.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink
 
 from conditioning.features.state import BarFeatures
-from flows.bars import Heartbeat, SymbolLogic
+from flows.bars import Heartbeat, Received, SymbolLogic, Tick
 from flows.config import AppConfig
 from flows.contexts import ContextEngine, InferenceLogic, feature_record
 from flows.metrics import METRICS
@@ -43,14 +44,19 @@ class Sinks:
     features: DynamicSink | None = None
 
 
-def _count_tick(tick):
-    if not isinstance(tick, Heartbeat):
-        METRICS.ticks.labels(tick.kind).inc()
-    return tick
+def _count_tick(item: Tick | Received | Heartbeat) -> Tick | Received | Heartbeat:
+    if not isinstance(item, Heartbeat):
+        METRICS.ticks.labels(item.kind).inc()
+    return item
 
 
-def _dead_letter_out(dl: DeadLetter) -> Keyed:
+#: Room for the Kafka record's own framing (record batch header, lengths, timestamps) next to key and value.
+_RECORD_FRAMING_BYTES = 512
+
+
+def _dead_letter_out(dl: DeadLetter, max_message_bytes: int) -> Keyed:
     METRICS.dead_letters.labels(dl.reason).inc()
+    dl = dl.fit(max_message_bytes - len((dl.key or "").encode()) - _RECORD_FRAMING_BYTES)
     where = dl.source or (f"{dl.topic}:{dl.partition}:{dl.offset:020d}" if dl.offset is not None else "")
     return (dl.key or "", dl.model_dump_json().encode(), f"{where} {dl.reason} {dl.raw_b64}")
 
@@ -78,7 +84,8 @@ def build_flow(
     bar_out = op.stateful("bars", keyed, lambda resume: SymbolLogic(cfg.pipeline, resume))
     bar_split = op.branch("split_late", op.key_rm("unkey_bars", bar_out), lambda x: not isinstance(x, DeadLetter))
     dead = op.merge("dead", split.trues, bar_split.falses)
-    op.output("dead_out", op.map("dl_out", dead, _dead_letter_out), sinks.dead_letters)
+    dead_out = functools.partial(_dead_letter_out, max_message_bytes=cfg.kafka.max_message_bytes)
+    op.output("dead_out", op.map("dl_out", dead, dead_out), sinks.dead_letters)
     if engine is None:
         if sinks.features is None:
             raise ValueError("a features-only flow needs a features sink")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 
 import pyarrow as pa
@@ -16,11 +17,24 @@ from schemas.ticks import Quote, Reference, Trade
 
 
 def table_ticks(table: pa.Table, reference: Sequence[ReferenceRow] = ()) -> Iterator[Trade | Quote | Reference]:
-    """Reference rows first (stamped at the start of their date), then the table's rows as wire ticks.
+    """Reference rows first (stamped at the start of their date), then the table's rows as wire ticks, each
+    numbered per symbol (``seq`` 0, 1, 2, ... in this order): the pipeline dead-letters a copy of a tick it
+    already has, e.g. when a file is produced twice (schemas/ticks.py).
 
     A row the wire format refuses stops the replay with its row number: a producer must not publish a file
     it cannot represent faithfully (``hrmcond replay`` dead-letters such rows instead)."""
-    yield from (reference_tick(r) for r in reference)
+    seqs: Counter[str] = Counter()
+    for tick in _wire_ticks(table, reference):
+        yield tick.model_copy(update={"seq": seqs[tick.symbol]})
+        seqs[tick.symbol] += 1
+
+
+def _wire_ticks(table: pa.Table, reference: Sequence[ReferenceRow]) -> Iterator[Trade | Quote | Reference]:
+    for r in reference:
+        try:
+            yield reference_tick(r)
+        except pydantic.ValidationError as err:
+            raise HrmcondError(f"reference {r.symbol} {r.date} cannot be published: {_why(err)}") from err
     offset = 0
     for batch in table.to_batches(max_chunksize=65_536):
         columns = batch.to_pydict()
@@ -28,9 +42,12 @@ def table_ticks(table: pa.Table, reference: Sequence[ReferenceRow] = ()) -> Iter
             try:
                 yield row_tick(columns, i)
             except pydantic.ValidationError as err:
-                why = "; ".join(str(err).splitlines()[:3])
-                raise HrmcondError(f"row {offset + i} cannot be published: {why}") from err
+                raise HrmcondError(f"row {offset + i} cannot be published: {_why(err)}") from err
         offset += batch.num_rows
+
+
+def _why(err: pydantic.ValidationError) -> str:
+    return "; ".join(str(err).splitlines()[:3])
 
 
 def produce_table(

@@ -7,6 +7,7 @@ are ``null``, never NaN, so every record is valid JSON for any consumer.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 from collections.abc import Sequence
 from typing import Annotated, Literal
@@ -123,13 +124,27 @@ class ContextRecord(_Record):
         return (self.symbol, self.window_end_ns)
 
 
+#: A dead letter's ``key`` and ``detail`` are cut to these many characters: both can echo a hostile message
+#: (a key, or an unknown field's name, of a megabyte), and a dead letter must always fit the broker.
+MAX_KEY_CHARS = 256
+MAX_DETAIL_CHARS = 2_000
+
+
 class DeadLetter(_Record):
-    """An input that could not be processed, kept whole with the reason: nothing is dropped silently."""
+    """An input that could not be processed, with the reason: nothing is dropped silently.
+
+    The original bytes are kept whole unless the dead letter would then be too large for the broker
+    (:meth:`fit`): it keeps their first bytes, and ``raw_size`` and ``raw_sha256`` still describe the whole
+    message, so it can be matched with the original at its topic/partition/offset.
+    """
 
     reason: str
     detail: str
-    #: The original message bytes, base64.
+    #: The original message bytes, base64; only their first bytes where :attr:`truncated`.
     raw_b64: str
+    #: Size in bytes and SHA-256 (hex) of the whole original message.
+    raw_size: int = Field(ge=0)
+    raw_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     key: str | None = None
     topic: str | None = None
     partition: int | None = None
@@ -139,11 +154,15 @@ class DeadLetter(_Record):
     received_at_ns: int
 
     @classmethod
-    def of(cls, raw: bytes, reason: str, detail: str, received_at_ns: int, **where: object) -> DeadLetter:
+    def of(cls, raw: bytes, reason: str, detail: str, received_at_ns: int, *, key: str | None = None,
+           **where: object) -> DeadLetter:
         return cls(
             raw_b64=base64.b64encode(raw).decode(),
+            raw_size=len(raw),
+            raw_sha256=hashlib.sha256(raw).hexdigest(),
             reason=reason,
-            detail=detail,
+            detail=detail[:MAX_DETAIL_CHARS],
+            key=None if key is None else key[:MAX_KEY_CHARS],
             received_at_ns=received_at_ns,
             **where,
         )
@@ -151,3 +170,16 @@ class DeadLetter(_Record):
     @property
     def raw(self) -> bytes:
         return base64.b64decode(self.raw_b64)
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.raw) < self.raw_size
+
+    def fit(self, max_bytes: int) -> DeadLetter:
+        """This dead letter, or, if its JSON is longer than ``max_bytes``, a copy that keeps only as many of the
+        original bytes as fit (base64 takes 4 characters per 3 bytes)."""
+        size = len(self.model_dump_json().encode())
+        if size <= max_bytes:
+            return self
+        keep = max(0, (max_bytes - (size - len(self.raw_b64))) // 4 * 3)
+        return self.model_copy(update={"raw_b64": base64.b64encode(self.raw[:keep]).decode()})

@@ -28,6 +28,7 @@ from bytewax.inputs import AbortExecution, FixedPartitionedSource, StatefulSourc
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from flows.bars import Received
 from flows.clock import EventClock
 from flows.config import AppConfig
 from flows.kafka import client_callbacks
@@ -35,7 +36,7 @@ from flows.lifecycle import STOP, BrokerUnavailableError, BrokerWatch
 from flows.metrics import METRICS
 from schemas.errors import HrmcondError, TickDecodeError
 from schemas.records import DeadLetter
-from schemas.ticks import decode_tick
+from schemas.ticks import DEFAULT_LIMITS, WireLimits, decode_tick
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,9 @@ HEAD_CHECK_S = 1.0
 HEAD_CHECK_TIMEOUT_S = 0.5
 
 
-def decode_message(msg: Message) -> list:
-    """One consumed message -> a tick, or a dead letter that says why (librdkafka errors included)."""
+def decode_message(msg: Message, limits: WireLimits = DEFAULT_LIMITS) -> list:
+    """One consumed message -> a tick with its message (:class:`~flows.bars.Received`), or a dead letter that
+    says why (librdkafka errors included)."""
     now = time.time_ns()
     err = msg.error()
     if err is not None:
@@ -61,14 +63,19 @@ def decode_message(msg: Message) -> list:
     key = msg.key().decode(errors="replace") if msg.key() is not None else None
     raw = msg.value() or b""
     try:
-        tick = decode_tick(raw)
+        tick = decode_tick(raw, limits)
     except TickDecodeError as err:
         return [DeadLetter.of(raw, err.reason, err.detail, now, key=key, **where)]
-    if key is not None and key != tick.symbol:
-        # The key decides the partition and so the worker: a mismatch would split a symbol's state.
+    # The key decides the partition, and a symbol's ticks are only in order within one partition: a tick
+    # without the key, or with another one, arrives out of order with the rest and moves the symbol's clock
+    # (73 key-less messages, 0.15% of a day, once erased 57% of its contexts as late).
+    if key is None:
+        return [DeadLetter.of(raw, "missing_key", f"no message key (must be the symbol {tick.symbol!r})", now,
+                              **where)]
+    if key != tick.symbol:
         return [DeadLetter.of(raw, "key_mismatch", f"message key {key!r} != symbol {tick.symbol!r}", now,
                               key=key, **where)]
-    return [tick]
+    return [Received(tick, raw, **where)]
 
 
 class _TickPartition(StatefulSourcePartition):
@@ -88,6 +95,7 @@ class _TickPartition(StatefulSourcePartition):
             self.name, clocks, p.bar_ms * 10**6, p.allowed_lateness_ms * 10**6, p.max_ahead_ms * 10**6,
             None if p.evict_idle_s is None else p.evict_idle_s * 10**9))
         self.until_eof = until_eof
+        self.limits = p.wire
         #: Reached the end of the partition, nothing read since.
         self.at_head = False
         self.idle_close_ns = p.idle_close_ms * 10**6
@@ -120,9 +128,9 @@ class _TickPartition(StatefulSourcePartition):
             self.at_head = False
             if err is None:
                 self.offset = msg.offset() + 1
-            for item in decode_message(msg):
-                if not isinstance(item, DeadLetter):
-                    out.extend(self.clock.observe(item))
+            for item in decode_message(msg, self.limits):
+                if isinstance(item, Received):
+                    out.extend(self.clock.observe(item.tick))
                 out.append(item)
         self.newest_ns, self.newest_at = self.clock.now_ns, now
         # the high watermark of the last fetch response: known locally, no request

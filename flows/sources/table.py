@@ -5,7 +5,8 @@ time-sorted), with two additions: the reference rows of every trading date up fr
 start of its date, so the per-symbol reorder buffer applies it at the right moment), and the file's
 event-time clock (flows/clock.py, no lateness: the file is sorted): whenever the stream crosses a bar
 boundary, every symbol seen so far gets a heartbeat, so quiet symbols close their bars exactly as they would
-with a continuous feed. A row that fails validation becomes a dead letter naming the file row.
+with a continuous feed. A row that fails validation becomes a dead letter naming the file row (a reference
+row: ``reference SYMBOL DATE``).
 """
 
 from __future__ import annotations
@@ -24,23 +25,28 @@ from conditioning.features.ssr_luld import session_day
 from flows.clock import EventClock
 from schemas.canonical import ReferenceRow
 from schemas.records import DeadLetter
-from schemas.ticks import Quote, Reference, Trade
+from schemas.ticks import DEFAULT_LIMITS, Quote, Reference, Trade, WireLimits, reason_of
 
 
-def reference_tick(row: ReferenceRow) -> Reference:
-    """A reference row as the wire tick, stamped at the start (00:00 ET) of its trading date."""
-    return Reference(symbol=row.symbol, ts_ns=session_day(row.date).start_ns, prev_close=row.prev_close,
-                     tier=row.tier, date=row.date)
+def reference_tick(row: ReferenceRow, limits: WireLimits = DEFAULT_LIMITS) -> Reference:
+    """A reference row as the wire tick, stamped at the start (00:00 ET) of its trading date; raises
+    ``pydantic.ValidationError`` for a row the wire format refuses (a prior close outside ``limits``)."""
+    fields = {"symbol": row.symbol, "ts_ns": session_day(row.date).start_ns, "prev_close": row.prev_close,
+              "tier": row.tier, "date": row.date}
+    return Reference.model_validate(fields, context=limits)
 
 
-def row_tick(columns: dict[str, list], i: int) -> Trade | Quote:
-    """Row ``i`` of a canonical table (as ``{column: values}``) as a validated wire tick; raises
-    ``pydantic.ValidationError`` for a row the wire format refuses (e.g. a one-sided quote)."""
+def row_tick(columns: dict[str, list], i: int, limits: WireLimits = DEFAULT_LIMITS) -> Trade | Quote:
+    """Row ``i`` of a canonical table (as ``{column: values}``) as a wire tick validated as the decoder
+    validates one (``limits`` included); raises ``pydantic.ValidationError`` for a row the wire format
+    refuses (e.g. a one-sided quote)."""
     c = columns
     if c["kind"][i] == "trade":
-        return Trade(symbol=c["symbol"][i], ts_ns=c["ts_ns"][i], price=c["price"][i], size=c["size"][i])
-    return Quote(symbol=c["symbol"][i], ts_ns=c["ts_ns"][i], bid=c["bid"][i], bid_size=c["bid_size"][i],
-                 ask=c["ask"][i], ask_size=c["ask_size"][i])
+        fields = {"symbol": c["symbol"][i], "ts_ns": c["ts_ns"][i], "price": c["price"][i], "size": c["size"][i]}
+        return Trade.model_validate(fields, context=limits)
+    fields = {"symbol": c["symbol"][i], "ts_ns": c["ts_ns"][i], "bid": c["bid"][i], "bid_size": c["bid_size"][i],
+              "ask": c["ask"][i], "ask_size": c["ask_size"][i]}
+    return Quote.model_validate(fields, context=limits)
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class ReplayInput:
     #: pipeline.evict_idle_s in ns (flows/clock.py)
     evict_after_ns: int | None = None
     batch_size: int = 4096
+    limits: WireLimits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
         # The event-time clock ticks at the first row of each bar: it is only true of a time-sorted table.
@@ -76,7 +83,13 @@ class _TablePartition(StatefulSourcePartition):
     def next_batch(self) -> list:
         if self.row == -1:
             self.row = 0
-            return [reference_tick(r) for r in self.inp.reference]
+            out = []
+            for r in self.inp.reference:
+                try:
+                    out.append(reference_tick(r, self.inp.limits))
+                except pydantic.ValidationError as err:
+                    out.append(_dead(r, err, f"reference {r.symbol} {r.date}"))
+            return out
         if self.row >= self.n:
             self.progress.close()
             raise StopIteration
@@ -84,11 +97,9 @@ class _TablePartition(StatefulSourcePartition):
         stop = min(self.n, self.row + self.inp.batch_size)
         for i in range(self.row, stop):
             try:
-                tick = row_tick(c, i)
+                tick = row_tick(c, i, self.inp.limits)
             except pydantic.ValidationError as err:
-                row = {k: c[k][i] for k in c}
-                out.append(DeadLetter.of(repr(row).encode(), "invalid_value", "; ".join(str(err).splitlines()[:3]),
-                                         time.time_ns(), source=f"{self.inp.source_name}:row {i}"))
+                out.append(_dead({k: c[k][i] for k in c}, err, f"{self.inp.source_name}:row {i}"))
                 continue
             out.extend(self.clock.observe(tick))
             out.append(tick)
@@ -98,6 +109,11 @@ class _TablePartition(StatefulSourcePartition):
 
     def snapshot(self) -> tuple[int, EventClock]:
         return (self.row, copy.deepcopy(self.clock))
+
+
+def _dead(row: object, err: pydantic.ValidationError, source: str) -> DeadLetter:
+    return DeadLetter.of(repr(row).encode(), reason_of(err), "; ".join(str(err).splitlines()[:3]), time.time_ns(),
+                         source=source)
 
 
 class TableSource(FixedPartitionedSource):

@@ -55,6 +55,8 @@ def test_shipped_configs_load(path):
         ("conditioning: {rag: {timeout_ms: 0}}", "conditioning.rag.timeout_ms"),
         ("kafka: {topics: {tick: x}}", "kafka.topics.tick"),
         ("pipeline: {lookback_s: 1, bar_ms: 60000}", "pipeline"),
+        ("pipeline: {wire: {max_price: -1}}", "pipeline.wire.max_price"),
+        ("pipeline: {wire: {min_price: 10, max_price: 1}}", "pipeline.wire"),
         ("pipeline: {session: {holidays: [2018-13-01]}}", "not valid YAML"),
         ("pipeline: {session: {holidays: [yesterday]}}", "pipeline.session.holidays"),
         ("nonsense: 1", "nonsense"),

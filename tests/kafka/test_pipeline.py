@@ -6,6 +6,9 @@ topics back and checks them against a replay of the same ticks (the deterministi
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import signal
 import subprocess
 import sys
@@ -18,15 +21,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from conditioning.features.ssr_luld import session_day, trading_date
 from conditioning.rag import PatternRAG
 from conditioning.sim.market import MarketConfig, simulate_market
 from flows.config import AppConfig, load_config
 from flows.kafka import CheckedProducer
 from flows.live import build_live_flow
 from flows.metrics import sample
-from flows.producer import produce_table
+from flows.producer import produce_table, table_ticks
 from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
 from flows.runner import run_process
 from schemas.records import ContextRecord, DeadLetter
@@ -123,7 +127,11 @@ def test_real_sample_end_to_end(tmp_path, kafka_cluster, kafka_topics, shared_da
         assert len(rec.context) == 256 and len(rec.regime_probs) == 8 and rec.latency.total_ms > 0
     market = type("M", (), {"ticks": ticks, "reference": []})
     assert_same_contexts(live, replayed(tmp_path, cfg, market))
-    assert read_topic(conf, cfg.kafka.topics.dead_letter, settle_s=0.3) == []
+    # The sample ends on a quote at 16:05:18 ET, 5 min 16 s after the one before: more than max_ahead_ms ahead
+    # of the symbol's clock, and the input ends before a later tick confirms the jump (replay's clock does).
+    dead = [DeadLetter.model_validate_json(x) for x in read_topic(conf, cfg.kafka.topics.dead_letter, settle_s=0.3)]
+    last = ticks.column("ts_ns")[-1].as_py()
+    assert [(d.reason, decode_tick(d.raw).ts_ns) for d in dead] == [("future", last)]
 
 
 def test_every_class_of_bad_input_is_dead_lettered_nothing_lost(tmp_path, kafka_cluster, kafka_topics, market):
@@ -131,34 +139,67 @@ def test_every_class_of_bad_input_is_dead_lettered_nothing_lost(tmp_path, kafka_
     conf, topic = cfg.kafka.client_config(), cfg.kafka.topics.ticks
     good = produce_table(conf, topic, market.ticks, market.reference)
     t0 = int(market.ticks.column("ts_ns")[0].as_py())
-    bad = {
-        "invalid_json": b"{nope",
-        "unknown_kind": b'{"kind":"order","symbol":"SIM00002","ts_ns":%d}' % t0,
-        "missing_field": b'{"kind":"trade","symbol":"SIM00002","ts_ns":%d,"size":1}' % t0,
-        "invalid_value": b'{"kind":"trade","symbol":"SIM00002","ts_ns":%d,"price":-1,"size":1}' % t0,
-        "unknown_field": b'{"kind":"trade","symbol":"SIM00002","ts_ns":%d,"price":1,"size":1,"px":1}' % t0,
-        "key_mismatch": b'{"kind":"trade","symbol":"SIM00003","ts_ns":%d,"price":1,"size":1}' % t0,
+    yesterday = trading_date(t0) - datetime.timedelta(days=1)
+    sym = "SIM00002"
+
+    def tick(kind: str = "trade", **fields) -> bytes:
+        return json.dumps({"kind": kind, "symbol": sym, "ts_ns": t0} | fields).encode()
+
+    bad = {  # class: (reason, message)
+        "invalid_json": ("invalid_json", b"{nope"),
+        "unknown_kind": ("unknown_kind", tick("order")),
+        "missing_field": ("missing_field", tick(size=1)),
+        "invalid_value": ("invalid_value", tick(price=-1, size=1)),
+        # exact types: a boolean or a string is not a price (true was read as a $1.00 trade: SSR for the day)
+        "bool_price": ("invalid_value", tick(price=True, size=1)),
+        "string_price": ("invalid_value", tick(price="101.5", size=1)),
+        "string_flag": ("invalid_value", tick("status", ssr="no")),
+        "huge_price": ("out_of_range", tick(price=1e300, size=1)),
+        "unknown_field": ("unknown_field", tick(price=1, size=1, px=1)),
+        "key_mismatch": ("key_mismatch", tick(symbol="SIM00003", price=1, size=1)),
         # an hour older than everything already applied for its symbol
-        "late": b'{"kind":"trade","symbol":"SIM00002","ts_ns":%d,"price":10,"size":1}' % (t0 - 3600 * 10**9),
+        "late": ("late", tick(ts_ns=t0 - 3600 * 10**9, price=10, size=1)),
+        # valid, but without the key: it would land on any partition, out of order with its symbol's ticks
+        "missing_key": ("missing_key", tick(price=1, size=1)),
+        # yesterday's reference data, re-sent: the SSR/LULD rules refuse a past date (it stopped the process)
+        "stale_reference": ("stale_reference", tick("reference", ts_ns=session_day(yesterday).start_ns,
+                                                    prev_close=58.5, tier=1, date=yesterday.isoformat())),
+        # plausible timestamps in the future: each would move the symbol's clock and make its later ticks late
+        "future_day": ("future", tick(ts_ns=t0 + 86_400 * 10**9, price=10, size=1)),
+        "future_2099": ("future", tick(ts_ns=4_070_000_000 * 10**9, price=10, size=1)),
+        # the symbol's last tick again, as produced (same seq): a re-sent message counts once
+        "duplicate": ("duplicate", [t for t in table_ticks(market.ticks, market.reference) if t.symbol == sym][-1]
+                      .model_dump_json(exclude_none=True).encode()),
+        # 2 MB: its dead letter, whole, would be 2.7 MB, far above the broker's and librdkafka's 1 MB
+        "oversized": ("invalid_json", b"x" * 2_000_000),
     }
-    producer = CheckedProducer(conf)
-    for raw in bad.values():
-        producer.produce(topic, raw, key="SIM00002")
+    whole = DeadLetter.of(bad["oversized"][1], "invalid_json", "", 0, key=sym).model_dump_json().encode()
+    with pytest.raises(KafkaException, match="MSG_SIZE_TOO_LARGE"):  # what stopped the pipeline before
+        CheckedProducer(conf).produce(cfg.kafka.topics.dead_letter, whole, key=sym)
+    producer = CheckedProducer({**conf, "message.max.bytes": 3_000_000})  # a producer that allows 2 MB
+    for name, (_, raw) in bad.items():
+        producer.produce(topic, raw, key=None if name == "missing_key" else sym)
     producer.flush()
     before = {k: sample("hrmcond_ticks_total", {"kind": k}) for k in ("trade", "quote", "reference")}
     run_process(build_live_flow(cfg, until_eof=True))
     accepted = sum(sample("hrmcond_ticks_total", {"kind": k}) - v for k, v in before.items())
     dead = [DeadLetter.model_validate_json(x) for x in read_topic(conf, cfg.kafka.topics.dead_letter)]
-    assert sorted(d.reason for d in dead) == sorted(bad)
-    for d in dead:
-        assert d.detail and d.key == "SIM00002"
-        if d.reason == "late":  # found late after decoding: the record holds the decoded tick
-            assert decode_tick(d.raw) == decode_tick(bad["late"])
-        else:  # the original bytes and where they came from
-            assert d.raw == bad[d.reason] and d.topic == topic and d.offset is not None
-    # count in = count out + count dead (the late tick is counted on the way in, then dead-lettered)
-    assert good + len(bad) == accepted + len(dead) - 1
-    assert len(contexts_of(conf, cfg.kafka.topics.contexts)) > 0
+    by_sha = {hashlib.sha256(raw).hexdigest(): name for name, (_, raw) in bad.items()}
+    assert sorted(d.reason for d in dead) == sorted(reason for reason, _ in bad.values())
+    for d in dead:  # the original bytes and where they were read, whether decoding or the bar step refused them
+        name = by_sha[d.raw_sha256]
+        raw = bad[name][1]
+        assert d.reason == bad[name][0] and d.detail and d.key == (None if name == "missing_key" else sym)
+        assert d.raw_size == len(raw) and d.topic == topic and d.partition is not None and d.offset is not None
+        if name == "oversized":  # a prefix that fits the broker, the whole described by size and hash
+            assert d.truncated and raw.startswith(d.raw) and len(d.raw) > 700_000
+        else:
+            assert d.raw == raw
+    # count in = count out + count dead; a tick the bar step refuses was counted as decoded on the way in
+    refused_by_bars = sum(d.reason in ("late", "stale_reference", "future", "duplicate") for d in dead)
+    assert good + len(bad) == (accepted - refused_by_bars) + len(dead)
+    # and none of it touched a symbol's state: the contexts are those of the good ticks alone
+    assert_same_contexts(contexts_of(conf, cfg.kafka.topics.contexts), replayed(tmp_path, cfg, market))
 
 
 def default_config(tmp_path: Path, kafka_cluster, topics: dict[str, str], **kafka) -> Path:

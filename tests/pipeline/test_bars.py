@@ -149,14 +149,17 @@ def test_eof_flushes_pending_and_closes_last_bar():
 
 
 def test_session_filter_skips_and_rolls_over_the_night():
-    logic = SymbolLogic(cfg())
+    # ticks hours apart with no clock in between: let them all count as plausible (test_bad_input.py holds
+    # the far-ahead ones)
+    night = 2 * 24 * 3600 * 1000
+    logic = SymbolLogic(cfg(max_ahead_ms=night))
     pre_open = OPEN - 10 * MIN
     day2 = OPEN + 24 * 3600 * S
     out = feed(logic, [trade(pre_open), trade(OPEN + 5 * S), trade(OPEN + 390 * MIN - S), trade(day2 + S)])
     out += logic.on_eof()[0]
     ends = [b.window_end_ns for b in bars(out)]
     assert ends == [OPEN + MIN, OPEN + 390 * MIN, day2 + MIN]
-    logic2 = SymbolLogic(cfg(session=SessionConfig(regular_hours_only=False)))
+    logic2 = SymbolLogic(cfg(max_ahead_ms=night, session=SessionConfig(regular_hours_only=False)))
     out2 = feed(logic2, [trade(pre_open), trade(OPEN + 5 * S)]) + logic2.on_eof()[0]
     assert [b.window_end_ns for b in bars(out2)] == [pre_open + MIN - pre_open % MIN, OPEN + MIN]
 

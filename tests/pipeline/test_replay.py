@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,30 @@ def test_one_sided_quote_row_becomes_a_dead_letter_naming_the_row(tmp_path):
     assert len(read(out, ContextRecord)) == 1  # the rest went through
 
 
+def test_rows_outside_the_wire_limits_become_dead_letters(tmp_path, monkeypatch):
+    ticks, reference = tmp_path / "t.csv", tmp_path / "r.csv"
+    ticks.write_text("ts_ns,symbol,kind,price,size,bid,bid_size,ask,ask_size\n"
+                     "1514903400000000000,AAA,trade,10.0,100,,,,\n"
+                     "1514903401000000000,AAA,trade,1e-300,100,,,,\n"
+                     "1514903402000000000,AAA,trade,50.0,100,,,,\n"
+                     "1514903403000000000,AAA,trade,10.01,100,,,,\n")
+    reference.write_text("symbol,date,prev_close,tier\nAAA,2018-01-02,10.0,1\nBBB,2018-01-02,1e-9,1\n")
+
+    def run(name: str, min_price: float, max_price: float) -> tuple[list[DeadLetter], list[ContextRecord]]:
+        monkeypatch.setenv("HRMCOND__PIPELINE__WIRE__MIN_PRICE", str(min_price))  # the limits are configurable
+        monkeypatch.setenv("HRMCOND__PIPELINE__WIRE__MAX_PRICE", str(max_price))
+        out, _ = replay(tmp_path, name, "--format", "canonical", "--ticks", str(ticks), "--reference", str(reference))
+        return read(out.with_name("ctx.dead-letters.jsonl"), DeadLetter), read(out, ContextRecord)
+
+    # the file formats take every row (positive, finite): without the limits a sale at 1e-300 USD is SSR
+    dead, (ctx,) = run("loose", 1e-301, 1e7)
+    assert dead == [] and ctx.ssr_luld_state == "SSR_ACTIVE"
+    dead, (ctx,) = run("strict", 1e-4, 20)
+    assert sorted(d.source for d in dead) == sorted([f"{ticks}:row 1", f"{ticks}:row 2", "reference BBB 2018-01-02"])
+    assert all(d.reason == "out_of_range" and "pipeline.wire" in d.detail for d in dead)
+    assert ctx.ssr_luld_state == "NORMAL"
+
+
 def test_replay_two_processes_byte_identical(tmp_path, sim_files):
     # With the online pattern library on (deploy/local.yaml): the patterns the replay matures change the
     # answers of later queries, so this also checks that they join the library at the same points.
@@ -104,7 +129,7 @@ def test_replay_needs_its_inputs(tmp_path, capsys):
 
 def test_producer_refuses_a_row_the_wire_format_cannot_carry(tmp_path):
     from flows.producer import table_ticks
-    from schemas.canonical import read_ticks
+    from schemas.canonical import ReferenceRow, read_ticks
     from schemas.errors import HrmcondError
 
     ticks = tmp_path / "t.csv"
@@ -115,6 +140,9 @@ def test_producer_refuses_a_row_the_wire_format_cannot_carry(tmp_path):
     assert next(produced).kind == "trade"
     with pytest.raises(HrmcondError, match="row 1"):
         next(produced)
+    tiny = ReferenceRow("AAA", dt.date(2018, 1, 2), 1e-9, 1)  # a prior close outside pipeline.wire
+    with pytest.raises(HrmcondError, match="reference AAA 2018-01-02"):
+        next(table_ticks(read_ticks(ticks), [tiny]))
 
 
 def test_replay_refuses_an_unsorted_table(tmp_path, sim_files):

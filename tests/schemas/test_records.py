@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pydantic
 import pytest
 
 from schemas.records import (
+    MAX_DETAIL_CHARS,
+    MAX_KEY_CHARS,
     ConditioningFlags,
     ContextRecord,
     DeadLetter,
@@ -73,3 +76,23 @@ def test_dead_letter_keeps_bytes():
     dl = DeadLetter.of(raw, "invalid_json", "bad", 123, topic="ticks", partition=2, offset=99, key="AAPL")
     back = DeadLetter.model_validate_json(dl.model_dump_json())
     assert back.raw == raw and back.partition == 2 and back.reason == "invalid_json"
+
+
+def test_dead_letter_of_a_message_too_large_for_the_broker_keeps_a_prefix():
+    raw = bytes(range(256)) * 3_000  # 768 KB: base64 makes its dead letter 1.02 MB
+    dl = DeadLetter.of(raw, "invalid_json", "bad", 123, topic="ticks", partition=0, offset=7, key="AAPL")
+    assert len(dl.model_dump_json()) > 1_000_000  # whole, it is more than librdkafka's default message.max.bytes
+    assert not dl.truncated and dl.raw_size == len(raw) and dl.raw_sha256 == hashlib.sha256(raw).hexdigest()
+    fitted = dl.fit(1_000_000)
+    text = fitted.model_dump_json().encode()
+    assert 999_000 < len(text) <= 1_000_000
+    back = DeadLetter.model_validate_json(text)
+    assert back.truncated and raw.startswith(back.raw) and len(back.raw) > 700_000
+    assert (back.raw_size, back.raw_sha256, back.offset) == (len(raw), hashlib.sha256(raw).hexdigest(), 7)
+    assert dl.fit(len(dl.model_dump_json())) is dl  # one that fits is kept whole
+
+
+def test_dead_letter_cuts_a_hostile_key_and_detail():
+    dl = DeadLetter.of(b"x", "key_mismatch", "d" * 10**6, 1, key="K" * 10**6)
+    assert len(dl.key) == MAX_KEY_CHARS and len(dl.detail) == MAX_DETAIL_CHARS
+    assert len(dl.fit(10_000).model_dump_json()) < 10_000

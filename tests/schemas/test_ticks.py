@@ -1,22 +1,25 @@
-"""Tick wire format: valid round trips and every class of invalid input."""
+"""Tick wire format: valid round trips, every class of invalid input, exact types and plausibility bounds."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pydantic
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.errors import TickDecodeError
-from schemas.ticks import MIN_TS_NS, Quote, Reference, Status, Trade, decode_tick, encode_tick
+from schemas.ticks import MIN_TS_NS, Quote, Reference, Status, Trade, WireLimits, decode_tick, encode_tick
 
 T0 = 1_514_903_400_123_000_000  # 2018-01-02 14:30:00.123 UTC
 
 VALID = [
     {"kind": "trade", "symbol": "AAPL", "ts_ns": T0, "price": 158.3, "size": 100},
     {"kind": "trade", "symbol": "BRK.B", "ts_ns": T0, "price": 1.5, "size": 3, "exchange": "N", "conditions": "F I"},
+    {"kind": "trade", "symbol": "BRK.A", "ts_ns": T0, "price": 702_000.0, "size": 1},
+    {"kind": "trade", "symbol": "PENNY", "ts_ns": T0, "price": 0.0001, "size": 250_000_000},
     {"kind": "quote", "symbol": "AAPL", "ts_ns": T0, "bid": 158.29, "bid_size": 300, "ask": 158.31, "ask_size": 0},
     {"kind": "reference", "symbol": "AAPL", "ts_ns": T0, "prev_close": 157.92, "tier": 1},
     {"kind": "reference", "symbol": "XXX", "ts_ns": T0, "prev_close": 2.5, "tier": 2, "date": "2018-01-02"},
@@ -72,6 +75,39 @@ INVALID = {
         "invalid_value",
     ),
     "array": (b"[1,2]", "invalid_value"),
+    # exact JSON types: a boolean or a string is not a number, a number or a string not a flag
+    "bool price": ({"kind": "trade", "symbol": "A", "ts_ns": T0, "price": True, "size": 1}, "invalid_value"),
+    "numeric string price": (
+        {"kind": "trade", "symbol": "A", "ts_ns": T0, "price": "101.5", "size": 1}, "invalid_value"),
+    "string size": ({"kind": "trade", "symbol": "A", "ts_ns": T0, "price": 1, "size": "100"}, "invalid_value"),
+    "bool bid size": (
+        {"kind": "quote", "symbol": "A", "ts_ns": T0, "bid": 1, "bid_size": True, "ask": 2, "ask_size": 1},
+        "invalid_value",
+    ),
+    "string flag": ({"kind": "status", "symbol": "A", "ts_ns": T0, "ssr": "no"}, "invalid_value"),
+    "number flag": ({"kind": "status", "symbol": "A", "ts_ns": T0, "halted": 1}, "invalid_value"),
+    "bool tier": ({"kind": "reference", "symbol": "A", "ts_ns": T0, "prev_close": 1, "tier": True}, "invalid_value"),
+    "float tier": ({"kind": "reference", "symbol": "A", "ts_ns": T0, "prev_close": 1, "tier": 2.0}, "invalid_value"),
+    "bool schema version": (
+        {"kind": "trade", "symbol": "A", "ts_ns": T0, "price": 1, "size": 1, "schema_version": True},
+        "invalid_value",
+    ),
+    "long exchange": (
+        {"kind": "trade", "symbol": "A", "ts_ns": T0, "price": 1, "size": 1, "exchange": "X" * 10_000},
+        "invalid_value",
+    ),
+    # absurd magnitudes (pipeline.wire)
+    "huge price": ({"kind": "trade", "symbol": "A", "ts_ns": T0, "price": 1e300, "size": 1}, "out_of_range"),
+    "tiny price": ({"kind": "trade", "symbol": "A", "ts_ns": T0, "price": 1e-300, "size": 1}, "out_of_range"),
+    "huge size": ({"kind": "trade", "symbol": "A", "ts_ns": T0, "price": 1, "size": 1e12}, "out_of_range"),
+    "huge ask": (
+        {"kind": "quote", "symbol": "A", "ts_ns": T0, "bid": 1, "bid_size": 1, "ask": 1e30, "ask_size": 1},
+        "out_of_range",
+    ),
+    "tiny prior close": (
+        {"kind": "reference", "symbol": "A", "ts_ns": T0, "prev_close": 1e-9, "tier": 1}, "out_of_range"),
+    "huge band": (
+        {"kind": "status", "symbol": "A", "ts_ns": T0, "band_low": 1.0, "band_high": 1e300}, "out_of_range"),
 }
 
 
@@ -85,9 +121,26 @@ def test_invalid_is_rejected_with_reason(raw, reason):
 
 
 def test_crossed_quote_is_flagged_not_hidden():
-    q = decode_tick(json.dumps(VALID[2] | {"bid": 10.0, "ask": 9.99}).encode())
+    quote = next(m for m in VALID if m["kind"] == "quote")
+    q = decode_tick(json.dumps(quote | {"bid": 10.0, "ask": 9.99}).encode())
     assert isinstance(q, Quote) and q.crossed
-    assert not decode_tick(json.dumps(VALID[2]).encode()).crossed
+    assert not decode_tick(json.dumps(quote).encode()).crossed
+
+
+def test_exact_types_where_pydantic_would_coerce():
+    """pydantic's default (lax) mode reads these as numbers and flags; the wire format does not (see INVALID)."""
+    lax_number, lax_flag = pydantic.TypeAdapter(float), pydantic.TypeAdapter(bool)
+    assert lax_number.validate_json("true") == 1.0 and lax_number.validate_json('"101.5"') == 101.5
+    assert lax_flag.validate_json('"no"') is False and lax_flag.validate_json("1") is True
+    for price in (b"true", b'"101.5"'):
+        with pytest.raises(TickDecodeError, match="price"):
+            decode_tick(b'{"kind":"trade","symbol":"A","ts_ns":%d,"price":%s,"size":1}' % (T0, price))
+    for flag in (b'"no"', b"1"):
+        with pytest.raises(TickDecodeError, match="ssr"):
+            decode_tick(b'{"kind":"status","symbol":"A","ts_ns":%d,"ssr":%s}' % (T0, flag))
+
+
+REASONS = {"invalid_json", "unknown_kind", "missing_field", "unknown_field", "invalid_value", "out_of_range"}
 
 
 @given(st.binary(max_size=200))
@@ -95,7 +148,53 @@ def test_arbitrary_bytes_never_crash(raw):
     try:
         decode_tick(raw)
     except TickDecodeError as err:
-        assert err.reason in {"invalid_json", "unknown_kind", "missing_field", "unknown_field", "invalid_value"}
+        assert err.reason in REASONS
+
+
+HOSTILE = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.sampled_from(["2024-03-01", 0, -1, 1, 2, T0, 2**64, 1e300, 1e-300, 1e-4, 1e7, -0.0, "101.5", "NaN"]),
+)
+TEMPLATES = [VALID[0], VALID[4], VALID[6], VALID[7], VALID[8]]  # trade, quote, reference (date), status x2
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(TEMPLATES), st.data())
+def test_hostile_fields_are_rejected_with_a_reason_or_are_sound(template, data):
+    """Fuzz: valid messages with some fields replaced by hostile values. Nothing but a TickDecodeError
+    escapes, and what is accepted has exact types and values inside the limits."""
+    names = st.sampled_from(sorted(set(template) - {"kind"}) + ["halted", "ssr", "band_low", "band_high", "seq"])
+    msg = template | data.draw(st.dictionaries(names, HOSTILE, max_size=3))
+    try:
+        tick = decode_tick(json.dumps(msg).encode())
+    except TickDecodeError as err:
+        assert err.reason in REASONS and err.detail
+        return
+    limits = WireLimits()
+    for name, value in msg.items():  # accepted as given (null: an optional field left out), never coerced
+        if value is None:
+            assert getattr(tick, name) is None, name
+            continue
+        if name in ("price", "bid", "ask", "prev_close", "band_low", "band_high"):
+            assert type(value) in (int, float) and limits.min_price <= value <= limits.max_price, name
+        elif name in ("size", "bid_size", "ask_size"):
+            assert type(value) in (int, float) and 0 <= value <= limits.max_size, name
+        elif name in ("ts_ns", "tier", "seq"):
+            assert type(value) is int, name
+        elif name in ("halted", "luld_pause", "ssr"):
+            assert type(value) is bool, name
+        assert getattr(tick, name) == (dt.date.fromisoformat(value) if name == "date" else value), name
+
+
+def test_limits_are_configurable():
+    msg = json.dumps({"kind": "trade", "symbol": "A", "ts_ns": T0, "price": 3e6, "size": 1}).encode()
+    assert decode_tick(msg).price == 3e6  # inside the default 1e-4 .. 1e7 USD
+    with pytest.raises(TickDecodeError) as info:
+        decode_tick(msg, WireLimits(max_price=2e6))
+    assert info.value.reason == "out_of_range" and "2000000.0" in info.value.detail
+    with pytest.raises(pydantic.ValidationError, match="must be below"):
+        WireLimits(min_price=10, max_price=1)
 
 
 @given(

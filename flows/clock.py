@@ -14,10 +14,13 @@ Heartbeats are emitted at the stream position where the watermark crossed the bo
 end, so their place among the ticks is a function of the partition's content too.
 
 A tick far ahead of the clock (a clock error at a producer, a year 2099) must not drag every other symbol of
-the partition along. It moves the clock only once the next tick confirms the jump (it lies at or beyond the
-suspect, minus ``max_ahead``), as the first ticks of a new session do after a night's gap; a lone one leaves
-the clock where it was. Reference data (stamped at the start of its date, often published days ahead) neither
-moves the clock nor makes its symbol a member: a symbol is sent heartbeats from its first trade or quote on,
+the partition along. It moves the clock only once another tick confirms the jump (one within ``max_ahead`` of
+it, as the first ticks of a new session are after a night's gap); a tick near the clock refutes it, and one
+far from both replaces it. After :data:`MAX_SUSPECTS` far-ahead ticks in a row, none near another (a stream
+so thin its ticks are further apart than ``max_ahead``), the earliest of them becomes the clock.
+
+Reference data (stamped at the start of its date, often published days ahead) neither moves the clock nor
+makes its symbol a member: a symbol is sent heartbeats from its first trade or quote on,
 until it has been idle for ``evict_after_ns``: its last heartbeat then says so (``evict``), the bar step
 discards the symbol's state after it and the inference step the regime smoother's, so a universe that churns
 through symbols keeps only the recently active ones. A symbol that returns starts afresh, as a new one.
@@ -29,6 +32,9 @@ from dataclasses import dataclass, field
 
 from flows.bars import Heartbeat
 from schemas.ticks import Reference
+
+#: Far-ahead ticks in a row, none confirming another, after which the earliest is taken as the clock.
+MAX_SUSPECTS = 4
 
 
 def clock_key(name: str) -> str:
@@ -55,8 +61,11 @@ class EventClock:
     evict_after_ns: int | None = None
     #: Newest event time accepted (0 before the first tick).
     now_ns: int = 0
-    #: A tick that jumped more than ``max_ahead_ns`` ahead, waiting for the next tick to confirm it (0: none).
+    #: The newest tick that jumped more than ``max_ahead_ns`` ahead, waiting for confirmation (0: none), how
+    #: many such ticks came in a row, and the earliest of them.
     suspect_ns: int = 0
+    suspects_in_row: int = 0
+    earliest_suspect_ns: int = 0
     #: The watermark must reach this to send the next heartbeats (0 before the first tick).
     next_beat_ns: int = 0
     #: Symbols of the partition -> their newest event time.
@@ -87,14 +96,19 @@ class EventClock:
 
     def _accept(self, ts_ns: int) -> int:
         """The time ``ts_ns`` lets the clock move to (the current time while a jump waits for confirmation)."""
-        if self.max_ahead_ns is None or not self.now_ns:
+        ahead = self.max_ahead_ns
+        if ahead is None or not self.now_ns or ts_ns <= self.now_ns + ahead:
+            self.suspect_ns, self.suspects_in_row = 0, 0  # near the clock: any suspect is refuted
             return ts_ns
-        if self.suspect_ns:
-            if ts_ns >= self.suspect_ns - self.max_ahead_ns:  # two ticks agree: the stream did move on
-                confirmed, self.suspect_ns = self.suspect_ns, 0
-                return max(confirmed, ts_ns)
-            self.suspect_ns = 0  # refuted: the stream went on near the old clock
-        if ts_ns > self.now_ns + self.max_ahead_ns:
-            self.suspect_ns = ts_ns
-            return self.now_ns
-        return ts_ns
+        if self.suspect_ns and abs(ts_ns - self.suspect_ns) <= ahead:  # two ticks agree: the stream moved on
+            confirmed = max(self.suspect_ns, ts_ns)
+            self.suspect_ns, self.suspects_in_row = 0, 0
+            return confirmed
+        self.suspects_in_row += 1
+        self.earliest_suspect_ns = ts_ns if self.suspects_in_row == 1 else min(self.earliest_suspect_ns, ts_ns)
+        if self.suspects_in_row > MAX_SUSPECTS:  # a stream so thin its ticks are never near each other
+            earliest = self.earliest_suspect_ns
+            self.suspect_ns, self.suspects_in_row = 0, 0
+            return earliest
+        self.suspect_ns = ts_ns
+        return self.now_ns

@@ -76,3 +76,20 @@ def test_reference_data_neither_moves_the_clock_nor_joins_it():
     clock = new_clock()
     run(clock, [trade("AAA", OPEN), Reference(symbol="ZZZ", ts_ns=OPEN + 86_400 * S, prev_close=10.0, tier=1)])
     assert clock.now_ns == OPEN and set(clock.symbols) == {"AAA"}
+
+
+def test_a_later_far_ahead_tick_replaces_the_suspect_instead_of_confirming_it():
+    clock = new_clock()
+    run(clock, [trade("AAA", OPEN), trade("AAA", OPEN + 86_400 * S), trade("AAA", 4_070_000_000 * S)])
+    assert clock.now_ns == OPEN and clock.suspect_ns == 4_070_000_000 * S  # a day, then 2099: no agreement
+    run(clock, [trade("AAA", OPEN + S)])
+    assert clock.now_ns == OPEN + S and not clock.suspect_ns
+
+
+def test_a_thin_stream_takes_its_earliest_suspect_after_a_run_of_them():
+    clock = new_clock()
+    hourly = [trade("AAA", OPEN + h * 3600 * S) for h in range(7)]  # every tick an hour after the one before
+    run(clock, hourly)
+    # the 5th far-ahead tick in a row, none near another: the earliest of the run becomes the clock (it moves
+    # on, if slowly, where a partition is this thin; its heartbeats lag, nothing is lost)
+    assert clock.now_ns == hourly[1].ts_ns and clock.suspect_ns == hourly[6].ts_ns

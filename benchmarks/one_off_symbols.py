@@ -51,7 +51,9 @@ def replay_peak_rss_mib(ticks: Path, out: Path, evict_idle_s: int | None) -> tup
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, "replay", "--config", str(REPO / "deploy" / "local.yaml"),
                            "--format", "canonical", "--ticks", str(ticks), "--features-out", str(out)],
-                          env=env, cwd=REPO, capture_output=True, text=True, check=True)
+                          env=env, cwd=REPO, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"replay failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return int(done.stderr.strip().splitlines()[-1]) / 1024, time.perf_counter() - started
 
 

@@ -79,3 +79,41 @@ def test_a_returning_symbol_starts_afresh():
     returned = [b for b in run.bars("AAA") if b.window_end_ns > OPEN + 40 * MIN]
     assert returned and [(b.window_end_ns, b.n_trades, b.rv, b.tsrv) for b in returned] == \
         [(b.window_end_ns, b.n_trades, b.rv, b.tsrv) for b in fresh.bars("AAA")]
+
+
+def test_a_replay_with_evictions_conditions_the_returning_symbol_as_new(tmp_path):
+    """Through the whole replay graph (the eviction markers pass the inference step and are dropped before the
+    sinks): after its return, the evicted symbol's contexts are those of a symbol first seen then. (That its
+    regime smoother goes too is checked in tests/pipeline/test_contexts.py: here its regimes happen to agree.)"""
+    import numpy as np
+    import pyarrow as pa
+
+    from flows.config import load_config
+    from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
+    from flows.runner import run_process
+    from schemas.canonical import CANONICAL_SCHEMA
+    from schemas.records import ContextRecord
+
+    rng = np.random.default_rng(3)
+    away = [(OPEN + i * 20 * S, "AAA") for i in range(90)]  # 09:30-10:00
+    back = [(OPEN + 60 * MIN + i * 20 * S, "AAA") for i in range(180)]  # back at 10:30, 30 min later
+    pulse = [(OPEN + i * 15 * S, "BBB") for i in range(10 * 60)]  # keeps the clock moving until 12:00
+    prices = dict(zip(sorted(away + back + pulse), 10 * np.exp(np.cumsum(rng.normal(0, 2e-3, 870))), strict=True))
+    cfg = load_config("deploy/local.yaml", env={"HRMCOND__PIPELINE__EVICT_IDLE_S": "600"})
+
+    def aaa_after_return(rows: list) -> list[tuple]:
+        rows = sorted(rows)
+        n = len(rows)
+        table = pa.table({"ts_ns": [t for t, _ in rows], "symbol": [s for _, s in rows], "kind": ["trade"] * n,
+                          "price": [prices[r] for r in rows], "size": np.full(n, 100.0),
+                          **{c: pa.nulls(n, pa.float64()) for c in ("bid", "bid_size", "ask", "ask_size")}},
+                         schema=CANONICAL_SCHEMA)
+        outputs = ReplayOutputs(tmp_path / f"ctx-{n}.jsonl")
+        run_process(build_replay_flow(cfg, table, (), outputs))
+        finish_replay(outputs)
+        records = map(ContextRecord.model_validate_json, outputs.contexts.read_bytes().splitlines())
+        return [(r.window_end_ns, r.regime_probs, r.regime) for r in records
+                if r.symbol == "AAA" and r.window_end_ns > OPEN + 60 * MIN]
+
+    returned = aaa_after_return(away + back + pulse)
+    assert len(returned) == 60 and returned == aaa_after_return(back + pulse)

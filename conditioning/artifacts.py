@@ -33,9 +33,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conditioning.config import ConditioningConfig
-from conditioning.features.types import FEATURE_LAYOUT_VERSION
 from conditioning.system import ConditioningSystem
 from schemas.errors import HrmcondError
+from schemas.layout import FEATURE_LAYOUT_VERSION
 
 #: 2: the manifest records a sha256 per file (``files``); format 1 had none and is refused.
 MANIFEST_FORMAT = 2

@@ -68,16 +68,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import hnswlib
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from conditioning.features.types import OUTCOME_DIM, Pattern
-
-RagStatus = Literal["ok", "timeout", "disabled", "empty", "error", "unavailable"]
+from conditioning.features.types import Pattern
+from schemas.layout import OUTCOME_DIM
+from schemas.records import RagStatus
 
 OVERFETCH = 4
 #: Up to this many eligible entries, the point-in-time fallback is an exact numpy search over them (an hnswlib

@@ -31,10 +31,11 @@ import torch
 from torch import Tensor, nn
 
 from conditioning.config import ConditioningConfig
-from conditioning.features.types import REGIME_FEATURE_DIM
 from conditioning.film import FiLMLayer
-from conditioning.rag import PatternRAG, RagStatus, Retrieval
+from conditioning.rag import PatternRAG, Retrieval
 from conditioning.regime import RegimeClassifier
+from schemas.layout import REGIME_FEATURE_DIM
+from schemas.records import FAILED_OPEN, RagStatus
 
 FEATURE_KEYS = ("regime_features", "pattern_features")
 FUSION_HIDDEN = 32
@@ -126,7 +127,7 @@ class ConditioningSystem(nn.Module):
             if status == "ok":
                 rag_ctx = self.pattern_rag.project(retrieval)  # [B, C]
                 has_neighbours = torch.as_tensor(retrieval.valid.any(axis=1), device=ref.device)[:, None]
-            elif status in ("timeout", "error", "unavailable") and not self.fail_open:
+            elif status in FAILED_OPEN and not self.fail_open:
                 raise RagUnavailableError(
                     f"pattern retrieval {status} (timeout_ms={budget_ms}) with fail_open=false"
                 ) from retrieval.error

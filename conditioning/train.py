@@ -35,9 +35,10 @@ import torch
 from tqdm.auto import tqdm
 
 from conditioning.audit import cohen_kappa
-from conditioning.features.types import PATTERN_DIM, REGIME_FEATURE_DIM, REGIME_FEATURE_NAMES, Pattern
+from conditioning.features.types import Pattern
 from conditioning.rag import PatternRAG
 from conditioning.regime import REGIME_INDEX, REGIME_NAMES, RegimeClassifier
+from schemas.layout import PATTERN_DIM, REGIME_FEATURE_DIM, REGIME_FEATURE_NAMES
 
 _COL = {name: i for i, name in enumerate(REGIME_FEATURE_NAMES)}
 

@@ -53,9 +53,10 @@ from bytewax.operators import StatefulLogic
 
 from conditioning.features.ssr_luld import SsrLuldInputError, session_day, trading_date
 from conditioning.features.state import BarFeatures, FeatureParams, SymbolFeatures
-from conditioning.features.types import Pattern, SsrLuldState
+from conditioning.features.types import Pattern
 from flows.config import PipelineConfig
 from flows.metrics import METRICS
+from schemas.layout import SsrLuldState
 from schemas.records import DeadLetter
 from schemas.ticks import Quote, Reference, Status, Trade, encode_tick
 

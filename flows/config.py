@@ -24,21 +24,19 @@ from typing import Any
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from conditioning.config import ConditioningConfig
 from schemas.errors import ConfigError
+from schemas.strict import Strict
 from schemas.ticks import WireLimits
 
 ENV_PREFIX = "HRMCOND__"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "conditioning" / "pretrained" / "default"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-
-class SessionConfig(_Strict):
+class SessionConfig(Strict):
     """Which ticks count. Regular hours are 09:30-16:00 US/Eastern on weekdays not in ``holidays`` (the
     session clock of ``conditioning.features.ssr_luld``: LULD and Rule 201 are defined on it). Ticks outside
     are counted (``hrmcond_ticks_outside_session_total``), not processed."""
@@ -48,7 +46,7 @@ class SessionConfig(_Strict):
     holidays: tuple[dt.date, ...] = ()
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(Strict):
     #: Bar interval in event time; one context per symbol per bar.
     bar_ms: int = Field(60_000, gt=0)
     #: Trailing window over which the regime features are estimated.
@@ -95,7 +93,7 @@ class PipelineConfig(_Strict):
         return self
 
 
-class TopicsConfig(_Strict):
+class TopicsConfig(Strict):
     ticks: str = "ticks"
     contexts: str = "contexts"
     features: str | None = "features"
@@ -104,7 +102,7 @@ class TopicsConfig(_Strict):
     partitions: int = Field(3, ge=1)
 
 
-class KafkaConfig(_Strict):
+class KafkaConfig(Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
     topics: TopicsConfig = TopicsConfig()
     #: Extra librdkafka settings (SASL/SSL, timeouts...) passed through to consumers and producers.
@@ -129,19 +127,19 @@ class KafkaConfig(_Strict):
         return conf
 
 
-class RecoveryConfig(_Strict):
+class RecoveryConfig(Strict):
     #: Bytewax recovery store; None disables recovery.
     dir: Path | None = None
     snapshot_interval_s: float = Field(10.0, gt=0)
     backup_interval_s: float = Field(0.0, ge=0)
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     #: Directory with weights, normaliser, pattern index and manifest (see conditioning/artifacts.py).
     dir: Path = DEFAULT_MODEL_DIR
 
 
-class MetricsConfig(_Strict):
+class MetricsConfig(Strict):
     #: Prometheus exposition port; None disables the endpoint.
     port: int | None = Field(None, ge=1, le=65535)
     #: Address the endpoint listens on. Loopback by default: the metrics are unauthenticated, so a scraper on
@@ -149,7 +147,7 @@ class MetricsConfig(_Strict):
     host: str = Field("127.0.0.1", min_length=1)
 
 
-class AppConfig(_Strict):
+class AppConfig(Strict):
     conditioning: ConditioningConfig = ConditioningConfig()
     pipeline: PipelineConfig = PipelineConfig()
     kafka: KafkaConfig = KafkaConfig()

@@ -36,6 +36,7 @@ from flows.breaker import RetrievalBreaker
 from flows.config import AppConfig
 from flows.metrics import METRICS
 from schemas.records import (
+    FAILED_OPEN,
     ConditioningFlags,
     ContextRecord,
     FeatureRecord,
@@ -121,7 +122,8 @@ class ContextEngine:
         if retrieve and not self.deterministic and self.flags.enable_rag:
             # Judged by the first chunk, which had the whole deadline: later ones of a large catch-up batch
             # time out from load, not because the index is stuck.
-            self.breaker.record(drafts[0][1].rag_status in ("timeout", "error"), time.monotonic_ns())
+            # (Retrieval was attempted, so the status is never ``unavailable`` here.)
+            self.breaker.record(drafts[0][1].rag_status in FAILED_OPEN, time.monotonic_ns())
         # A pattern from a window without data (all-zero vector) or whose outcome stayed undefined cannot be
         # retrieved meaningfully; it is left out of the library.
         matured = [p for b in bars for p in b.matured

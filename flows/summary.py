@@ -8,11 +8,9 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from schemas.records import ContextRecord, DeadLetter
+from schemas.records import FAILED_OPEN, ContextRecord, DeadLetter
 
 EASTERN = ZoneInfo("America/New_York")
-#: RAG statuses whose context went out without the RAG part because retrieval did not answer.
-FAILED_OPEN = ("timeout", "error", "unavailable")
 
 
 def _et(ts_ns: int) -> str:

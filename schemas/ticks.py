@@ -37,6 +37,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import PydanticCustomError
 
 from schemas.errors import TickDecodeError
+from schemas.strict import Strict
 
 TICK_SCHEMA_VERSION = 1
 
@@ -46,12 +47,10 @@ MIN_TS_NS = int(dt.datetime(2000, 1, 1, tzinfo=dt.UTC).timestamp()) * 1_000_000_
 MAX_TS_NS = int(dt.datetime(2100, 1, 1, tzinfo=dt.UTC).timestamp()) * 1_000_000_000
 
 
-class WireLimits(BaseModel):
+class WireLimits(Strict):
     """Plausibility bounds on tick values (configured as ``pipeline.wire``). A value outside them is a corrupt
     or mis-scaled message, not a market event: a trade at 1e-300 USD would trigger SSR, one at 1e300 a LULD
     halt. It is rejected with reason ``out_of_range`` before it reaches any state."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     #: USD; applies to every price (trade, bid, ask, prior close, LULD bands). Sub-penny stocks trade near
     #: 1e-4, BRK.A near 7e5.

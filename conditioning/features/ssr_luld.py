@@ -7,7 +7,7 @@ Pure Python (no numpy needed, no Bytewax/Kafka/torch). Two layers:
   :mod:`zoneinfo`, so DST is the tz database's business, not ours);
 * :class:`SsrLuldTracker`, an event-time state machine fed with reference data, consolidated last sales, NBBO
   quotes and feed status messages, whose :meth:`SsrLuldTracker.state_at` yields the 4-state categorical
-  :class:`~conditioning.features.types.SsrLuldState` used in the regime feature vector.
+  :class:`~schemas.layout.SsrLuldState` used in the regime feature vector.
 
 Rules (sources: ``../shared/docs/REFERENCE.md`` section 2; SEC Rule 201, 17 CFR 242.201; the NMS Plan to
 Address Extraordinary Market Volatility, "LULD Plan", luldplan.com):
@@ -39,8 +39,8 @@ from datetime import date, datetime, time, timedelta
 from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
-from conditioning.features.types import SsrLuldState
 from schemas.errors import HrmcondError
+from schemas.layout import SsrLuldState
 
 __all__ = [
     "BAND_TOLERANCE_USD",

@@ -52,8 +52,9 @@ from conditioning.features.pattern import PATTERN_BARS, pattern_outcome, pattern
 from conditioning.features.realized import DEFAULT_MIN_RETURNS, RealizedMeasures, realized_measures
 from conditioning.features.spreads import is_valid_quote, mid_quote_volatility
 from conditioning.features.ssr_luld import SsrLuldTracker
-from conditioning.features.types import LEVEL_FEATURES, PATTERN_DIM, Pattern, SsrLuldState
+from conditioning.features.types import Pattern
 from conditioning.features.volume_profile import volume_at_price
+from schemas.layout import LEVEL_FEATURES, PATTERN_DIM, SsrLuldState
 
 
 @dataclass(frozen=True, slots=True)

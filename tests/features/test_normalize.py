@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conditioning.features.normalize import FeatureNormalizer
-from conditioning.features.types import FEATURE_LAYOUT_VERSION, REGIME_FEATURE_NAMES
+from schemas.layout import FEATURE_LAYOUT_VERSION, REGIME_FEATURE_NAMES
 
 IDX = {n: i for i, n in enumerate(REGIME_FEATURE_NAMES)}
 

@@ -27,7 +27,7 @@ from conditioning.features.ssr_luld import (
     ssr_trigger_price,
     trading_date,
 )
-from conditioning.features.types import SsrLuldState
+from schemas.layout import SsrLuldState
 
 ET = ZoneInfo("America/New_York")
 S = 1_000_000_000

@@ -16,7 +16,7 @@ from conditioning.features.ssr_luld import (
     next_trading_day,
     regular_session,
 )
-from conditioning.features.types import SsrLuldState
+from schemas.layout import SsrLuldState
 
 ET = ZoneInfo("America/New_York")
 S = 1_000_000_000

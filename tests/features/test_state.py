@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from conditioning.features.baseline import LevelBaseline
 from conditioning.features.batch import Ticks
 from conditioning.features.state import FeatureParams, SymbolFeatures
-from conditioning.features.types import OUTCOME_NAMES, PATTERN_DIM, REGIME_FEATURE_DIM, SsrLuldState
+from schemas.layout import OUTCOME_NAMES, PATTERN_DIM, REGIME_FEATURE_DIM, SsrLuldState
 
 from .conftest import NS, T0, synthetic_ticks
 

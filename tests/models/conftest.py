@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conditioning.features.types import OUTCOME_DIM, PATTERN_DIM, Pattern
+from conditioning.features.types import Pattern
+from schemas.layout import OUTCOME_DIM, PATTERN_DIM
 
 BAR_NS = 60_000_000_000  # one-minute bars
 

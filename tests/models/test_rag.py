@@ -557,7 +557,8 @@ def test_load_refuses_a_library_of_the_previous_format(h, rng, tmp_path):
 
 EXIT_DURING_BUILD = """
 import numpy as np
-from conditioning.features.types import OUTCOME_DIM, Pattern
+from conditioning.features.types import Pattern
+from schemas.layout import OUTCOME_DIM
 from conditioning.rag import PatternRAG
 
 rng = np.random.default_rng(0)

@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conditioning.features.types import SsrLuldState
 from conditioning.hysteresis import RegimeSmoother
 from conditioning.regime import REGIME_INDEX, RegimeClassifier
+from schemas.layout import SsrLuldState
 
 LOW, HIGH, TREND, SSR, LULD, NORMAL = (REGIME_INDEX[n] for n in
                                        ("low_vol", "high_vol", "trending", "ssr_active", "luld_active", "normal"))

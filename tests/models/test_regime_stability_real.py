@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from conditioning.features.ssr_luld import trading_date
-from conditioning.features.types import SsrLuldState
 from conditioning.hysteresis import RegimeSmoother
 from conditioning.regime import REGIME_INDEX, REGIME_NAMES
 from flows.config import AppConfig, load_config
 from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
 from flows.runner import run_process
+from schemas.layout import SsrLuldState
 from schemas.records import ContextRecord
 
 pytestmark = pytest.mark.shared_data

@@ -29,11 +29,11 @@ import torch
 
 from conditioning.datasets import feature_table, read_feature_records
 from conditioning.features.ssr_luld import trading_date
-from conditioning.features.types import OUTCOME_NAMES
 from conditioning.train import build_pattern_library
 from flows.config import load_config
 from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
 from flows.runner import run_process
+from schemas.layout import OUTCOME_NAMES
 
 pytestmark = pytest.mark.shared_data
 

@@ -11,10 +11,10 @@ import torch
 from conditioning.artifacts import ArtifactMismatchError, load_model, save_model
 from conditioning.config import ConditioningConfig
 from conditioning.features.normalize import FeatureNormalizer
-from conditioning.features.types import REGIME_FEATURE_NAMES, SsrLuldState
 from conditioning.regime import REGIME_INDEX
 from conditioning.system import ConditioningSystem
 from conditioning.train import LabelRules, build_pattern_library, fit_regime_classifier
+from schemas.layout import REGIME_FEATURE_NAMES, SsrLuldState
 
 COL = {n: i for i, n in enumerate(REGIME_FEATURE_NAMES)}
 

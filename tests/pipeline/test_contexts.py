@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from conditioning.features.state import BarFeatures
-from conditioning.features.types import OUTCOME_DIM, Pattern, SsrLuldState
+from conditioning.features.types import Pattern
 from conditioning.rag import PatternRAG
 from flows.bars import Heartbeat
 from flows.config import load_config
 from flows.contexts import INFER_ROWS, InferenceLogic, load_engine
 from flows.metrics import sample
+from schemas.layout import OUTCOME_DIM, SsrLuldState
 
 T0 = 1_709_562_660_000_000_000  # 2024-03-04 09:31 ET, after the shipped library's patterns are known
 MIN = 60 * 10**9

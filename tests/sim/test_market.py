@@ -11,7 +11,6 @@ import pyarrow.compute as pc
 import pytest
 
 from conditioning.features.ssr_luld import SsrLuldTracker
-from conditioning.features.types import SsrLuldState
 from conditioning.sim.market import (
     REGIMES,
     MarketConfig,
@@ -21,6 +20,7 @@ from conditioning.sim.market import (
     simulate_market,
 )
 from schemas.canonical import read_reference, read_ticks, session_mask, validate_ticks
+from schemas.layout import SsrLuldState
 
 
 @pytest.fixture(scope="module")

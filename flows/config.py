@@ -20,15 +20,16 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
 import yaml
 from pydantic import Field, SecretStr, model_validator
 
 from conditioning.config import ConditioningConfig
+from conditioning.features.pattern import PATTERN_BARS
 from schemas.errors import ConfigError
-from schemas.strict import Strict
+from schemas.strict import Strict, fixed_at
 from schemas.ticks import WireLimits
 
 ENV_PREFIX = "HRMCOND__"
@@ -68,8 +69,10 @@ class PipelineConfig(Strict):
     #: an SSR restriction lasts into the next session, a halt can last days. None = never.
     evict_idle_s: int | None = Field(7 * 86_400, gt=0)
     #: TSRV slow-scale K; None = data-driven ``c * n^(2/3)``.
-    tsrv_k: int | None = Field(None, ge=1)
-    pattern_bars: int = Field(32, ge=2)
+    tsrv_k: int | None = Field(None, ge=2)
+    pattern_bars: Annotated[int, fixed_at(PATTERN_BARS, "by the pattern layout (conditioning/features/pattern.py)")] = (
+        PATTERN_BARS
+    )
     pattern_horizon_bars: int = Field(5, ge=1)
     #: Half-life of the per-symbol level baselines in bars (conditioning/features/baseline.py).
     baseline_halflife_bars: float = Field(1_950.0, gt=0)
@@ -88,6 +91,8 @@ class PipelineConfig(Strict):
     def _windows_cover_a_bar(self) -> PipelineConfig:
         if self.lookback_s * 1000 < self.bar_ms:
             raise ValueError(f"lookback_s ({self.lookback_s} s) must cover at least one bar ({self.bar_ms} ms)")
+        if self.lookback_s * 1000 % self.bar_ms:
+            raise ValueError(f"lookback_s ({self.lookback_s} s) must be a whole number of bars ({self.bar_ms} ms)")
         if self.max_ahead_ms < self.bar_ms:
             raise ValueError(f"max_ahead_ms ({self.max_ahead_ms} ms) must cover at least one bar ({self.bar_ms} ms)")
         return self

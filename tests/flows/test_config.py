@@ -60,6 +60,13 @@ def test_shipped_configs_load(path):
         ("pipeline: {session: {holidays: [2018-13-01]}}", "not valid YAML"),
         ("pipeline: {session: {holidays: [yesterday]}}", "pipeline.session.holidays"),
         ("nonsense: 1", "nonsense"),
+        # Values that look adjustable but that the layout or the model fixes: rejected at load, not later.
+        ("conditioning: {regime: {num_regimes: 4}}", "conditioning.regime.num_regimes"),
+        ("conditioning: {rag: {pattern_dim: 64}}", "conditioning.rag.pattern_dim"),
+        ("conditioning: {film: {context_dim: 128}}", "conditioning.film.context_dim"),
+        ("pipeline: {pattern_bars: 16}", "pipeline.pattern_bars"),
+        ("pipeline: {tsrv_k: 1}", "pipeline.tsrv_k"),
+        ("pipeline: {lookback_s: 90, bar_ms: 60000}", "pipeline"),
     ],
 )
 def test_wrong_key_type_value_names_the_key(tmp_path, text, key):

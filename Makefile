@@ -54,5 +54,10 @@ model: $(VENV)/.installed-demo
 	    --out $(MODEL_DIR) --seed 0
 	$(BIN)/hrmcond build-patterns --features $(MODEL_WORK)/features.jsonl --model $(MODEL_DIR)
 
+# Every benchmark writes its figures to benchmarks/results/<name>.json (minutes each; not part of `make test`).
+BENCHMARKS := feature_throughput models_latency pipeline_latency state_memory one_off_symbols
+bench: $(VENV)/.installed-test
+	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py || exit 1; done
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

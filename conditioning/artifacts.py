@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conditioning.config import ConditioningConfig
+from conditioning.features.normalize import FeatureNormalizer
 from conditioning.system import ConditioningSystem
 from schemas.errors import HrmcondError
 from schemas.layout import FEATURE_LAYOUT_VERSION
@@ -86,7 +86,7 @@ def _package_version() -> str:
 
 
 def save_model(
-    directory: str | Path, system: ConditioningSystem, normalizer: Any, *, training_fingerprint: str,
+    directory: str | Path, system: ConditioningSystem, normalizer: FeatureNormalizer, *, training_fingerprint: str,
     extra: dict | None = None,
 ) -> dict:
     """Write the model directory; ``extra`` (e.g. label rules, held-out metrics) goes into the manifest."""
@@ -114,7 +114,7 @@ def save_model(
 @dataclass
 class LoadedModel:
     system: ConditioningSystem
-    normalizer: Any
+    normalizer: FeatureNormalizer
     manifest: dict
 
 
@@ -162,13 +162,9 @@ def verify_model(directory: str | Path, config: ConditioningConfig | None = None
     return manifest
 
 
-def load_model(
-    directory: str | Path, config: ConditioningConfig | None = None,
-    normalizer_from_dict: Callable[[dict], Any] | None = None,
-) -> LoadedModel:
+def load_model(directory: str | Path, config: ConditioningConfig | None = None) -> LoadedModel:
     """Rebuild the system saved in ``directory`` after ``verify_model``. With ``config`` the saved config
-    must hash the same; without, the saved config is used. ``normalizer_from_dict`` defaults to
-    ``FeatureNormalizer.from_dict``."""
+    must hash the same; without, the saved config is used."""
     directory = Path(directory)
     manifest = verify_model(directory, config)
     system = ConditioningSystem(config or ConditioningConfig.model_validate(manifest["config"]))
@@ -176,9 +172,5 @@ def load_model(
             "the model architecture changed since this artifact was written: retrain")
     system.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
     system.pattern_rag.load_library(directory / "patterns")
-    if normalizer_from_dict is None:
-        from conditioning.features.normalize import FeatureNormalizer
-
-        normalizer_from_dict = FeatureNormalizer.from_dict
-    normalizer = normalizer_from_dict(json.loads((directory / "normalizer.json").read_text()))
+    normalizer = FeatureNormalizer.from_dict(json.loads((directory / "normalizer.json").read_text()))
     return LoadedModel(system.eval(), normalizer, manifest)

@@ -2,17 +2,17 @@
 
 Index. hnswlib HNSW, cosine space (``d = 1 - cos``; the pattern vectors are z-scored shapes, so direction
 matters and scale does not), ``M = 16`` links per node, ``ef_construction = 200``, ``ef = 64`` at query
-time (``ef`` is not saved by hnswlib and is set again on load). Measured on 128-d clustered data: 10k
-vectors, recall@10 = 1.0 at ~25 us per query (docs/REFERENCE.md); tests/models/test_rag.py checks
-recall@10 >= 0.95 against brute force, also after many rounds of online updates and compactions.
+time (``ef`` is not saved by hnswlib and is set again on load); tests/models/test_rag.py checks recall@10 >=
+0.95 against brute force, also after many rounds of online updates and compactions (query times:
+docs/models.md).
 
 Library. The newest ``max_patterns`` (N) entries. Entry number ``e`` (0, 1, 2, ... in insertion order, never
 reused) is its hnswlib label; its metadata (outcome, window, unit vector) lives in row ``e % N`` of ring
 arrays, so the live entries ``[total - N, total)`` occupy distinct rows and ``Retrieval.labels`` are rows.
 Adding entry ``e`` first evicts ``e - N`` with ``mark_deleted`` (hnswlib then never returns it) and then
 inserts ``e`` fresh. The index has room for ``2N`` elements, deleted ones included; re-adding a label instead
-(an in-place ``updatePoint``, graph repair) costs ~2.5 ms a pattern at these settings against ~0.1-0.15 ms
-for a fresh insert (docs/models.md).
+(an in-place ``updatePoint``, graph repair) costs an order of magnitude more than a fresh insert at these
+settings (docs/models.md, "Pattern library: online updates").
 
 Compaction. When the index holds ``1.5N`` elements, a replacement is built on a background thread from the
 entries that will be live when it is swapped in: the live entries from ``swap_at - N`` on (``swap_at`` is the
@@ -80,11 +80,11 @@ from schemas.records import RagStatus
 
 OVERFETCH = 4
 #: Up to this many eligible entries, the point-in-time fallback is an exact numpy search over them (an hnswlib
-#: filter calls back into Python for every node it visits: ~4 ms a row on a 10k index when few entries pass).
+#: filter calls back into Python for every node it visits, which is slow when few entries pass).
 EXACT_MAX = 4_096
 SUMMARY_DIM = 2 * OUTCOME_DIM + 2
 HEAD_HIDDEN = 64
-#: Most inserts per hold of the exclusive lock (~0.1-0.15 ms each at M=16, ef_construction=200).
+#: Most inserts per hold of the exclusive lock: short enough that a waiting query keeps its deadline.
 WRITE_CHUNK = 16
 #: The compaction builder adds the base entries in pieces of this many, checking for cancellation in between.
 BUILD_CHUNK = 256
@@ -108,7 +108,7 @@ def _distinct_rows(query: np.ndarray, starts: np.ndarray | None) -> tuple[np.nda
 
 def _stored(index: hnswlib.Index, labels: np.ndarray) -> np.ndarray:
     """The vectors ``index`` stores for ``labels`` (unit norm): ``[n, D]`` float32. Fetched in pieces:
-    ``get_items`` holds the GIL (~10 us a vector), 10k at once would stall every query thread for ~0.1 s."""
+    ``get_items`` holds the GIL for the whole call, and a whole library at once would stall every query thread."""
     parts = [index.get_items(labels[start:start + BUILD_CHUNK]) for start in range(0, len(labels), BUILD_CHUNK)]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, index.dim), np.float32)
 
@@ -184,7 +184,7 @@ def _stop_builders() -> None:
     for compaction in builders:
         compaction.cancel()
     for compaction in builders:
-        compaction.join(timeout=10.0)  # the piece being added: ~40 ms
+        compaction.join(timeout=10.0)  # it stops after the piece it is adding
 
 
 class _Compaction:

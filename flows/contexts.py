@@ -135,10 +135,10 @@ class ContextEngine:
             self.add_patterns(matured)
         else:
             # Live, a query stuck past its deadline holds the index (read side) until it returns, and the update
-            # needs it exclusively: waiting here held the batch's contexts with it (measured: a 60 ms fail-open
-            # batch took 114 ms). Such an update, and every one after it until the queue drains (they apply in
-            # order), runs on a background thread instead. Not always: catching up, a background update competes
-            # with the next batch's queries for the cores (9% of the demo's contexts failed open, 0% inline). A
+            # needs it exclusively: waiting here held the batch's contexts with it (README, "Numbers"). Such an
+            # update, and every one after it until the queue drains (they apply in order), runs on a background
+            # thread instead. Not always: catching up, a background update competes with the next batch's
+            # queries for the cores (more contexts failed open in the demo than with inline updates). A
             # pattern known at this bar end is eligible only for windows starting at or after it (rag.py), so a
             # later update changes no neighbour set.
             self._last_update = self._updater().submit(self._add_logged, matured)

@@ -118,11 +118,6 @@ def session_mask(
 # tick tables
 
 
-def empty_ticks() -> pa.Table:
-    """A canonical tick table with no rows."""
-    return CANONICAL_SCHEMA.empty_table()
-
-
 def sort_ticks(table: pa.Table) -> pa.Table:
     """Stable sort by ``ts_ns``: equal timestamps keep their relative order (the sources' sequence)."""
     order = np.argsort(table.column("ts_ns").to_numpy(), kind="stable")

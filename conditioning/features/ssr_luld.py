@@ -9,7 +9,7 @@ Pure Python (no numpy needed, no Bytewax/Kafka/torch). Two layers:
   quotes and feed status messages, whose :meth:`SsrLuldTracker.state_at` yields the 4-state categorical
   :class:`~schemas.layout.SsrLuldState` used in the regime feature vector.
 
-Rules (sources: ``../shared/docs/REFERENCE.md`` section 2; SEC Rule 201, 17 CFR 242.201; the NMS Plan to
+Rules (sources: ``docs/reference.md``, "SSR and LULD"; SEC Rule 201, 17 CFR 242.201; the NMS Plan to
 Address Extraordinary Market Volatility, "LULD Plan", luldplan.com):
 
 * **SSR** is triggered by a consolidated last sale during regular hours at or below 90% of the prior close
@@ -34,7 +34,7 @@ import functools
 import math
 import operator
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import date, datetime, time, timedelta
 from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo
@@ -84,7 +84,7 @@ TRADING_PAUSE_NS = 300 * _NS_PER_S
 LULD_REFERENCE_WINDOW_NS = 300 * _NS_PER_S
 _WINDOW_S = LULD_REFERENCE_WINDOW_NS // _NS_PER_S
 #: Bands move only when the new reference differs from the one in effect by at least 1% (unconfirmed, per
-#: REFERENCE.md: the Plan's "pro-forma reference price" rule as commonly described).
+#: docs/reference.md: the Plan's "pro-forma reference price" rule as commonly described).
 REFERENCE_MOVE_THRESHOLD = 0.01
 
 _OPEN = time(9, 30)
@@ -114,7 +114,8 @@ class OutOfOrderError(SsrLuldInputError):
 
 
 class SsrLuldEvent(NamedTuple):
-    """A state transition, for summaries and logs. ``ts_ns`` is when it took effect (event time)."""
+    """A state transition, for an observer (``SsrLuldTracker(on_event=...)``). ``ts_ns`` is when it took effect
+    (event time)."""
 
     ts_ns: int
     symbol: str
@@ -271,7 +272,7 @@ def luld_bands(reference_price: float, prev_close: float, tier: int, ts_ns: int)
     * 09:30 <= t < 09:45 ET for every stock (opening doubling);
     * 15:35 <= t < 16:00 ET for Tier 1 and for Tier 2 stocks with a prior close <= $3.00, but *not* for Tier 2
       stocks above $3.00. This follows the Plan as amended in 2013 (we believe the Fifth Amendment, SEC
-      Release 34-70530); REFERENCE.md marks the amendment as unconfirmed, so treat this branch as unconfirmed.
+      Release 34-70530); docs/reference.md marks the amendment as unconfirmed, so treat this branch as unconfirmed.
 
     The lower band is clamped at 0. Bands are not rounded to the penny (the SIP does; see
     :data:`BAND_TOLERANCE_USD`). Raises :class:`SsrLuldInputError` outside the regular session, where LULD
@@ -335,20 +336,19 @@ class SsrLuldTracker:
       or halt starts, or the date rolls. Leaving a halt also restarts LULD from the reopening trade.
 
     Memory is bounded: at most 301 one-second buckets, a handful of scalars, reference data for the current
-    and future dates, and at most :attr:`MAX_PENDING_EVENTS` undrained events (older ones are dropped and
-    counted in :attr:`events_dropped`). Instances pickle (for Bytewax state snapshots).
+    and future dates. Instances pickle (for Bytewax state snapshots). Transitions are not kept: ``on_event``,
+    if given, is called with each as it happens (tests, logs); the dataflow passes none, so a snapshot carries
+    no event log.
     """
 
-    MAX_PENDING_EVENTS = 1024
-
-    def __init__(self, symbol: str, *, holidays: Collection[date] = frozenset()) -> None:
+    def __init__(self, symbol: str, *, holidays: Collection[date] = frozenset(),
+                 on_event: Callable[[SsrLuldEvent], None] | None = None) -> None:
         if not isinstance(symbol, str) or not symbol:
             raise SsrLuldInputError(f"symbol must be a non-empty str, got {symbol!r}")
         self.symbol = symbol
         self._holidays = frozenset(holidays)
         self._references: dict[date, _Reference] = {}
-        self._events: deque[SsrLuldEvent] = deque(maxlen=self.MAX_PENDING_EVENTS)
-        self.events_dropped = 0
+        self._on_event = on_event
         self._last_ts = -_NEVER
         self._day: SessionDay | None = None
         self._next_deadline_ns = _NEVER
@@ -404,12 +404,6 @@ class SsrLuldTracker:
         if self._halted() or self._day is None or not self._in_session(self._last_ts):
             return None
         return self._effective_bands(self._last_ts)
-
-    def drain_events(self) -> list[SsrLuldEvent]:
-        """Return and forget the transitions recorded since the last call, oldest first."""
-        events = list(self._events)
-        self._events.clear()
-        return events
 
     def on_reference(self, trading_date: date, prev_close: float, tier: int) -> None:
         """Reference data for ``trading_date``: the prior regular-session close (USD) and the LULD tier (1/2).
@@ -740,9 +734,8 @@ class SsrLuldTracker:
     # ------------------------------------------------------------------------------------------ events
 
     def _emit(self, ts_ns: int, kind: SsrLuldEventKind, detail: str) -> None:
-        if len(self._events) == self.MAX_PENDING_EVENTS:
-            self.events_dropped += 1
-        self._events.append(SsrLuldEvent(ts_ns, self.symbol, kind, detail))
+        if self._on_event is not None:
+            self._on_event(SsrLuldEvent(ts_ns, self.symbol, kind, detail))
 
     def _check_quote_side(self, name: str, value: float) -> None:
         if value < 0.0 or value == math.inf:

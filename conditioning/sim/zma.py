@@ -1,6 +1,6 @@
 """Seeded simulator of the Zhang-Mykland-Ait-Sahalia (2005) Monte Carlo design, and the study it supports.
 
-Design (ZMA 2005, section 6; parameters as in ``REFERENCE.md``): Heston stochastic volatility in years,
+Design (ZMA 2005, section 6; parameters as in ``docs/reference.md``): Heston stochastic volatility in years,
 
     dX_t = (mu - v_t / 2) dt + sqrt(v_t) dB_t,
     dv_t = kappa (alpha - v_t) dt + gamma sqrt(v_t) dW_t,    corr(dB, dW) = rho,
@@ -27,7 +27,7 @@ import numpy as np
 
 from conditioning.features.realized import bipower_variation, realized_measures
 
-#: Third-party replication over 1,000 days quoted in REFERENCE.md (ZMA design, optimal K from the true
+#: Third-party replication over 1,000 days quoted in docs/reference.md (ZMA design, optimal K from the true
 #: parameters): estimator -> (bias, RMSE); None where the table gives no figure.
 REFERENCE_TABLE: dict[str, tuple[float, float | None]] = {
     "all-tick RV": (1.1697e-2, None),

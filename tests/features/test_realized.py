@@ -46,7 +46,7 @@ def test_bpv_is_unbiased_for_gaussian_returns() -> None:
 
 
 def test_choose_k_matches_zma_optimum() -> None:
-    # ZMA design: noise var 2.5e-7, IV 1.59e-4, n 23,400 -> K ~ 25 (REFERENCE.md); RV_all ~ IV + 2n noise var
+    # ZMA design: noise var 2.5e-7, IV 1.59e-4, n 23,400 -> K ~ 25 (docs/reference.md); RV_all ~ IV + 2n noise var
     n, noise_var, iv = 23_400, 2.5e-7, 1.59e-4
     k, fallback = choose_tsrv_k(n, iv + 2 * n * noise_var, iv)
     assert not fallback

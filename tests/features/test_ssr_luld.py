@@ -1,6 +1,6 @@
 """SSR (Rule 201) and LULD: the pure rules and a scenario test for every transition of the tracker.
 
-Expected values come from the rule texts (REFERENCE.md section 2, SEC Rule 201, the LULD Plan), cited beside the
+Expected values come from the rule texts (docs/reference.md, SEC Rule 201, the LULD Plan), cited beside the
 asserts; times are built with an independent path (``datetime`` in ET or in UTC) from the module's clock.
 """
 
@@ -18,6 +18,7 @@ from conditioning.features.ssr_luld import (
     LIMIT_STATE_TIMEOUT_NS,
     TRADING_PAUSE_NS,
     OutOfOrderError,
+    SsrLuldEvent,
     SsrLuldInputError,
     SsrLuldTracker,
     luld_bands,
@@ -44,13 +45,27 @@ def utc(y: int, mo: int, d: int, hh: int, mm: int) -> int:
     return int(datetime(y, mo, d, hh, mm, tzinfo=UTC).timestamp()) * S
 
 
-def kinds(tracker: SsrLuldTracker) -> list[str]:
+class Recording(SsrLuldTracker):
+    """A tracker that keeps its transitions for the test to read (the dataflow's keeps none)."""
+
+    def __init__(self, symbol: str, **kwargs) -> None:
+        self.events: list[SsrLuldEvent] = []
+        super().__init__(symbol, on_event=self.events.append, **kwargs)
+
+    def drain_events(self) -> list[SsrLuldEvent]:
+        """The transitions since the last call, oldest first."""
+        drained = self.events[:]
+        self.events.clear()
+        return drained
+
+
+def kinds(tracker: Recording) -> list[str]:
     return [e.kind for e in tracker.drain_events()]
 
 
 def opened(prev_close: float = 100.0, tier: int = 1, day: date = MON, open_price: float = 100.0):
     """A tracker whose LULD reference is ``open_price`` from a 10:00 trade (outside the doubling windows)."""
-    t = SsrLuldTracker("XYZ")
+    t = Recording("XYZ")
     t.on_reference(day, prev_close, tier)
     t.on_trade(et(day, 10, 0), open_price, 100)
     t.drain_events()
@@ -98,7 +113,7 @@ def test_next_trading_day_skips_weekends_and_holidays() -> None:
 @pytest.mark.parametrize(
     ("prev_close", "tier", "expected"),
     [
-        # LULD Plan Appendix A (REFERENCE.md table): > $3.00 -> 5% / 10%; $0.75-$3.00 -> 20%;
+        # LULD Plan Appendix A (docs/reference.md table): > $3.00 -> 5% / 10%; $0.75-$3.00 -> 20%;
         # < $0.75 -> lesser of $0.15 or 75%.
         (3.01, 1, (0.05, None)),
         (3.01, 2, (0.10, None)),
@@ -176,7 +191,7 @@ def test_pure_functions_reject_bad_input(call) -> None:
 
 def test_ssr_triggers_at_exactly_minus_10_percent_not_at_minus_9_99() -> None:
     # Rule 201(b)(1)(i): a decline "by 10% or more" from the prior close triggers.
-    t = SsrLuldTracker("XYZ")
+    t = Recording("XYZ")
     t.on_reference(MON, 10.00, 2)
     t.on_trade(et(MON, 10, 0), 9.001, 100)  # -9.99%
     assert t.state_at(et(MON, 10, 0)) == SsrLuldState.NORMAL
@@ -187,7 +202,7 @@ def test_ssr_triggers_at_exactly_minus_10_percent_not_at_minus_9_99() -> None:
 
 def test_ssr_trigger_is_immune_to_binary_rounding_of_the_threshold() -> None:
     # 0.9 * 33.33 evaluates to 29.996999999999996 in binary; the exact 90% (29.997) must still trigger.
-    t = SsrLuldTracker("XYZ")
+    t = Recording("XYZ")
     t.on_reference(MON, 33.33, 1)
     t.on_trade(et(MON, 10, 0), 29.997, 100)
     assert t.ssr_in_effect
@@ -195,8 +210,8 @@ def test_ssr_trigger_is_immune_to_binary_rounding_of_the_threshold() -> None:
 
 @pytest.mark.parametrize("wall", [(8, 0), (16, 0), (19, 59)])
 def test_ssr_ignores_extended_hours_sales(wall) -> None:
-    # REFERENCE.md: the trigger is judged on last sales during regular hours.
-    t = SsrLuldTracker("XYZ")
+    # docs/reference.md: the trigger is judged on last sales during regular hours.
+    t = Recording("XYZ")
     t.on_reference(MON, 10.0, 1)
     t.on_trade(et(MON, *wall), 5.0, 100)
     assert t.state_at(et(MON, *wall)) == SsrLuldState.NORMAL
@@ -204,7 +219,7 @@ def test_ssr_ignores_extended_hours_sales(wall) -> None:
 
 def test_ssr_carries_over_to_the_whole_next_day_then_expires() -> None:
     # Rule 201(b)(1)(ii): in effect for the remainder of the day and the following day.
-    t = SsrLuldTracker("XYZ")
+    t = Recording("XYZ")
     t.on_reference(MON, 10.0, 1)
     t.on_trade(et(MON, 11, 0), 8.5, 100)
     assert t.state_at(et(MON, 23, 59, 59)) == SsrLuldState.SSR_ACTIVE
@@ -221,7 +236,7 @@ def test_ssr_carries_over_to_the_whole_next_day_then_expires() -> None:
 
 def test_friday_trigger_carries_over_the_weekend_to_monday_or_past_a_holiday() -> None:
     for holidays, last_day in ((frozenset(), MON), (frozenset({MON}), TUE)):
-        t = SsrLuldTracker("XYZ", holidays=holidays)
+        t = Recording("XYZ", holidays=holidays)
         t.on_reference(FRI, 10.0, 1)
         t.on_trade(et(FRI, 15, 0), 9.0, 100)
         assert t.state_at(et(last_day, 15, 0)) == SsrLuldState.SSR_ACTIVE
@@ -229,7 +244,7 @@ def test_friday_trigger_carries_over_the_weekend_to_monday_or_past_a_holiday() -
 
 
 def test_ssr_retrigger_on_the_carryover_day_extends_it() -> None:
-    t = SsrLuldTracker("XYZ")
+    t = Recording("XYZ")
     t.on_reference(MON, 10.0, 1)
     t.on_reference(TUE, 9.0, 1)  # may arrive ahead of its date
     t.on_trade(et(MON, 10, 0), 9.0, 100)
@@ -240,7 +255,7 @@ def test_ssr_retrigger_on_the_carryover_day_extends_it() -> None:
 
 
 def test_without_reference_data_ssr_cannot_trigger() -> None:
-    t = SsrLuldTracker("XYZ")
+    t = Recording("XYZ")
     t.on_trade(et(MON, 10, 0), 0.01, 100)
     assert not t.has_reference
     assert t.state_at(et(MON, 10, 0)) == SsrLuldState.NORMAL
@@ -258,7 +273,7 @@ def test_reference_for_a_past_date_is_an_error() -> None:
 
 
 def test_opening_trade_is_the_first_reference_with_doubled_bands() -> None:
-    t = SsrLuldTracker("XYZ")
+    t = Recording("XYZ")
     t.on_reference(MON, 100.0, 1)
     t.on_trade(et(MON, 9, 30, 2), 102.0, 100)
     assert t.reference_price == 102.0
@@ -381,7 +396,7 @@ def test_closing_doubling_widens_the_bands_in_the_tracker() -> None:
 
 
 def test_no_luld_outside_regular_hours() -> None:
-    t = SsrLuldTracker("XYZ")
+    t = Recording("XYZ")
     t.on_reference(MON, 100.0, 1)
     t.on_trade(et(MON, 8, 0), 100.0, 100)
     t.on_quote(et(MON, 8, 1), 500.0, 500.1)
@@ -401,7 +416,7 @@ def test_no_luld_outside_regular_hours() -> None:
 
 
 def test_a_computed_pause_ends_at_the_close() -> None:
-    t = SsrLuldTracker("XYZ")
+    t = Recording("XYZ")
     t.on_reference(MON, 100.0, 1)
     t.on_trade(et(MON, 15, 50), 100.0, 100)
     t.on_quote(et(MON, 15, 58), 110.0, 110.1)
@@ -414,8 +429,8 @@ def test_a_computed_pause_ends_at_the_close() -> None:
 
 
 def test_ssr_overlapping_luld_follows_the_precedence() -> None:
-    # HALTED > LULD_LIMIT > SSR_ACTIVE > NORMAL (REFERENCE.md section 2); SSR keeps running underneath.
-    t = SsrLuldTracker("XYZ")
+    # HALTED > LULD_LIMIT > SSR_ACTIVE > NORMAL (docs/reference.md); SSR keeps running underneath.
+    t = Recording("XYZ")
     t.on_reference(MON, 100.0, 1)
     t.on_trade(et(MON, 10, 0), 90.0, 100)  # SSR trigger; LULD reference 90, bands 85.5 / 94.5
     assert t.state_at(et(MON, 10, 0)) == SsrLuldState.SSR_ACTIVE
@@ -467,7 +482,7 @@ def test_feed_releases_a_computed_pause_early() -> None:
 
 
 def test_feed_ssr_overrides_computed_ssr_for_the_rest_of_the_date() -> None:
-    t = SsrLuldTracker("XYZ")
+    t = Recording("XYZ")
     t.on_reference(MON, 10.0, 1)
     t.on_trade(et(MON, 10, 0), 9.0, 100)
     t.on_status(et(MON, 10, 1), ssr=False)  # the feed says no restriction: it wins today
@@ -535,10 +550,14 @@ def test_pickle_round_trip_mid_limit_state_continues_identically() -> None:
     assert t.drain_events() == clone.drain_events()
 
 
-def test_undrained_events_are_bounded_and_counted() -> None:
-    t = opened()
-    n = SsrLuldTracker.MAX_PENDING_EVENTS + 5
-    for i in range(n):
-        t.on_status(et(MON, 10, 1) + i, ssr=False)
-    assert len(t.drain_events()) == SsrLuldTracker.MAX_PENDING_EVENTS
-    assert t.events_dropped == 5
+def test_a_snapshot_carries_no_event_log() -> None:
+    # The dataflow's tracker has no observer: its pickled state does not grow with the transitions it saw.
+    t = SsrLuldTracker("XYZ")
+    t.on_reference(MON, 100.0, 1)
+    t.on_trade(et(MON, 10, 0), 100.0, 100)
+    t.on_status(et(MON, 10, 1), ssr=False)
+    size = len(pickle.dumps(t))
+    for i in range(1, 2_000):
+        t.on_status(et(MON, 10, 1) + i, ssr=bool(i % 2))
+    t.on_status(et(MON, 10, 1) + 2_000, ssr=False)
+    assert len(pickle.dumps(t)) == size

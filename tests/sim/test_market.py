@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from conditioning.features.ssr_luld import SsrLuldTracker
+from conditioning.features.ssr_luld import SsrLuldEvent, SsrLuldTracker
 from conditioning.sim.market import (
     REGIMES,
     MarketConfig,
@@ -74,24 +74,22 @@ def test_quotes_never_cross_and_trades_stay_inside_the_prevailing_spread(day):
         assert np.all((bid <= price) & (price <= ask)), symbol
 
 
-def replay(tracker: SsrLuldTracker, table) -> list:
-    """Feed one symbol's ticks to B's tracker; return all its transition events."""
-    events = []
+def replay(tracker: SsrLuldTracker, table) -> None:
+    """Feed one symbol's ticks to B's tracker."""
     for row in table.to_pylist():
         if row["kind"] == "trade":
             tracker.on_trade(row["ts_ns"], row["price"], row["size"])
         else:
             tracker.on_quote(row["ts_ns"], row["bid"] or 0.0, row["ask"] or 0.0)
-        events += tracker.drain_events()
-    return events
 
 
 def symbol_ticks(market, symbol):
     return market.ticks.filter(pc.equal(market.ticks["symbol"], symbol))
 
 
-def tracker_for(market, symbol) -> SsrLuldTracker:
-    tracker = SsrLuldTracker(symbol)
+def tracker_for(market, symbol, events: list[SsrLuldEvent] | None = None) -> SsrLuldTracker:
+    """B's tracker for ``symbol``, with the market's reference data; its transitions go to ``events``."""
+    tracker = SsrLuldTracker(symbol, on_event=None if events is None else events.append)
     for row in market.reference:
         if row.symbol == symbol:
             tracker.on_reference(row.date, row.prev_close, row.tier)
@@ -101,10 +99,11 @@ def tracker_for(market, symbol) -> SsrLuldTracker:
 def test_ssr_trigger_inside_the_staged_selloff_and_only_there(day):
     staged = {e.kind: e for e in day.events}
     selloff = staged["ssr_selloff"]
-    triggers = {
-        symbol: [e for e in replay(tracker_for(day, symbol), symbol_ticks(day, symbol)) if e.kind == "ssr_trigger"]
-        for symbol in sorted({r.symbol for r in day.reference})
-    }
+    triggers = {}
+    for symbol in sorted({r.symbol for r in day.reference}):
+        events: list[SsrLuldEvent] = []
+        replay(tracker_for(day, symbol, events), symbol_ticks(day, symbol))
+        triggers[symbol] = [e for e in events if e.kind == "ssr_trigger"]
     assert [s for s, found in triggers.items() if found] == [selloff.symbol]
     assert selloff.start_ns <= triggers[selloff.symbol][0].ts_ns < selloff.end_ns
 
@@ -114,10 +113,11 @@ def test_luld_limit_state_becomes_a_pause_then_reopens(day):
     limit, pause, reopening = staged["luld_limit_state"], staged["luld_pause"], staged["reopening"]
     symbol = limit.symbol
     ticks = symbol_ticks(day, symbol)
-    tracker = tracker_for(day, symbol)
+    events: list[SsrLuldEvent] = []
+    tracker = tracker_for(day, symbol, events)
     a_minute_after = reopening.start_ns + 60 * 10**9
-    until_then = ticks.filter(pc.less(ticks["ts_ns"], a_minute_after))
-    kinds = [(e.kind, e.ts_ns) for e in replay(tracker, until_then) if e.kind.startswith(("limit", "pause"))]
+    replay(tracker, ticks.filter(pc.less(ticks["ts_ns"], a_minute_after)))
+    kinds = [(e.kind, e.ts_ns) for e in events if e.kind.startswith(("limit", "pause"))]
     assert kinds == [("limit_enter", limit.start_ns), ("pause_start", pause.start_ns), ("pause_end", pause.end_ns)]
     c = columns(ticks)
     trades = c["ts_ns"][c["kind"] == "trade"]

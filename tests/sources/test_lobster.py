@@ -28,7 +28,7 @@ def test_real_sample(sample):
     assert sample.schema == CANONICAL_SCHEMA
     trades = sample.filter(pc.equal(sample["kind"], "trade"))
     quotes = sample.filter(pc.equal(sample["kind"], "quote"))
-    assert trades.num_rows == 34_990  # SOURCES.md: event types 4 and 5
+    assert trades.num_rows == 34_990  # docs/reference.md: event types 4 and 5
     assert set(sample["symbol"].to_pylist()) == {"AAPL"}
     bid, ask = quotes["bid"].to_numpy(zero_copy_only=False), quotes["ask"].to_numpy(zero_copy_only=False)
     assert np.all(bid < ask)  # the sample's book never crosses nor locks

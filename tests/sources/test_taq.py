@@ -34,7 +34,7 @@ def regular_session_bars(trades: pa.Table) -> dict[str, tuple[float, float, floa
 
 @pytest.mark.shared_data
 def test_sanity_figures_all_prints(shared_data):
-    # SOURCES.md, regular session 09:30-16:00 ET, every uncancelled print:
+    # docs/reference.md (the sample's notes), regular session 09:30-16:00 ET, every uncancelled print:
     # 2018-01-02 open 158.30, range 156.03-159.40, last 157.02, 4.32 M shares;
     # 2018-01-03 open 157.04, range 155.40-158.99, last 157.27, 3.62 M shares.
     bars = regular_session_bars(read_taq_trades(shared_data / TRADES, eligible_conditions=None))

@@ -161,7 +161,7 @@ class ContextEngine:
         Why pad: float32 matrix products give last-bit differences for the same row in batches of different
         sizes (the library picks other kernels), which would make a context depend on which other bars shared
         its batch, i.e. on timing and on the number of workers. At one fixed size each row's result is the same
-        wherever it sits (tests/pipeline/test_replay.py checks byte-identical output for 1 and 2 workers).
+        wherever it sits (tests/flows/test_replay.py checks byte-identical output for 1 and 2 workers).
         """
         n = len(bars)
         t0 = time.perf_counter()

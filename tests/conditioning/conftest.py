@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -47,9 +45,3 @@ def brute_force_knn(library: np.ndarray, queries: np.ndarray, k: int) -> np.ndar
 def rng() -> np.random.Generator:
     return np.random.default_rng(20240601)
 
-
-@pytest.fixture(scope="session")
-def h() -> SimpleNamespace:
-    """The helpers above, as a fixture (``--import-mode=importlib`` leaves test modules unable to import here)."""
-    return SimpleNamespace(count_parameters=count_parameters, clustered_vectors=clustered_vectors,
-                           make_patterns=make_patterns, brute_force_knn=brute_force_knn, BAR_NS=BAR_NS)

@@ -14,6 +14,8 @@ from conditioning.hysteresis import RegimeSmoother
 from conditioning.regime import REGIME_INDEX, RegimeClassifier
 from schemas.layout import SsrLuldState
 
+from .conftest import count_parameters
+
 LOW, HIGH, TREND, SSR, LULD, NORMAL = (REGIME_INDEX[n] for n in
                                        ("low_vol", "high_vol", "trending", "ssr_active", "luld_active", "normal"))
 
@@ -24,9 +26,9 @@ def onehotish(i: int, p: float = 0.9) -> np.ndarray:
     return probs
 
 
-def test_regime_classifier_budget(h):
+def test_regime_classifier_budget():
     clf = RegimeClassifier(input_dim=20, num_regimes=8)
-    assert h.count_parameters(clf) == (20 * 128 + 128) + (128 * 128 + 128) + (128 * 8 + 8) == 20_232
+    assert count_parameters(clf) == (20 * 128 + 128) + (128 * 128 + 128) + (128 * 8 + 8) == 20_232
 
 
 def test_regime_classifier_api():

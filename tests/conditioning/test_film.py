@@ -7,12 +7,14 @@ import torch
 
 from conditioning.film import FiLMLayer
 
+from .conftest import count_parameters
 
-def test_film_parameter_budget(h):
+
+def test_film_parameter_budget():
     film = FiLMLayer(context_dim=256, target_dim=512)
     # (256 + 2 * 512) * 64: two bias-free matrices of the 64-wide bottleneck.
-    assert h.count_parameters(film) == (256 + 1024) * 64 == 81_920
-    assert h.count_parameters(film) <= 100_000
+    assert count_parameters(film) == (256 + 1024) * 64 == 81_920
+    assert count_parameters(film) <= 100_000
 
 
 def test_fresh_film_is_identity_for_any_context():

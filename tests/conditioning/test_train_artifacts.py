@@ -16,6 +16,8 @@ from conditioning.system import ConditioningSystem
 from conditioning.train import LabelRules, build_pattern_library, fit_regime_classifier
 from schemas.layout import REGIME_FEATURE_NAMES, SsrLuldState
 
+from .conftest import clustered_vectors, make_patterns
+
 COL = {n: i for i, n in enumerate(REGIME_FEATURE_NAMES)}
 
 
@@ -78,8 +80,8 @@ def test_fit_regime_classifier_held_out(rng):
     assert fit.summary()["training_fingerprint"] == again.fingerprint
 
 
-def test_build_pattern_library_orders_by_known_time(h, rng):
-    patterns = h.make_patterns(h.clustered_vectors(rng, 30))
+def test_build_pattern_library_orders_by_known_time(rng):
+    patterns = make_patterns(clustered_vectors(rng, 30))
     lib = build_pattern_library(patterns[::-1], max_patterns=20, progress=False, chunk=7)
     assert lib.size == 20
     r = lib.retrieve(torch.from_numpy(np.stack([p.vector for p in patterns])), timeout_ms=2_000)
@@ -90,12 +92,12 @@ def test_build_pattern_library_orders_by_known_time(h, rng):
     lib.close()
 
 
-def test_artifacts_round_trip_and_refusals(h, rng, tmp_path):
+def test_artifacts_round_trip_and_refusals(rng, tmp_path):
     cfg = ConditioningConfig(enable_regime=True, enable_rag=True, enable_hybrid=True, rag={"max_patterns": 500})
     torch.manual_seed(0)
     system = ConditioningSystem(cfg).eval()
     torch.nn.init.normal_(system.fusion.up.weight, std=0.3)
-    system.pattern_rag.update_pattern_library(h.make_patterns(h.clustered_vectors(rng, 300)))
+    system.pattern_rag.update_pattern_library(make_patterns(clustered_vectors(rng, 300)))
     raw, _ = raw_features(rng, 200)
     normalizer = FeatureNormalizer.fit(raw)
     manifest = save_model(tmp_path, system, normalizer, training_fingerprint="abc123", extra={"kappa": 0.9})

@@ -35,6 +35,8 @@ from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
 from flows.runner import run_process
 from schemas.layout import OUTCOME_NAMES
 
+from .conftest import BAR_NS, brute_force_knn, clustered_vectors, make_patterns
+
 pytestmark = pytest.mark.shared_data
 
 RV = OUTCOME_NAMES.index("fwd_log_rv")
@@ -147,24 +149,24 @@ def test_neighbours_predict_next_day_better_than_random_retrieval(patterns, reco
     assert p < ALPHA
 
 
-def test_point_in_time_fallback_is_exact_and_fast_when_few_patterns_are_eligible(h, rng) -> None:
+def test_point_in_time_fallback_is_exact_and_fast_when_few_patterns_are_eligible(rng) -> None:
     """A backtest query before most of the library (e.g. 2018 ticks against a 2024 library plus a few
     patterns learnt online): the few eligible entries are searched exactly, not by a per-node Python filter."""
     from conditioning.rag import PatternRAG
 
-    vectors = h.clustered_vectors(rng, 10_000)
+    vectors = clustered_vectors(rng, 10_000)
     rag = PatternRAG(128, 256, max_patterns=10_000)
-    rag.update_pattern_library(h.make_patterns(vectors))
-    start = 40 * h.BAR_NS  # patterns 0..4 end their outcome (bar i + 35) by then
+    rag.update_pattern_library(make_patterns(vectors))
+    start = 40 * BAR_NS  # patterns 0..4 end their outcome (bar i + 35) by then
     eligible = np.flatnonzero(rag._outcome_end_ns[: rag.size] <= start)
     assert len(eligible) == 6
     queries = torch.tensor(vectors[rng.integers(0, len(vectors), 64)] + 0.05)  # [64, 128]
-    windows = np.tile([start, start + h.BAR_NS], (64, 1))
+    windows = np.tile([start, start + BAR_NS], (64, 1))
     t0 = time.perf_counter()
     res = rag.retrieve(queries, timeout_ms=10_000, query_windows=windows)
     elapsed_ms = (time.perf_counter() - t0) * 1e3
     assert res.status == "ok"
-    expected = eligible[h.brute_force_knn(vectors[eligible], queries.numpy(), len(eligible))]  # [64, 6]
+    expected = eligible[brute_force_knn(vectors[eligible], queries.numpy(), len(eligible))]  # [64, 6]
     assert np.array_equal(res.labels[:, : len(eligible)], expected)
     assert np.all(res.labels[:, len(eligible):] == -1)
     assert elapsed_ms < 60, elapsed_ms  # generous: ~0.1 ms a row here, ~4 ms a row with the hnswlib filter

@@ -12,6 +12,8 @@ import torch
 from conditioning.features.types import Pattern
 from conditioning.rag import PatternRAG
 
+from .conftest import BAR_NS, brute_force_knn, clustered_vectors, count_parameters, make_patterns
+
 
 class SlowRAG(PatternRAG):
     """An artificially slow index: every search sleeps inside the read lock while ``delay_s`` is set."""
@@ -60,12 +62,12 @@ def wait_idle(rag: PatternRAG, timeout_s: float = 5.0) -> bool:
 
 
 @pytest.fixture(scope="module")
-def filled(h):
+def filled():
     rng = np.random.default_rng(7)
-    x = h.clustered_vectors(rng, 10_200)
+    x = clustered_vectors(rng, 10_200)
     vectors, queries = x[:10_000], x[10_000:]
     rag = PatternRAG(128, 256, max_patterns=10_000)
-    rag.update_pattern_library(h.make_patterns(vectors))
+    rag.update_pattern_library(make_patterns(vectors))
     yield rag, vectors, queries
     rag.close()
 
@@ -94,17 +96,17 @@ def saved_bytes(rag: PatternRAG, directory) -> dict[str, bytes]:
     return {name: (directory / name).read_bytes() for name in ("patterns.hnsw", "patterns.npz")}
 
 
-def test_rag_head_parameter_budget(h):
+def test_rag_head_parameter_budget():
     rag = PatternRAG(128, 256)
-    assert h.count_parameters(rag) == (6 * 64 + 64) + (64 * 256 + 256) == 17_088
+    assert count_parameters(rag) == (6 * 64 + 64) + (64 * 256 + 256) == 17_088
     rag.close()
 
 
-def test_recall_at_10_against_brute_force(filled, h):
+def test_recall_at_10_against_brute_force(filled):
     rag, vectors, queries = filled
     r = rag.retrieve(torch.from_numpy(queries), timeout_ms=5_000)
     assert r.status == "ok"
-    exact = h.brute_force_knn(vectors, queries, 10)
+    exact = brute_force_knn(vectors, queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids_of(r), exact, strict=True)])
     assert recall >= 0.95
     # Similarities are the true cosines of the returned vectors.
@@ -124,7 +126,7 @@ def test_forward_context_shape_and_latency_sanity(filled):
     assert elapsed < 1.0  # generous sanity bound; the figures are in benchmarks/results/models_latency.json
 
 
-def test_repeated_rows_are_searched_once(filled, h, monkeypatch):
+def test_repeated_rows_are_searched_once(filled, monkeypatch):
     rag, _, queries = filled
     searched = []
     original = PatternRAG._knn
@@ -135,8 +137,8 @@ def test_repeated_rows_are_searched_once(filled, h, monkeypatch):
 
     monkeypatch.setattr(PatternRAG, "_knn", counting)
     rows = [0, 1, 0, 0, 2, 1]  # e.g. a padded batch
-    starts = np.array([[20_000 * h.BAR_NS, 20_001 * h.BAR_NS]] * 6, dtype=np.int64)  # every pattern known
-    starts[3] = [0, h.BAR_NS]  # same query, another window: a distinct search (nothing known by then)
+    starts = np.array([[20_000 * BAR_NS, 20_001 * BAR_NS]] * 6, dtype=np.int64)  # every pattern known
+    starts[3] = [0, BAR_NS]  # same query, another window: a distinct search (nothing known by then)
     res = rag.retrieve(torch.from_numpy(queries[rows]), 10_000, starts)
     assert searched[0] == 4
     alone = [rag.retrieve(torch.from_numpy(queries[[r]]), 10_000, starts[[i]]) for i, r in enumerate(rows)]
@@ -146,10 +148,10 @@ def test_repeated_rows_are_searched_once(filled, h, monkeypatch):
     assert not res.valid[3].any() and res.valid[0].all()
 
 
-def test_timeout_fails_open_and_leaves_the_index_healthy(h, rng):
-    vectors = h.clustered_vectors(rng, 500)
+def test_timeout_fails_open_and_leaves_the_index_healthy(rng):
+    vectors = clustered_vectors(rng, 500)
     rag = SlowRAG(128, 256, max_patterns=1_000)
-    rag.update_pattern_library(h.make_patterns(vectors))
+    rag.update_pattern_library(make_patterns(vectors))
     rag.delay_s = 0.5
     q = torch.from_numpy(vectors[:4] + 0.01)
     t0 = time.perf_counter()
@@ -159,7 +161,7 @@ def test_timeout_fails_open_and_leaves_the_index_healthy(h, rng):
     assert elapsed < 0.25  # returned at the deadline, not after the 0.5 s search
     assert rag.retrieve(q, timeout_ms=30).status == "timeout"
     # An update issued while the slow searches run waits for them, then succeeds.
-    rag.update_pattern_library(h.make_patterns(h.clustered_vectors(rng, 10), first_id=500))
+    rag.update_pattern_library(make_patterns(clustered_vectors(rng, 10), first_id=500))
     assert rag.size == 510
     assert wait_idle(rag), "the read lock was left held after a timeout"
     rag.delay_s = 0.0
@@ -169,9 +171,9 @@ def test_timeout_fails_open_and_leaves_the_index_healthy(h, rng):
     rag.close()
 
 
-def test_index_error_fails_open_with_the_cause(h, rng):
+def test_index_error_fails_open_with_the_cause(rng):
     rag = BrokenRAG(128, 256, max_patterns=100)
-    rag.update_pattern_library(h.make_patterns(h.clustered_vectors(rng, 20)))
+    rag.update_pattern_library(make_patterns(clustered_vectors(rng, 20)))
     r = rag.retrieve(torch.randn(2, 128))
     assert r.status == "error" and "exploded" in str(r.error)
     assert rag(torch.randn(2, 128)) is None
@@ -186,15 +188,15 @@ def test_empty_library_status():
     rag.close()
 
 
-def test_queries_during_updates_are_consistent(h, rng):
+def test_queries_during_updates_are_consistent(rng):
     """Four threads query while one writer streams updates that overwrite the oldest entries.
 
     Every answer must be a consistent snapshot: each returned neighbour's similarity equals the cosine between
     the query and that neighbour's vector (its id comes from its outcome). A torn read breaks that."""
-    all_vectors = h.clustered_vectors(rng, 3_000)
+    all_vectors = clustered_vectors(rng, 3_000)
     unit = all_vectors / np.linalg.norm(all_vectors, axis=1, keepdims=True)
     rag = PatternRAG(128, 256, max_patterns=1_000)
-    rag.update_pattern_library(h.make_patterns(all_vectors[:1_000]))
+    rag.update_pattern_library(make_patterns(all_vectors[:1_000]))
     errors, answers = [], []
     stop = threading.Event()
 
@@ -212,7 +214,7 @@ def test_queries_during_updates_are_consistent(h, rng):
     for t in threads:
         t.start()
     for start in range(1_000, 3_000, 50):
-        rag.update_pattern_library(h.make_patterns(all_vectors[start:start + 50], first_id=start))
+        rag.update_pattern_library(make_patterns(all_vectors[start:start + 50], first_id=start))
         time.sleep(0.003)  # let readers in between writes (the lock prefers writers)
     stop.set()
     for t in threads:
@@ -224,16 +226,16 @@ def test_queries_during_updates_are_consistent(h, rng):
         np.testing.assert_allclose(r.similarity, np.einsum("qd,qkd->qk", qn, unit[ids_of(r)]), atol=1e-4)
     # After the stream: exactly the newest 1,000 remain, and search agrees with brute force over them.
     final = rag.retrieve(torch.from_numpy(all_vectors[2_500:2_510]), timeout_ms=2_000)
-    exact = 2_000 + h.brute_force_knn(all_vectors[2_000:], all_vectors[2_500:2_510], 10)
+    exact = 2_000 + brute_force_knn(all_vectors[2_000:], all_vectors[2_500:2_510], 10)
     assert np.mean(ids_of(final) == exact) >= 0.95
     rag.close()
 
 
-def test_eviction_keeps_the_newest(h, rng):
-    vectors = h.clustered_vectors(rng, 80, clusters=80)
+def test_eviction_keeps_the_newest(rng):
+    vectors = clustered_vectors(rng, 80, clusters=80)
     rag = PatternRAG(128, 256, max_patterns=50, k=1)
-    rag.update_pattern_library(h.make_patterns(vectors[:60]))
-    rag.update_pattern_library(h.make_patterns(vectors[60:], first_id=60))
+    rag.update_pattern_library(make_patterns(vectors[:60]))
+    rag.update_pattern_library(make_patterns(vectors[60:], first_id=60))
     assert rag.size == 50
     r = rag.retrieve(torch.from_numpy(vectors), timeout_ms=2_000)
     top = ids_of(r)[:, 0]
@@ -242,9 +244,9 @@ def test_eviction_keeps_the_newest(h, rng):
     rag.close()
 
 
-def test_point_in_time_excludes_overlapping_and_future_patterns(h, rng):
-    vectors = h.clustered_vectors(rng, 2_000, clusters=20)
-    patterns = h.make_patterns(vectors)
+def test_point_in_time_excludes_overlapping_and_future_patterns(rng):
+    vectors = clustered_vectors(rng, 2_000, clusters=20)
+    patterns = make_patterns(vectors)
     rag = PatternRAG(128, 256, max_patterns=2_000)
     rag.update_pattern_library(patterns)
     idx = np.array([100, 700, 1_500, 1_999])
@@ -257,17 +259,17 @@ def test_point_in_time_excludes_overlapping_and_future_patterns(h, rng):
         eligible = np.flatnonzero(outcome_end <= windows[row, 0])  # known before the window opened
         assert np.all(np.isin(got[row], eligible))
         assert i not in got[row]  # the query's own pattern overlaps its window
-        exact = eligible[h.brute_force_knn(vectors[eligible], vectors[i:i + 1], 10)[0]]
+        exact = eligible[brute_force_knn(vectors[eligible], vectors[i:i + 1], 10)[0]]
         assert len(set(got[row]) & set(exact)) >= 9
 
 
-def test_point_in_time_when_the_nearest_are_all_in_the_future(h, rng):
+def test_point_in_time_when_the_nearest_are_all_in_the_future(rng):
     """50 near-duplicates of the query lie in the future: over-fetching 40 finds none valid, the exact
     filtered search must still return the 10 nearest of the past."""
     base = rng.standard_normal(128).astype(np.float32)
-    past = h.clustered_vectors(rng, 300, clusters=30)
+    past = clustered_vectors(rng, 300, clusters=30)
     future = base + 0.01 * rng.standard_normal((50, 128)).astype(np.float32)
-    patterns = h.make_patterns(np.concatenate([past, future]))
+    patterns = make_patterns(np.concatenate([past, future]))
     rag = PatternRAG(128, 256, max_patterns=400)
     rag.update_pattern_library(patterns)
     window = np.array([[patterns[320].start_ns, patterns[320].end_ns]])  # after all of `past` is known
@@ -275,7 +277,7 @@ def test_point_in_time_when_the_nearest_are_all_in_the_future(h, rng):
     outcome_end = np.array([p.outcome_end_ns for p in patterns])
     eligible = np.flatnonzero(outcome_end <= window[0, 0])
     assert eligible.max() < 300
-    exact = eligible[h.brute_force_knn(patterns_vectors := np.stack([p.vector for p in patterns])[eligible],
+    exact = eligible[brute_force_knn(patterns_vectors := np.stack([p.vector for p in patterns])[eligible],
                                        base[None], 10)[0]]
     assert len(patterns_vectors) == len(eligible)
     assert r.valid.all()
@@ -288,9 +290,9 @@ def test_point_in_time_when_the_nearest_are_all_in_the_future(h, rng):
     rag.close()
 
 
-def test_update_refuses_lookahead_and_bad_patterns_atomically(h, rng):
+def test_update_refuses_lookahead_and_bad_patterns_atomically(rng):
     rag = PatternRAG(128, 256, max_patterns=100)
-    good = h.make_patterns(h.clustered_vectors(rng, 3))
+    good = make_patterns(clustered_vectors(rng, 3))
     with pytest.raises(ValueError, match="as_of_ns"):
         rag.update_pattern_library(good, as_of_ns=good[0].outcome_end_ns)  # the later two are not known yet
     bad = Pattern("XXX", 0, 10, 20, np.zeros(128, dtype=np.float32), np.zeros(2, dtype=np.float32))
@@ -307,10 +309,10 @@ def test_update_refuses_lookahead_and_bad_patterns_atomically(h, rng):
     rag.close()
 
 
-def test_save_load_round_trip(h, rng, tmp_path):
-    vectors = h.clustered_vectors(rng, 700)
+def test_save_load_round_trip(rng, tmp_path):
+    vectors = clustered_vectors(rng, 700)
     rag = PatternRAG(128, 256, max_patterns=500)
-    rag.update_pattern_library(h.make_patterns(vectors))  # wraps the ring: 200 evicted
+    rag.update_pattern_library(make_patterns(vectors))  # wraps the ring: 200 evicted
     rag.save_library(tmp_path)
     twin = PatternRAG(128, 256, max_patterns=500)
     twin.load_state_dict(rag.state_dict())
@@ -321,7 +323,7 @@ def test_save_load_round_trip(h, rng, tmp_path):
     np.testing.assert_array_equal(ids_of(a), ids_of(b))
     torch.testing.assert_close(rag.project(a), twin.project(b))
     # The ring position survives: the next update overwrites the same (oldest) entries in both.
-    more = h.make_patterns(h.clustered_vectors(rng, 5), first_id=700)
+    more = make_patterns(clustered_vectors(rng, 5), first_id=700)
     rag.update_pattern_library(more)
     twin.update_pattern_library(more)
     np.testing.assert_array_equal(ids_of(rag.retrieve(q, timeout_ms=5_000)), ids_of(twin.retrieve(q, timeout_ms=5_000)))
@@ -332,12 +334,12 @@ def test_save_load_round_trip(h, rng, tmp_path):
 
 
 # ---------------------------------------------------------------- online updates of a full library, compaction
-def test_rounds_of_overwrites_keep_recall_and_the_newest(h, rng):
+def test_rounds_of_overwrites_keep_recall_and_the_newest(rng):
     """A full library overwritten seven times over, in calls of uneven sizes: after every round the live set is
     exactly the newest max_patterns entries and hnswlib agrees with brute force over them."""
     n_lib, rounds = 1_000, 7
-    vectors = h.clustered_vectors(rng, n_lib * (rounds + 1))
-    patterns = h.make_patterns(vectors)
+    vectors = clustered_vectors(rng, n_lib * (rounds + 1))
+    patterns = make_patterns(vectors)
     rag = PatternRAG(128, 256, max_patterns=n_lib)
     rag.update_pattern_library(patterns[:n_lib])
     sizes, added = [1, 37, 200, 64, 333], n_lib
@@ -352,7 +354,7 @@ def test_rounds_of_overwrites_keep_recall_and_the_newest(h, rng):
         queries = vectors[added - n_lib:added][rng.integers(0, n_lib, 100)] + 0.05 * rng.standard_normal(
             (100, 128)).astype(np.float32)
         got = ids_of(rag.retrieve(torch.from_numpy(queries), timeout_ms=5_000))
-        exact = added - n_lib + h.brute_force_knn(vectors[added - n_lib:added], queries, 10)
+        exact = added - n_lib + brute_force_knn(vectors[added - n_lib:added], queries, 10)
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact, strict=True)])
         assert recall >= 0.95, (r, recall)
     # The index never exceeds 2N elements: it is swapped for a compacted one at entry 2N, 3N, ... (the last here).
@@ -361,13 +363,13 @@ def test_rounds_of_overwrites_keep_recall_and_the_newest(h, rng):
     rag.close()
 
 
-def test_eviction_order_across_compactions(h, rng):
+def test_eviction_order_across_compactions(rng):
     """Oldest first, one entry at a time, through compactions: a query for each vector finds it exactly while it
     is among the newest max_patterns, never after."""
-    vectors = h.clustered_vectors(rng, 400, clusters=400)
+    vectors = clustered_vectors(rng, 400, clusters=400)
     rag = PatternRAG(128, 256, max_patterns=40, k=1)
     for i in range(400):
-        rag.update_pattern_library(h.make_patterns(vectors[i:i + 1], first_id=i))
+        rag.update_pattern_library(make_patterns(vectors[i:i + 1], first_id=i))
         if i % 23 == 0 or i == 399:
             top = ids_of(rag.retrieve(torch.from_numpy(vectors[: i + 1]), timeout_ms=2_000))[:, 0]
             lo = max(0, i + 1 - 40)
@@ -377,15 +379,15 @@ def test_eviction_order_across_compactions(h, rng):
     rag.close()
 
 
-def test_a_call_larger_than_the_library_keeps_its_newest(h, rng):
-    vectors = h.clustered_vectors(rng, 900, clusters=900)
+def test_a_call_larger_than_the_library_keeps_its_newest(rng):
+    vectors = clustered_vectors(rng, 900, clusters=900)
     rag = PatternRAG(128, 256, max_patterns=200, k=1)
-    rag.update_pattern_library(h.make_patterns(vectors[:150]))
-    rag.update_pattern_library(h.make_patterns(vectors[150:650], first_id=150))  # 500 > 200: the newest 200
+    rag.update_pattern_library(make_patterns(vectors[:150]))
+    rag.update_pattern_library(make_patterns(vectors[150:650], first_id=150))  # 500 > 200: the newest 200
     np.testing.assert_array_equal(live_ids(rag), np.arange(450, 650))
     assert_index_holds_exactly(rag, 450, 650)
     for start in range(650, 900, 50):  # and online updates go on from there, through a compaction
-        rag.update_pattern_library(h.make_patterns(vectors[start:start + 50], first_id=start))
+        rag.update_pattern_library(make_patterns(vectors[start:start + 50], first_id=start))
     np.testing.assert_array_equal(live_ids(rag), np.arange(700, 900))
     top = ids_of(rag.retrieve(torch.from_numpy(vectors), timeout_ms=2_000))[:, 0]
     np.testing.assert_array_equal(top[700:], np.arange(700, 900))
@@ -393,21 +395,21 @@ def test_a_call_larger_than_the_library_keeps_its_newest(h, rng):
     rag.close()
 
 
-def test_queries_are_answered_during_a_compaction(h, rng):
+def test_queries_are_answered_during_a_compaction(rng):
     """The builder is held at a gate: the compaction stays in progress, queries keep being answered against the
     old index, and so they are while an update waits for the builder to swap its index in."""
-    vectors = h.clustered_vectors(rng, 500)
+    vectors = clustered_vectors(rng, 500)
     rag = GatedBuildRAG(128, 256, max_patterns=200)
     q = torch.from_numpy(vectors[250:258] + 0.01)
-    rag.update_pattern_library(h.make_patterns(vectors[:200]))
-    rag.update_pattern_library(h.make_patterns(vectors[200:300], first_id=200))  # 300 / 400 elements: it starts
+    rag.update_pattern_library(make_patterns(vectors[:200]))
+    rag.update_pattern_library(make_patterns(vectors[200:300], first_id=200))  # 300 / 400 elements: it starts
     assert rag._compaction is not None and rag._compaction.building and rag._compaction.swap_at == 400
     r = rag.retrieve(q, timeout_ms=1_000)
     assert r.status == "ok"
     np.testing.assert_array_equal(ids_of(r)[:, 0], np.arange(250, 258))
-    rag.update_pattern_library(h.make_patterns(vectors[300:350], first_id=300))  # fed to the builder, no swap
+    rag.update_pattern_library(make_patterns(vectors[300:350], first_id=300))  # fed to the builder, no swap
     writer = threading.Thread(target=rag.update_pattern_library,
-                              args=(h.make_patterns(vectors[350:450], first_id=350),))
+                              args=(make_patterns(vectors[350:450], first_id=350),))
     writer.start()  # reaches entry 400: waits for the builder, then swaps
     deadline = time.monotonic() + 5
     while rag._total < 400 and time.monotonic() < deadline:
@@ -430,15 +432,15 @@ def test_queries_are_answered_during_a_compaction(h, rng):
     rag.close()
 
 
-def test_a_long_update_lets_queries_in_between_its_chunks(h, rng):
+def test_a_long_update_lets_queries_in_between_its_chunks(rng):
     """One 1,000-pattern update holds the exclusive lock chunk by chunk (here ~15 ms each, 32 chunks): a query
     issued meanwhile is answered before the update ends, within its deadline."""
-    vectors = h.clustered_vectors(rng, 2_000)
+    vectors = clustered_vectors(rng, 2_000)
     rag = SlowWriteRAG(128, 256, max_patterns=1_000)
-    rag.update_pattern_library(h.make_patterns(vectors[:1_000]))
+    rag.update_pattern_library(make_patterns(vectors[:1_000]))
     rag.delay_s = 0.015
     writer = threading.Thread(target=rag.update_pattern_library,
-                              args=(h.make_patterns(vectors[1_000:], first_id=1_000),))
+                              args=(make_patterns(vectors[1_000:], first_id=1_000),))
     writer.start()
     time.sleep(0.05)
     answered = []
@@ -451,10 +453,10 @@ def test_a_long_update_lets_queries_in_between_its_chunks(h, rng):
     rag.close()
 
 
-def test_point_in_time_after_compactions(h, rng):
+def test_point_in_time_after_compactions(rng):
     """Rows are reused and the index rebuilt several times: the filter still uses each entry's own outcome time."""
-    vectors = h.clustered_vectors(rng, 3_000, clusters=20)
-    patterns = h.make_patterns(vectors)
+    vectors = clustered_vectors(rng, 3_000, clusters=20)
+    patterns = make_patterns(vectors)
     rag = PatternRAG(128, 256, max_patterns=1_000)
     for start in range(0, 3_000, 250):
         rag.update_pattern_library(patterns[start:start + 250])
@@ -468,16 +470,16 @@ def test_point_in_time_after_compactions(h, rng):
         eligible = eligible[eligible >= 2_000]  # only the live ones can come back
         got = ids_of(r)[row]
         assert np.all(np.isin(got, eligible)) and i not in got
-        exact = eligible[h.brute_force_knn(vectors[eligible], vectors[i:i + 1], 10)[0]]
+        exact = eligible[brute_force_knn(vectors[eligible], vectors[i:i + 1], 10)[0]]
         assert len(set(got) & set(exact)) >= 9
     rag.close()
 
 
-def test_save_load_mid_compaction_continues_identically(h, rng, tmp_path):
+def test_save_load_mid_compaction_continues_identically(rng, tmp_path):
     """Saved while a compaction is pending, after earlier ones: the loaded copy answers the same, resumes the
     compaction, and after the same further updates saves byte for byte the same library as the original."""
-    vectors = h.clustered_vectors(rng, 2_000)
-    patterns = h.make_patterns(vectors)
+    vectors = clustered_vectors(rng, 2_000)
+    patterns = make_patterns(vectors)
     rag = PatternRAG(128, 256, max_patterns=300)
     for start in range(0, 1_000, 70):
         rag.update_pattern_library(patterns[start:start + 70])
@@ -504,10 +506,10 @@ def test_save_load_mid_compaction_continues_identically(h, rng, tmp_path):
         r.close()
 
 
-def test_saved_library_depends_only_on_the_insertion_order(h, rng, tmp_path):
+def test_saved_library_depends_only_on_the_insertion_order(rng, tmp_path):
     """Same entries, same order: byte-identical files, whatever the split into calls and however slow the
     compaction builder is (the swap point is an entry number, not a moment)."""
-    patterns = h.make_patterns(h.clustered_vectors(rng, 1_500))
+    patterns = make_patterns(clustered_vectors(rng, 1_500))
     a = PatternRAG(128, 256, max_patterns=400)
     for start in range(0, 1_500, 100):
         a.update_pattern_library(patterns[start:start + 100])
@@ -529,23 +531,23 @@ def test_saved_library_depends_only_on_the_insertion_order(h, rng, tmp_path):
         r.close()
 
 
-def test_clear_library_during_a_compaction(h, rng):
-    vectors = h.clustered_vectors(rng, 400)
+def test_clear_library_during_a_compaction(rng):
+    vectors = clustered_vectors(rng, 400)
     rag = GatedBuildRAG(128, 256, max_patterns=200)
-    rag.update_pattern_library(h.make_patterns(vectors[:200]))
-    rag.update_pattern_library(h.make_patterns(vectors[200:320], first_id=200))
+    rag.update_pattern_library(make_patterns(vectors[:200]))
+    rag.update_pattern_library(make_patterns(vectors[200:320], first_id=200))
     assert rag._compaction is not None
     rag.clear_library()  # stops the builder
     assert rag.size == 0 and rag._compaction is None
     rag.gate.set()
-    rag.update_pattern_library(h.make_patterns(vectors[320:], first_id=320))
+    rag.update_pattern_library(make_patterns(vectors[320:], first_id=320))
     np.testing.assert_array_equal(live_ids(rag), np.arange(320, 400))
     rag.close()
 
 
-def test_load_refuses_a_library_of_the_previous_format(h, rng, tmp_path):
+def test_load_refuses_a_library_of_the_previous_format(rng, tmp_path):
     rag = PatternRAG(128, 256, max_patterns=100)
-    rag.update_pattern_library(h.make_patterns(h.clustered_vectors(rng, 50)))
+    rag.update_pattern_library(make_patterns(clustered_vectors(rng, 50)))
     rag.save_library(tmp_path)
     with np.load(tmp_path / "patterns.npz") as z:
         meta = {key: z[key] for key in z.files if key not in ("library_format", "swap_at")}

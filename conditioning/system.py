@@ -157,7 +157,7 @@ class ConditioningSystem(nn.Module):
                   timeout_ms: float | None = None, retrieve: bool = True) -> ConditioningOutput:
         """Inference for the dataflow, once per bar batch: the context plus regime probabilities, RAG status
         and per-stage latencies (ms). ``query_windows [B, 2]`` int64 ``(start_ns, end_ns)`` makes retrieval
-        point-in-time (see rag.py). ``timeout_ms`` overrides ``rag.timeout_ms`` for this call (a caller that
+        point-in-time (see library.py). ``timeout_ms`` overrides ``rag.timeout_ms`` for this call (a caller that
         splits a batch passes what is left of one deadline; 0 = already past it, fail open at once).
         ``retrieve=False``: do not query the index (status ``unavailable``; a circuit breaker's open state)."""
         return self._run(features, query_windows, timeout_ms, retrieve)

@@ -9,7 +9,7 @@ smoother is per-symbol state and runs after it in a keyed ``stateful_map``.
 
 Point in time: matured patterns (outcome now known) join the library after the batch that made them known
 has been conditioned, and retrieval skips patterns whose outcome was not known when the query window
-started (rag.py), so the order of additions within a lookback never changes an answer.
+started (conditioning/library.py), so the order of additions within a lookback never changes an answer.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class ContextEngine:
             # update, and every one after it until the queue drains (they apply in order), runs on a background
             # thread instead. Not always: catching up, a background update competes with the next batch's
             # queries for the cores (more contexts failed open in the demo than with inline updates). A
-            # pattern known at this bar end is eligible only for windows starting at or after it (rag.py), so a
+            # pattern known at this bar end is eligible only for windows starting at or after it (library.py), so a
             # later update changes no neighbour set.
             self._last_update = self._updater().submit(self._add_logged, matured)
         return drafts, matured

@@ -32,12 +32,13 @@ demo: $(VENV)/.installed-demo
 
 # The Kafka tests run through testcontainers: the wrapper sets up a container API (podman where no Docker engine
 # answers), stops it afterwards, and falls back to the embedded broker, saying why, where it cannot.
-test: $(VENV)/.installed-test
-	$(BIN)/ruff check conditioning flows schemas tests benchmarks
+test: lint
 	bash tests/with_container_api.sh $(BIN)/python -m pytest
 
+# Lint, then types (mypy with the pydantic plugin; settings in pyproject.toml).
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check conditioning flows schemas tests benchmarks
+	$(BIN)/mypy
 
 schemas: $(VENV)/.installed-demo
 	$(BIN)/hrmcond export-schemas

@@ -49,7 +49,7 @@ class ArtifactMismatchError(HrmcondError, ValueError):
 
 #: Settings that change behaviour at run time but not the trained model: flipping them needs no retraining,
 #: so they are left out of the config hash (the full config is still stored in the manifest).
-RUNTIME_SETTINGS = {
+RUNTIME_SETTINGS: dict[str, bool | set[str]] = {
     "enable_regime": True, "enable_rag": True, "enable_hybrid": True, "fail_open": True,
     "regime": {"stability_threshold"}, "rag": {"timeout_ms"},
 }

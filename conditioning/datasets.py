@@ -40,7 +40,7 @@ class FeatureTable:
 
 
 def read_feature_records(paths: Iterable[str | Path]) -> list[FeatureRecord]:
-    records = []
+    records: list[FeatureRecord] = []
     for path in paths:
         with open(path, "rb") as f:
             records.extend(FeatureRecord.model_validate_json(line) for line in f if line.strip())

@@ -192,7 +192,8 @@ class Retrieval:
 
     @property
     def valid(self) -> np.ndarray:  # [B, k] bool
-        return self.labels >= 0
+        assert self.labels is not None, f"a {self.status!r} retrieval has no neighbours"
+        return np.greater_equal(self.labels, 0)
 
 
 class PatternLibrary:
@@ -371,6 +372,7 @@ class PatternLibrary:
 
     def _swap(self) -> None:
         """Wait for the builder (no lock held: queries go on), then swap its index in under the write lock."""
+        assert self._compaction is not None  # called when the update reached its swap_at
         built = self._compaction.finish()
         live = self._live()
         rows = live % self.max_patterns
@@ -552,6 +554,7 @@ class PatternLibrary:
             found = future.result(timeout=max(0.0, deadline - time.monotonic()))
             if found.status != "ok" or len(first) == len(inverse):
                 return found
+            assert found.labels is not None and found.similarity is not None and found.outcomes is not None
             return Retrieval("ok", labels=found.labels[inverse], similarity=found.similarity[inverse],
                              outcomes=found.outcomes[inverse])
         except FutureTimeout:

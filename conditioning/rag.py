@@ -54,21 +54,22 @@ class PatternRAG(PatternLibrary, nn.Module):
         """An ``ok`` retrieval -> context ``[B, context_dim]``; zero rows where a query has no valid neighbour."""
         if retrieval.status != "ok":
             raise ValueError(f"cannot project a retrieval with status {retrieval.status!r}")
+        sim, outcomes = retrieval.similarity, retrieval.outcomes  # [B, k], [B, k, O]
+        assert sim is not None and outcomes is not None  # an ok retrieval carries them
         valid = retrieval.valid  # [B, k]
-        logits = np.where(valid, retrieval.similarity / self.temperature, -np.inf)
+        logits = np.where(valid, sim / self.temperature, -np.inf)
         has_any = valid.any(axis=1)  # [B]
         logits[~has_any] = 0.0
         w = np.exp(logits - logits.max(axis=1, keepdims=True))  # [B, k]
         w /= w.sum(axis=1, keepdims=True)
-        z = (retrieval.outcomes - self._outcome_mean) / self._outcome_std  # [B, k, O]
+        z = (outcomes - self._outcome_mean) / self._outcome_std  # [B, k, O]
         mean = np.einsum("bk,bko->bo", w, z)  # [B, O]
         std = np.sqrt(np.maximum(np.einsum("bk,bko->bo", w, (z - mean[:, None]) ** 2), 0.0))  # [B, O]
-        sim = retrieval.similarity
         n_valid = np.maximum(valid.sum(axis=1), 1)
         summary = np.concatenate(
             [mean, std, sim.max(axis=1, initial=0.0)[:, None], (sim.sum(axis=1) / n_valid)[:, None]], axis=1
         )  # [B, SUMMARY_DIM]
-        ref = self.head[0].weight
+        ref = next(self.head.parameters())  # the first layer's weight: the head's dtype and device
         ctx = self.head(torch.as_tensor(summary, dtype=ref.dtype, device=ref.device))  # [B, C]
         return ctx * torch.as_tensor(has_any, device=ref.device).unsqueeze(1)
 

@@ -109,12 +109,15 @@ class ConditioningSystem(nn.Module):
         batch = self._batch(features)
         ref = self.regime_proj.weight
         latency: dict[str, float] = {}
-        regime_ctx = probs = None
+        regime_ctx: Tensor | None = None
+        probs: Tensor | None = None
         if self.enable_regime:
             probs = torch.softmax(self.regime_classifier(features["regime_features"]), dim=-1)  # [B, R]
             regime_ctx = self.regime_proj(probs)  # [B, C]
         t1 = time.perf_counter()
-        rag_ctx, status, has_neighbours = None, "disabled", None
+        rag_ctx: Tensor | None = None
+        status: RagStatus = "disabled"
+        has_neighbours: Tensor | None = None
         if self.enable_rag:
             budget_ms = self.config.rag.timeout_ms if timeout_ms is None else timeout_ms
             if not retrieve:
@@ -132,13 +135,13 @@ class ConditioningSystem(nn.Module):
                     f"pattern retrieval {status} (timeout_ms={budget_ms}) with fail_open=false"
                 ) from retrieval.error
         t2 = time.perf_counter()
-        if regime_ctx is None and rag_ctx is None:
-            context = torch.zeros(batch, ref.shape[0], dtype=ref.dtype, device=ref.device)
-        elif rag_ctx is None:
-            context = regime_ctx
+        if rag_ctx is None:
+            context = (regime_ctx if regime_ctx is not None
+                       else torch.zeros(batch, ref.shape[0], dtype=ref.dtype, device=ref.device))
         elif regime_ctx is None:
             context = rag_ctx
         elif self.enable_hybrid:  # rows without a neighbour keep the regime part alone
+            assert has_neighbours is not None  # set with rag_ctx
             context = torch.where(has_neighbours, self.fusion(regime_ctx, rag_ctx), regime_ctx)
         else:
             context = regime_ctx + rag_ctx

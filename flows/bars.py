@@ -216,15 +216,21 @@ class SymbolLogic(StatefulLogic):
     def snapshot(self) -> SymbolState | None:
         return self.state
 
+    @property
+    def _st(self) -> SymbolState:
+        """The symbol's state: the helpers below run only once the first tick has created it."""
+        assert self.state is not None, "a helper ran before the symbol's first tick"
+        return self.state
+
     # -- arrival ------------------------------------------------------------------------------------------
     def _clock(self) -> int:
         """How far the symbol's event time has got: its newest tick, or the watermark where a heartbeat or the
         idle clock moved it further; 0 before the first tick."""
-        return max(self.state.newest_ns, self.state.released_ns)
+        return max(self._st.newest_ns, self._st.released_ns)
 
     def _accept(self, value: Tick | Received, out: list) -> None:
         """Into the reorder buffer, or a dead letter if it is late."""
-        st, tick = self.state, _tick(value)
+        st, tick = self._st, _tick(value)
         if tick.ts_ns < st.released_ns:
             METRICS.late_ticks.inc()
             out.append(_refused(value, "late", f"event time {tick.ts_ns} is before {st.released_ns}, already "
@@ -238,13 +244,13 @@ class SymbolLogic(StatefulLogic):
 
     def _received_before(self, tick: Tick) -> bool:
         key = (tick.ts_ns, tick.seq)
-        return key in self.state.seen or any((_tick(v).ts_ns, _tick(v).seq) == key for v in self.state.suspects)
+        return key in self._st.seen or any((_tick(v).ts_ns, _tick(v).seq) == key for v in self._st.suspects)
 
     def _remember(self, tick: Tick) -> None:
         """Note the identity of a tick with a ``seq``; forget those a copy of which would be late anyway."""
         if tick.seq is None:
             return
-        st = self.state
+        st = self._st
         while st.seen_by_time and st.seen_by_time[0][0] < st.released_ns:
             st.seen.discard(heapq.heappop(st.seen_by_time))
         key = (tick.ts_ns, tick.seq)
@@ -253,7 +259,7 @@ class SymbolLogic(StatefulLogic):
 
     def _judge(self, value: Tick | Received, out: list) -> None:
         """A tick while suspects are held, or one far ahead of the clock: the rules of the module docstring."""
-        st, ts = self.state, _tick(value).ts_ns
+        st, ts = self._st, _tick(value).ts_ns
         st.suspects.append(value)
         clock = self._clock()
         if clock and ts <= clock + self.ahead_ns:  # the stream goes on near the clock
@@ -269,7 +275,7 @@ class SymbolLogic(StatefulLogic):
     def _settle(self, reach_ns: int, out: list, *, refute: bool) -> None:
         """Accept the suspects at or before ``reach_ns`` in arrival order; dead-letter the others as ``future``
         (``refute``) or keep holding them."""
-        st = self.state
+        st = self._st
         held = []
         for value in st.suspects:
             tick = _tick(value)
@@ -286,7 +292,7 @@ class SymbolLogic(StatefulLogic):
     # -- event time ---------------------------------------------------------------------------------------
     def _advance(self, watermark_ns: int, out: list) -> None:
         """Apply every buffered tick at or before ``watermark_ns`` in order, closing bars on the way."""
-        st = self.state
+        st = self._st
         while st.pending and st.pending[0][0] <= watermark_ns:
             ts, _, tick = heapq.heappop(st.pending)
             self._close_through(ts, out)
@@ -298,7 +304,7 @@ class SymbolLogic(StatefulLogic):
 
     def _close_through(self, ts_ns: int, out: list) -> None:
         """Close every bar that ends at or before ``ts_ns`` (bars are ``[end - bar, end)``)."""
-        st = self.state
+        st = self._st
         while st.bar_end_ns and st.bar_end_ns <= ts_ns:
             end = st.bar_end_ns
             bar = st.features.close_bar(end)
@@ -339,7 +345,7 @@ class SymbolLogic(StatefulLogic):
             out.append(_refused(tick, "rejected", str(err)))
 
     def _apply_checked(self, tick: Tick, out: list) -> None:
-        st, f = self.state, self.state.features
+        st, f = self._st, self._st.features
         if isinstance(tick, Reference):
             f.on_reference(tick.date or trading_date(tick.ts_ns), tick.prev_close, tick.tier)
             return
@@ -370,7 +376,7 @@ class SymbolLogic(StatefulLogic):
     def _roll_features(self, ts_ns: int) -> None:
         """Between sessions no bar is emitted, but the feature state must still see its bars closed (as
         empty ones) before a tick of a later bar; the discarded result is an out-of-session bar."""
-        st = self.state
+        st = self._st
         if st.features_end_ns and ts_ns >= st.features_end_ns:
             start = ts_ns - ts_ns % self.bar_ns
             st.matured += self._defined(st.features.close_bar(start).matured)

@@ -278,7 +278,7 @@ def cmd_audit_leakage(args: argparse.Namespace) -> None:
     if all(r.regime is not None for r in records):
         from conditioning.regime import REGIME_INDEX
 
-        outputs["emitted regime"] = np.array([REGIME_INDEX[r.regime] for r in records])
+        outputs["emitted regime"] = np.array([REGIME_INDEX[r.regime] for r in records if r.regime is not None])
     print(f"MI(output, id) with id = symbol (the puzzle id HRM would see), episodes = symbol-days: "
           f"{len(records):,} samples, {len(set(ids))} ids, {len(set(episodes))} episodes")
     failed = False

@@ -179,7 +179,7 @@ def _yaml_problem(err: Exception) -> str:
     if mark is None:  # ValueError (an impossible date), or a YAMLError without a position
         return _QUOTED.sub(elide, str(err).splitlines()[0])
     context = getattr(err, "context", None)
-    what = _QUOTED.sub(elide, err.problem or "syntax error") + (f" ({context})" if context else "")
+    what = _QUOTED.sub(elide, getattr(err, "problem", None) or "syntax error") + (f" ({context})" if context else "")
     return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
 
 

@@ -287,7 +287,7 @@ class InferenceLogic(StatefulBatchLogic):
         self.state.added = deque(self.state.added, maxlen=engine.cfg.conditioning.rag.max_patterns)
         engine.add_patterns(list(self.state.added))
 
-    def on_batch(self, values: list[BarFeatures | Heartbeat]) -> tuple[list[tuple[str, ContextDraft]], bool]:
+    def on_batch(self, values: list[BarFeatures | Heartbeat]) -> tuple[list[tuple[str, ContextDraft | None]], bool]:
         st = self.state
         clocks = 0
         for value in values:
@@ -310,7 +310,7 @@ class InferenceLogic(StatefulBatchLogic):
         st.passed = {k: n for k, n in st.passed.items() if k[1] > st.clock_ns[k[0]]}
         return self._release(st.released_ns), StatefulBatchLogic.RETAIN
 
-    def on_eof(self) -> tuple[list[tuple[str, ContextDraft]], bool]:
+    def on_eof(self) -> tuple[list[tuple[str, ContextDraft | None]], bool]:
         # End of input: every bar there will be has arrived.
         held = self.state.held
         return self._release(max((b.window_end_ns for b in held), default=0)), StatefulBatchLogic.RETAIN

@@ -39,7 +39,9 @@ def read_topic(conf: dict[str, str], topic: str, timeout_s: float = 10.0) -> lis
                          "enable.partition.eof": True})
     parts = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-    out, done, deadline = [], set(), time.monotonic() + timeout_s
+    out: list[bytes] = []
+    done: set[int | None] = set()  # partitions at their end
+    deadline = time.monotonic() + timeout_s
     while len(done) < len(parts) and time.monotonic() < deadline:
         msg = consumer.poll(0.2)
         if msg is None:
@@ -47,7 +49,9 @@ def read_topic(conf: dict[str, str], topic: str, timeout_s: float = 10.0) -> lis
         if msg.error():
             done.add(msg.partition())
             continue
-        out.append(msg.value())
+        value = msg.value()
+        assert value is not None  # the demo's topics hold no tombstones
+        out.append(value)
     consumer.close()
     return out
 

@@ -45,12 +45,13 @@ class ContextFeed:
         records advanced a symbol's context."""
         advanced = 0
         for msg in self._consumer.consume(max_messages, timeout_s):
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.error("contexts consumer error: %s", msg.error())
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.error("contexts consumer error: %s", err)
                 continue
             try:
-                rec = ContextRecord.model_validate_json(msg.value())
+                rec = ContextRecord.model_validate_json(msg.value() or b"")  # a tombstone is unreadable too
             except ValueError as err:  # a record this version cannot read: count it, keep going
                 self.invalid += 1
                 log.warning("unreadable context record at %s[%s]@%s: %s", msg.topic(), msg.partition(),

@@ -26,6 +26,7 @@ class ReplayOutputs:
     @property
     def dead_letters_path(self) -> Path:
         main = self.contexts or self.features
+        assert main is not None, "a replay writes contexts or features"
         return self.dead_letters or main.with_name(main.stem + ".dead-letters.jsonl")
 
     def paths(self) -> list[Path]:

@@ -42,7 +42,7 @@ def summarise(title: str, n_ticks: int, wall_s: float, contexts: list[ContextRec
         lines.append("regime time shares  " + ", ".join(f"{k} {v / n:.1%}" for k, v in regimes.most_common()))
         rates = []
         for recs in by_symbol.values():
-            days: dict[str, list[str]] = {}
+            days: dict[str, list[str | None]] = {}
             for c in recs:
                 days.setdefault(_et(c.window_end_ns)[:10], []).append(c.regime)
             rates += [sum(a != b for a, b in zip(r, r[1:], strict=False)) / len(r) for r in days.values()]

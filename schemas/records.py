@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-from collections.abc import Sequence
-from typing import Annotated, Literal
+from collections.abc import Iterable
+from typing import Annotated, Final, Literal, get_args
 
 from pydantic import Field
 
@@ -25,17 +25,17 @@ from schemas.layout import (
 )
 from schemas.strict import Strict
 
-RECORD_SCHEMA_VERSION = 1
+RECORD_SCHEMA_VERSION: Final = 1
 
 SsrLuldName = Literal["NORMAL", "SSR_ACTIVE", "LULD_LIMIT", "HALTED"]
-assert set(SsrLuldName.__args__) == {s.name for s in SsrLuldState}
+assert set(get_args(SsrLuldName)) == {s.name for s in SsrLuldState}
 RagStatus = Literal["ok", "timeout", "disabled", "empty", "error", "unavailable"]
 #: Statuses whose context went out without the RAG part because retrieval did not answer (fail-open).
 FAILED_OPEN: frozenset[RagStatus] = frozenset({"timeout", "error", "unavailable"})
 OptFloat = float | None
 
 
-def finite_or_none(values: Sequence[float]) -> list[float | None]:
+def finite_or_none(values: Iterable[float]) -> list[float | None]:
     """NaN/inf -> None, so the JSON carries ``null`` instead of a non-standard token."""
     return [float(v) if math.isfinite(v) else None for v in values]
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import pydantic
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationInfo
@@ -39,7 +39,7 @@ from pydantic_core import PydanticCustomError
 from schemas.errors import TickDecodeError
 from schemas.strict import Strict
 
-TICK_SCHEMA_VERSION = 1
+TICK_SCHEMA_VERSION: Final = 1
 
 #: Plausible event times: 2000-01-01 .. 2100-01-01 UTC, in ns. Seconds or milliseconds since the epoch
 #: (a common producer bug) fall far below the lower bound and are rejected instead of landing in 1970.
@@ -182,7 +182,8 @@ class Status(_Tick):
 
 
 Tick = Annotated[Trade | Quote | Reference | Status, Field(discriminator="kind")]
-TICK_ADAPTER: TypeAdapter[Tick] = TypeAdapter(Tick)
+# pydantic's stubs type the argument as a class; at runtime it takes any type, this annotated union included.
+TICK_ADAPTER: TypeAdapter[Tick] = TypeAdapter(Tick)  # type: ignore[arg-type]
 
 
 def reason_of(err: pydantic.ValidationError) -> str:

@@ -435,6 +435,7 @@ class SsrLuldTracker:
             )
         ts_ns = self._advance(ts_ns)
         day = self._day
+        assert day is not None  # the first event rolled to its date
         if not day.open_ns <= ts_ns < day.close_ns:
             return
         if not self._ssr_triggered_today and price <= self._ssr_threshold:
@@ -477,7 +478,7 @@ class SsrLuldTracker:
                 f"feed bands for {self.symbol} need both band_low and band_high, "
                 f"got {band_low!r}, {band_high!r}"
             )
-        if band_low is not None and not (0.0 <= band_low < band_high < math.inf):
+        if band_low is not None and band_high is not None and not (0.0 <= band_low < band_high < math.inf):
             raise SsrLuldInputError(
                 f"feed bands for {self.symbol} must satisfy 0 <= band_low < band_high < inf, "
                 f"got {band_low!r}, {band_high!r}"
@@ -510,7 +511,8 @@ class SsrLuldTracker:
             self._pause_end_ns = _NEVER
         elif luld_pause is False and self._pause_end_ns is not None:
             self._end_pause(ts_ns, "released by feed")
-        if band_low is not None:  # kept even while halted: a SIP may announce bands just before reopening
+        # Both or neither (checked above). Kept even while halted: a SIP may announce bands just before reopening.
+        if band_low is not None and band_high is not None:
             self._feed_bands = (band_low, band_high)
             self._evaluate_limit(ts_ns)
         self._reschedule()
@@ -549,6 +551,7 @@ class SsrLuldTracker:
 
     def _reschedule(self) -> None:
         day = self._day
+        assert day is not None  # the first event rolled to its date
         deadline = day.end_ns
         if not self._luld_closed_today and day.close_ns > day.open_ns:
             deadline = min(deadline, day.close_ns)
@@ -562,6 +565,7 @@ class SsrLuldTracker:
         """Apply the earliest due time-driven transition, stamped with the time it fell due."""
         due = self._next_deadline_ns
         day = self._day
+        assert day is not None  # the first event rolled to its date
         if self._limit_since_ns is not None and due == self._limit_since_ns + LIMIT_STATE_TIMEOUT_NS:
             self._limit_since_ns = None
             self._emit(due, "pause_start", "limit state not left within 15 s")
@@ -597,6 +601,7 @@ class SsrLuldTracker:
         if self._ssr_computed_today:
             self._emit(self._day.start_ns, "ssr_carryover", f"in effect through {self._ssr_until}")
         elif was_in_effect and previous is not None:
+            assert self._ssr_until is not None  # the computed restriction was in effect until it
             expired_at = session_day(self._ssr_until + timedelta(days=1), self._holidays).start_ns
             self._emit(expired_at, "ssr_expire", f"was in effect through {self._ssr_until}")
         if self._pause_end_ns is not None:  # only a feed pause can still hold here
@@ -616,6 +621,7 @@ class SsrLuldTracker:
             self._update_computed_bands(self._last_ts)
 
     def _trigger_ssr(self, ts_ns: int, price: float) -> None:
+        assert self._day is not None and self._reference is not None  # a trigger needs the day's reference data
         today = self._day.day
         until = next_trading_day(today, self._holidays)
         retrigger = self._ssr_computed_today
@@ -635,6 +641,7 @@ class SsrLuldTracker:
         return self._feed_halted or self._pause_end_ns is not None
 
     def _in_session(self, ts_ns: int) -> bool:
+        assert self._day is not None  # the first event rolled to its date
         return self._day.open_ns <= ts_ns < self._day.close_ns and not self._luld_closed_today
 
     def _add_to_window(self, ts_ns: int, price: float) -> None:
@@ -667,14 +674,17 @@ class SsrLuldTracker:
 
     def _doubled(self, ts_ns: int) -> bool:
         day = self._day
+        assert day is not None  # the first event rolled to its date
         if ts_ns < day.open_doubling_end_ns:
             return True
         reference = self._reference
+        assert reference is not None  # computed bands exist only with the day's reference data
         return ts_ns >= day.close_doubling_start_ns and _closing_doubling_applies(
             reference.prev_close, reference.tier
         )
 
     def _update_computed_bands(self, ts_ns: int) -> None:
+        assert self._ref_price is not None  # called once a (re)opening trade set it
         self._bands_doubled = self._doubled(ts_ns)
         self._bands_computed = _band_pair(
             self._ref_price, self._luld_fraction, self._luld_cap, self._bands_doubled

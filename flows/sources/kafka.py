@@ -23,6 +23,7 @@ import copy
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bytewax.inputs import AbortExecution, FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -59,13 +60,14 @@ def decode_message(msg: Message, limits: WireLimits = DEFAULT_LIMITS) -> list:
         log.error("Kafka consumer error %s (code %s): %s", err.name(), err.code(), err.str())
         return [DeadLetter.of(msg.value() or b"", "consumer_error", f"{err.name()}: {err.str()}", now,
                               topic=msg.topic(), partition=msg.partition(), offset=msg.offset())]
-    where = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
-    key = msg.key().decode(errors="replace") if msg.key() is not None else None
+    where: dict[str, Any] = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
+    raw_key = msg.key()
+    key = raw_key.decode(errors="replace") if raw_key is not None else None
     raw = msg.value() or b""
     try:
         tick = decode_tick(raw, limits)
-    except TickDecodeError as err:
-        return [DeadLetter.of(raw, err.reason, err.detail, now, key=key, **where)]
+    except TickDecodeError as bad:
+        return [DeadLetter.of(raw, bad.reason, bad.detail, now, key=key, **where)]
     # The key decides the partition, and a symbol's ticks are only in order within one partition: a tick
     # without the key, or with another one, arrives out of order with the rest and moves the symbol's clock
     # (73 key-less messages, 0.15% of a day, once erased 57% of its contexts as late).
@@ -127,7 +129,9 @@ class _TickPartition(StatefulSourcePartition):
                 continue
             self.at_head = False
             if err is None:
-                self.offset = msg.offset() + 1
+                offset = msg.offset()
+                assert offset is not None  # a delivered message has one
+                self.offset = offset + 1
             for item in decode_message(msg, self.limits):
                 if isinstance(item, Received):
                     out.extend(self.clock.observe(item.tick))

@@ -22,6 +22,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from tqdm import tqdm
 
 from conditioning.features.ssr_luld import session_day
+from flows.bars import Heartbeat
 from flows.clock import EventClock
 from schemas.canonical import ReferenceRow
 from schemas.records import DeadLetter
@@ -80,10 +81,10 @@ class _TablePartition(StatefulSourcePartition):
         self.progress = tqdm(total=self.n, initial=max(self.row, 0), unit="tick", unit_scale=True, desc="replay",
                              disable=None, leave=False)
 
-    def next_batch(self) -> list:
+    def next_batch(self) -> list[Trade | Quote | Reference | DeadLetter | Heartbeat]:
+        out: list[Trade | Quote | Reference | DeadLetter | Heartbeat] = []
         if self.row == -1:
             self.row = 0
-            out = []
             for r in self.inp.reference:
                 try:
                     out.append(reference_tick(r, self.inp.limits))
@@ -93,7 +94,7 @@ class _TablePartition(StatefulSourcePartition):
         if self.row >= self.n:
             self.progress.close()
             raise StopIteration
-        c, out = self.cols, []
+        c = self.cols
         stop = min(self.n, self.row + self.inp.batch_size)
         for i in range(self.row, stop):
             try:

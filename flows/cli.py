@@ -35,7 +35,8 @@ def load_input(args: argparse.Namespace):
     """The tick table and reference rows named by the input arguments."""
     import datetime as dt
 
-    from schemas.canonical import read_reference, read_ticks
+    from schemas.canonical import read_ticks
+    from schemas.reference import read_reference
 
     need = {"taq": ["trades"], "lobster": ["lobster"], "canonical": ["ticks"]}[args.format]
     missing = [f"--{n}" for n in need if getattr(args, n) is None]

@@ -14,7 +14,7 @@ from flows.contexts import ContextEngine, load_engine
 from flows.dataflow import Sinks, build_flow
 from flows.sinks import JsonlPartSink, merge_parts
 from flows.sources.table import ReplayInput, TableSource
-from schemas.canonical import ReferenceRow
+from schemas.reference import ReferenceRow
 
 
 @dataclass(frozen=True)

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 import numpy as np
 
 from schemas.records import FAILED_OPEN, ContextRecord, DeadLetter
-
-EASTERN = ZoneInfo("America/New_York")
+from schemas.session import NEW_YORK
 
 
 def _et(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / 1e9, tz=EASTERN).strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(ts_ns / 1e9, tz=NEW_YORK).strftime("%Y-%m-%d %H:%M")
 
 
 def summarise(title: str, n_ticks: int, wall_s: float, contexts: list[ContextRecord],

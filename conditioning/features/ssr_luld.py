@@ -37,10 +37,10 @@ from collections import deque
 from collections.abc import Callable, Collection
 from datetime import date, datetime, time, timedelta
 from typing import Literal, NamedTuple
-from zoneinfo import ZoneInfo
 
 from schemas.errors import HrmcondError
 from schemas.layout import SsrLuldState
+from schemas.session import NEW_YORK, REGULAR_CLOSE, REGULAR_OPEN
 
 __all__ = [
     "BAND_TOLERANCE_USD",
@@ -63,7 +63,6 @@ __all__ = [
     "trading_date",
 ]
 
-EASTERN = ZoneInfo("America/New_York")
 _NS_PER_S = 1_000_000_000
 
 #: Rule 201 trigger: a last sale at or below this fraction of the prior close.
@@ -87,10 +86,8 @@ _WINDOW_S = LULD_REFERENCE_WINDOW_NS // _NS_PER_S
 #: docs/reference.md: the Plan's "pro-forma reference price" rule as commonly described).
 REFERENCE_MOVE_THRESHOLD = 0.01
 
-_OPEN = time(9, 30)
 _OPEN_DOUBLING_END = time(9, 45)
 _CLOSE_DOUBLING_START = time(15, 35)
-_CLOSE = time(16, 0)
 _NEVER = 2**63  # "no deadline": later than any int64 ns timestamp
 
 SsrLuldEventKind = Literal[
@@ -142,7 +139,7 @@ class SessionDay(NamedTuple):
 
 
 def _ns_at(day: date, wall: time) -> int:
-    return int(datetime.combine(day, wall, tzinfo=EASTERN).timestamp()) * _NS_PER_S
+    return int(datetime.combine(day, wall, tzinfo=NEW_YORK).timestamp()) * _NS_PER_S
 
 
 def _is_trading_day(day: date, holidays: Collection[date]) -> bool:
@@ -159,10 +156,10 @@ def _session_day_cached(day: date, holidays: frozenset[date]) -> SessionDay:
         day,
         start,
         end,
-        _ns_at(day, _OPEN),
+        _ns_at(day, REGULAR_OPEN),
         _ns_at(day, _OPEN_DOUBLING_END),
         _ns_at(day, _CLOSE_DOUBLING_START),
-        _ns_at(day, _CLOSE),
+        _ns_at(day, REGULAR_CLOSE),
     )
 
 
@@ -178,7 +175,7 @@ def session_day(day: date, holidays: Collection[date] = frozenset()) -> SessionD
 def trading_date(ts_ns: int) -> date:
     """The US/Eastern calendar date of ``ts_ns`` (ns since the epoch), on which SSR and reference data key."""
     seconds = _check_ts(ts_ns) // _NS_PER_S
-    return datetime.fromtimestamp(seconds, tz=EASTERN).date()
+    return datetime.fromtimestamp(seconds, tz=NEW_YORK).date()
 
 
 def regular_session(ts_ns: int, holidays: Collection[date] = frozenset()) -> bool:

@@ -46,16 +46,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from conditioning.features.ssr_luld import SsrLuldTracker, luld_bands, next_trading_day
-from schemas.canonical import (
-    CANONICAL_SCHEMA,
-    QUOTE,
-    TRADE,
-    ReferenceRow,
-    new_york_ns,
-    sort_ticks,
-    write_reference,
-    write_ticks,
-)
+from schemas.canonical import CANONICAL_SCHEMA, QUOTE, TRADE, sort_ticks, write_ticks
+from schemas.reference import ReferenceRow, write_reference
+from schemas.session import new_york_ns
 
 NS = 1_000_000_000
 SESSION_S = 23_400  # 09:30-16:00 ET

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from conditioning.features.ssr_luld import session_day
 from flows.bars import Heartbeat
 from flows.clock import EventClock
-from schemas.canonical import ReferenceRow
 from schemas.records import DeadLetter
+from schemas.reference import ReferenceRow
 from schemas.ticks import DEFAULT_LIMITS, Quote, Reference, Trade, WireLimits, reason_of
 
 

@@ -33,7 +33,7 @@ Quotes -> NBBO
     with neither side (no venue quoting at all) has no canonical form and emits nothing until a side
     returns. Crossed or locked NBBOs are kept (the estimators filter them).
 
-Regular-session filtering is left to the consumer (:func:`schemas.canonical.session_mask` for batch use).
+Regular-session filtering is left to the consumer (:func:`schemas.session.session_mask` for batch use).
 """
 
 from __future__ import annotations
@@ -44,15 +44,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.canonical import (
-    CANONICAL_SCHEMA,
-    QUOTE,
-    TRADE,
-    bad_rows_error,
-    read_csv_columns,
-    row_problems,
-    sort_ticks,
-)
+from schemas.canonical import CANONICAL_SCHEMA, QUOTE, TRADE, sort_ticks
+from schemas.csvfile import bad_rows_error, read_csv_columns, row_problems
 
 #: Sale-condition codes whose prints carry a regular-way current price (BNHLS 2009 rule T3; see module doc).
 REGULAR_SALE_CONDITIONS = frozenset({"@", "E", "F", "I"})

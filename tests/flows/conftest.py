@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conditioning.sim.market import MarketConfig, simulate_market
-from schemas.canonical import write_reference, write_ticks
+from schemas.canonical import write_ticks
+from schemas.reference import write_reference
 
 
 @pytest.fixture(scope="session")

@@ -129,8 +129,9 @@ def test_replay_needs_its_inputs(tmp_path, capsys):
 
 def test_producer_refuses_a_row_the_wire_format_cannot_carry(tmp_path):
     from flows.producer import table_ticks
-    from schemas.canonical import ReferenceRow, read_ticks
+    from schemas.canonical import read_ticks
     from schemas.errors import HrmcondError
+    from schemas.reference import ReferenceRow
 
     ticks = tmp_path / "t.csv"
     ticks.write_text("ts_ns,symbol,kind,price,size,bid,bid_size,ask,ask_size\n"

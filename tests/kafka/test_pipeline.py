@@ -402,7 +402,8 @@ def test_sigterm_stops_gracefully(tmp_path, kafka_cluster, kafka_topics, market)
 
 def test_produce_command_replays_a_file_into_a_topic(tmp_path, kafka_cluster, kafka_topics, market):
     from flows.cli import main
-    from schemas.canonical import write_reference, write_ticks
+    from schemas.canonical import write_ticks
+    from schemas.reference import write_reference
 
     cfg, path = make_config(tmp_path, kafka_cluster, new_topics(kafka_topics))
     ticks, ref = tmp_path / "t.parquet", tmp_path / "r.csv"

@@ -8,18 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from schemas.canonical import (
-    CANONICAL_SCHEMA,
-    ReferenceRow,
-    TickFileError,
-    new_york_ns,
-    read_reference,
-    read_ticks,
-    session_mask,
-    sort_ticks,
-    write_reference,
-    write_ticks,
-)
+from schemas.canonical import CANONICAL_SCHEMA, read_ticks, sort_ticks, write_ticks
+from schemas.errors import TickFileError
+from schemas.reference import ReferenceRow, read_reference, write_reference
+from schemas.session import new_york_ns, session_mask
 
 T0 = 1_514_903_400_000_000_000  # 2018-01-02 09:30:00 New York
 

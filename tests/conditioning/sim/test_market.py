@@ -19,8 +19,10 @@ from conditioning.sim.market import (
     simulate_day,
     simulate_market,
 )
-from schemas.canonical import read_reference, read_ticks, session_mask, validate_ticks
+from schemas.canonical import read_ticks, validate_ticks
 from schemas.layout import SsrLuldState
+from schemas.reference import read_reference
+from schemas.session import session_mask
 
 
 @pytest.fixture(scope="module")

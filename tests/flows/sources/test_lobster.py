@@ -11,7 +11,9 @@ import pyarrow.compute as pc
 import pytest
 
 from flows.sources.lobster import lobster_event_counts, read_lobster
-from schemas.canonical import CANONICAL_SCHEMA, TickFileError, new_york_ns, validate_ticks
+from schemas.canonical import CANONICAL_SCHEMA, validate_ticks
+from schemas.errors import TickFileError
+from schemas.session import new_york_ns
 
 SAMPLE = "LOBSTER_SampleFile_AAPL_2012-06-21_1.zip"
 STEM = "AAPL_2012-06-21_34200000_57600000"

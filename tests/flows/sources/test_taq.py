@@ -12,7 +12,9 @@ import pyarrow.compute as pc
 import pytest
 
 from flows.sources.taq import REGULAR_SALE_CONDITIONS, read_taq, read_taq_quotes, read_taq_trades
-from schemas.canonical import CANONICAL_SCHEMA, TickFileError, session_mask, validate_ticks
+from schemas.canonical import CANONICAL_SCHEMA, validate_ticks
+from schemas.errors import TickFileError
+from schemas.session import session_mask
 
 TRADES = "taq_XXX_20180102-03_trades.csv.gz"
 QUOTES = "taq_XXX_20180102-03_quotes.csv.gz"

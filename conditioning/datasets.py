@@ -58,8 +58,16 @@ def feature_table(records: list[FeatureRecord]) -> FeatureTable:
         for m in r.matured:
             i = vectors.get((r.symbol, m.end_ns))
             if i is not None and np.any(pattern[i]):
-                patterns.append(Pattern(r.symbol, m.start_ns, m.end_ns, m.outcome_end_ns, pattern[i],
-                                        np.asarray(m.outcome, dtype=np.float32)))
+                patterns.append(
+                    Pattern(
+                        r.symbol,
+                        m.start_ns,
+                        m.end_ns,
+                        m.outcome_end_ns,
+                        pattern[i],
+                        np.asarray(m.outcome, dtype=np.float32),
+                    )
+                )
     return FeatureTable(
         symbol=np.array([r.symbol for r in records]),
         window_end_ns=np.array([r.window_end_ns for r in records], dtype=np.int64),

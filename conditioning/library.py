@@ -82,7 +82,6 @@ BUILD_CHUNK = 256
 LIBRARY_FORMAT = 2
 
 
-
 def _known_by(outcome_end_ns: np.ndarray, start_ns: int, label: int) -> bool:
     """hnswlib filter: the entry's outcome was known when the query window started (label -> ring row)."""
     return bool(outcome_end_ns[label % len(outcome_end_ns)] <= start_ns)
@@ -92,8 +91,13 @@ def _distinct_rows(query: np.ndarray, starts: np.ndarray | None) -> tuple[np.nda
     """Rows of ``query [B, D]`` (with their window start) that first show each distinct value, and for every row
     the position of its value among those: ``first [U]``, ``inverse [B]`` with ``query[first][inverse] == query``."""
     seen: dict[bytes, int] = {}
-    inverse = np.array([seen.setdefault(query[i].tobytes() + (b"" if starts is None else starts[i].tobytes()),
-                                        len(seen)) for i in range(len(query))], dtype=np.int64)
+    inverse = np.array(
+        [
+            seen.setdefault(query[i].tobytes() + (b"" if starts is None else starts[i].tobytes()), len(seen))
+            for i in range(len(query))
+        ],
+        dtype=np.int64,
+    )
     first = np.unique(inverse, return_index=True)[1]
     return first, inverse
 
@@ -101,7 +105,7 @@ def _distinct_rows(query: np.ndarray, starts: np.ndarray | None) -> tuple[np.nda
 def _stored(index: hnswlib.Index, labels: np.ndarray) -> np.ndarray:
     """The vectors ``index`` stores for ``labels`` (unit norm): ``[n, D]`` float32. Fetched in pieces:
     ``get_items`` holds the GIL for the whole call, and a whole library at once would stall every query thread."""
-    parts = [index.get_items(labels[start:start + BUILD_CHUNK]) for start in range(0, len(labels), BUILD_CHUNK)]
+    parts = [index.get_items(labels[start : start + BUILD_CHUNK]) for start in range(0, len(labels), BUILD_CHUNK)]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, index.dim), np.float32)
 
 
@@ -138,7 +142,7 @@ class _Compaction:
         self._units: list[np.ndarray] = []  # the new index's stored (unit) vectors, fetched as it grows
         self.error: BaseException | None = None
         for start in range(0, len(labels), BUILD_CHUNK):
-            self._queue.put((labels[start:start + BUILD_CHUNK], vectors[start:start + BUILD_CHUNK]))
+            self._queue.put((labels[start : start + BUILD_CHUNK], vectors[start : start + BUILD_CHUNK]))
         self._thread = threading.Thread(target=self._run, name="pattern-rag-compaction", daemon=True)
         _BUILDERS.add(self)
         self._thread.start()
@@ -211,8 +215,12 @@ class PatternLibrary:
         workers: int = 2,
         seed: int = 0,
     ):
-        for name, value in (("pattern_dim", pattern_dim),
-                            ("max_patterns", max_patterns), ("k", k), ("workers", workers)):
+        for name, value in (
+            ("pattern_dim", pattern_dim),
+            ("max_patterns", max_patterns),
+            ("k", k),
+            ("workers", workers),
+        ):
             if value < 1:
                 raise ValueError(f"{type(self).__name__}: {name} must be >= 1, got {value}")
         self.pattern_dim = pattern_dim
@@ -281,17 +289,22 @@ class PatternLibrary:
     def _check(self, p: Pattern, as_of_ns: int | None) -> None:
         v, o = np.asarray(p.vector), np.asarray(p.outcome)
         if v.shape != (self.pattern_dim,) or not np.all(np.isfinite(v)) or not np.any(v):
-            raise ValueError(f"pattern {p.symbol}@{p.start_ns}: vector must be {self.pattern_dim} finite "
-                             f"values, not all zero (cosine space), got shape {v.shape}")
+            raise ValueError(
+                f"pattern {p.symbol}@{p.start_ns}: vector must be {self.pattern_dim} finite "
+                f"values, not all zero (cosine space), got shape {v.shape}"
+            )
         if o.shape != (OUTCOME_DIM,) or not np.all(np.isfinite(o)):
-            raise ValueError(f"pattern {p.symbol}@{p.start_ns}: outcome must be {OUTCOME_DIM} finite "
-                             f"values, got {o!r}")
+            raise ValueError(f"pattern {p.symbol}@{p.start_ns}: outcome must be {OUTCOME_DIM} finite values, got {o!r}")
         if not p.start_ns < p.end_ns <= p.outcome_end_ns:
-            raise ValueError(f"pattern {p.symbol}: need start_ns < end_ns <= outcome_end_ns, got "
-                             f"{p.start_ns}, {p.end_ns}, {p.outcome_end_ns}")
+            raise ValueError(
+                f"pattern {p.symbol}: need start_ns < end_ns <= outcome_end_ns, got "
+                f"{p.start_ns}, {p.end_ns}, {p.outcome_end_ns}"
+            )
         if as_of_ns is not None and p.outcome_end_ns > as_of_ns:
-            raise ValueError(f"pattern {p.symbol}@{p.start_ns}: outcome known at {p.outcome_end_ns} ns, "
-                             f"after as_of_ns={as_of_ns}: adding it would look ahead")
+            raise ValueError(
+                f"pattern {p.symbol}@{p.start_ns}: outcome known at {p.outcome_end_ns} ns, "
+                f"after as_of_ns={as_of_ns}: adding it would look ahead"
+            )
 
     def update_pattern_library(self, patterns: Sequence[Pattern], *, as_of_ns: int | None = None) -> None:
         """Add patterns (oldest first); beyond ``max_patterns`` the oldest entries are evicted.
@@ -307,8 +320,11 @@ class PatternLibrary:
         vectors = np.stack([np.asarray(p.vector, dtype=np.float32) for p in patterns])  # [n, D]
         with self._update_lock:
             if len(patterns) > self.max_patterns:  # all but the newest N would be evicted within this call
-                self._replace(patterns[-self.max_patterns:], vectors[-self.max_patterns:],
-                              skipped=len(patterns) - self.max_patterns)
+                self._replace(
+                    patterns[-self.max_patterns :],
+                    vectors[-self.max_patterns :],
+                    skipped=len(patterns) - self.max_patterns,
+                )
                 return
             done = 0
             while True:
@@ -320,7 +336,7 @@ class PatternLibrary:
                 else:
                     room = self._compact_at - self._index.element_count
                 n = min(WRITE_CHUNK, len(patterns) - done, room)
-                self._write(patterns[done:done + n], vectors[done:done + n])
+                self._write(patterns[done : done + n], vectors[done : done + n])
                 done += n
 
     def _maintain(self) -> None:
@@ -366,8 +382,7 @@ class PatternLibrary:
     def _start_compaction(self, swap_at: int) -> None:
         """Build, in the background, the index of the entries live at ``swap_at``: those from ``swap_at - N``
         that exist now, then each one added until then (fed by ``_write``)."""
-        labels = np.arange(max(0, swap_at - self.max_patterns, self._total - self.size), self._total,
-                           dtype=np.int64)
+        labels = np.arange(max(0, swap_at - self.max_patterns, self._total - self.size), self._total, dtype=np.int64)
         self._compaction = _Compaction(self, swap_at, labels, self._unit[labels % self.max_patterns].copy())
 
     def _swap(self) -> None:
@@ -379,7 +394,7 @@ class PatternLibrary:
         if built is None or not np.array_equal(built[1], live):  # failed or stopped (close()): the same build, here
             index = self._new_index()
             for start in range(0, len(live), BUILD_CHUNK):
-                self._build_add(index, live[start:start + BUILD_CHUNK], self._unit[rows[start:start + BUILD_CHUNK]])
+                self._build_add(index, live[start : start + BUILD_CHUNK], self._unit[rows[start : start + BUILD_CHUNK]])
             built = index, live, _stored(index, live)
         unit = self._unit.copy()
         unit[rows] = built[2]  # as the new index stores them (what a copy loaded from a save would see)
@@ -414,10 +429,16 @@ class PatternLibrary:
                 n = self.size
                 np.savez(
                     directory / "patterns.npz",
-                    library_format=LIBRARY_FORMAT, pattern_dim=self.pattern_dim, max_patterns=self.max_patterns,
-                    total=self._total, swap_at=-1 if self._compaction is None else self._compaction.swap_at,
-                    symbol=self._symbol[:n].astype(str), start_ns=self._start_ns[:n], end_ns=self._end_ns[:n],
-                    outcome_end_ns=self._outcome_end_ns[:n], outcome=self._outcome[:n],
+                    library_format=LIBRARY_FORMAT,
+                    pattern_dim=self.pattern_dim,
+                    max_patterns=self.max_patterns,
+                    total=self._total,
+                    swap_at=-1 if self._compaction is None else self._compaction.swap_at,
+                    symbol=self._symbol[:n].astype(str),
+                    start_ns=self._start_ns[:n],
+                    end_ns=self._end_ns[:n],
+                    outcome_end_ns=self._outcome_end_ns[:n],
+                    outcome=self._outcome[:n],
                 )
             finally:
                 self._lock.release_read()
@@ -430,12 +451,16 @@ class PatternLibrary:
             meta = {key: z[key] for key in z.files}
         found = int(meta["library_format"]) if "library_format" in meta else 1
         if found != LIBRARY_FORMAT:
-            raise ValueError(f"pattern library at {directory} has format {found}, this {type(self).__name__} reads "
-                             f"{LIBRARY_FORMAT}: rebuild it (make model, or hrmcond build-patterns)")
+            raise ValueError(
+                f"pattern library at {directory} has format {found}, this {type(self).__name__} reads "
+                f"{LIBRARY_FORMAT}: rebuild it (make model, or hrmcond build-patterns)"
+            )
         for key in ("pattern_dim", "max_patterns"):
             if int(meta[key]) != getattr(self, key):
-                raise ValueError(f"pattern library at {directory} has {key}={int(meta[key])}, this "
-                                 f"{type(self).__name__} has {getattr(self, key)}")
+                raise ValueError(
+                    f"pattern library at {directory} has {key}={int(meta[key])}, this "
+                    f"{type(self).__name__} has {getattr(self, key)}"
+                )
         index = hnswlib.Index(space="cosine", dim=self.pattern_dim)
         index.load_index(str(directory / "patterns.hnsw"), max_elements=self._capacity)
         index.set_ef(self._ef)
@@ -444,11 +469,14 @@ class PatternLibrary:
         try:
             unit = _stored(index, live)  # [n, D]
         except RuntimeError as err:
-            raise ValueError(f"pattern library at {directory} is inconsistent: the index lacks live entries "
-                             f"of the metadata ({err})") from err
+            raise ValueError(
+                f"pattern library at {directory} is inconsistent: the index lacks live entries of the metadata ({err})"
+            ) from err
         if n != min(total, self.max_patterns) or index.element_count > self._capacity:
-            raise ValueError(f"pattern library at {directory} is inconsistent: {n} live entries of {total}, "
-                             f"index of {index.element_count} elements")
+            raise ValueError(
+                f"pattern library at {directory} is inconsistent: {n} live entries of {total}, "
+                f"index of {index.element_count} elements"
+            )
         rows = live % self.max_patterns
         with self._update_lock:
             self._drop_compaction()
@@ -538,8 +566,7 @@ class PatternLibrary:
         if query_windows is not None:
             windows = np.asarray(query_windows, dtype=np.int64)
             if windows.shape != (query.shape[0], 2):
-                raise ValueError(f"query_windows must be [{query.shape[0]}, 2], "
-                                 f"got {list(windows.shape)}")
+                raise ValueError(f"query_windows must be [{query.shape[0]}, 2], got {list(windows.shape)}")
             starts = windows[:, 0].copy()
         if not np.all(np.isfinite(query)):
             raise ValueError("query_features contain NaN or inf")
@@ -555,8 +582,12 @@ class PatternLibrary:
             if found.status != "ok" or len(first) == len(inverse):
                 return found
             assert found.labels is not None and found.similarity is not None and found.outcomes is not None
-            return Retrieval("ok", labels=found.labels[inverse], similarity=found.similarity[inverse],
-                             outcomes=found.outcomes[inverse])
+            return Retrieval(
+                "ok",
+                labels=found.labels[inverse],
+                similarity=found.similarity[inverse],
+                outcomes=found.outcomes[inverse],
+            )
         except FutureTimeout:
             future.cancel()  # still queued: it never runs; running: it finishes and releases the lock itself
             return Retrieval("timeout")

@@ -40,12 +40,11 @@ class PatternRAG(PatternLibrary, nn.Module):
         PatternLibrary.__init__(self, pattern_dim, **library)
         self.context_dim = context_dim
         self.temperature = temperature
-        self.head = nn.Sequential(
-            nn.Linear(SUMMARY_DIM, HEAD_HIDDEN), nn.GELU(), nn.Linear(HEAD_HIDDEN, context_dim)
-        )
+        self.head = nn.Sequential(nn.Linear(SUMMARY_DIM, HEAD_HIDDEN), nn.GELU(), nn.Linear(HEAD_HIDDEN, context_dim))
 
-    def retrieve(self, query_features: Tensor, timeout_ms: float = 60,
-                 query_windows: Tensor | np.ndarray | None = None) -> Retrieval:
+    def retrieve(
+        self, query_features: Tensor, timeout_ms: float = 60, query_windows: Tensor | np.ndarray | None = None
+    ) -> Retrieval:
         """:meth:`PatternLibrary.search` for a tensor ``query_features [B, pattern_dim]`` (on any device)."""
         query = query_features.detach().to("cpu", torch.float32).numpy().copy()  # the worker may outlive us
         return self.search(query, timeout_ms, None if query_windows is None else np.asarray(query_windows))
@@ -73,8 +72,9 @@ class PatternRAG(PatternLibrary, nn.Module):
         ctx = self.head(torch.as_tensor(summary, dtype=ref.dtype, device=ref.device))  # [B, C]
         return ctx * torch.as_tensor(has_any, device=ref.device).unsqueeze(1)
 
-    def forward(self, query_features: Tensor, timeout_ms: int = 60,
-                query_windows: Tensor | np.ndarray | None = None) -> Tensor | None:
+    def forward(
+        self, query_features: Tensor, timeout_ms: int = 60, query_windows: Tensor | np.ndarray | None = None
+    ) -> Tensor | None:
         """``[B, pattern_dim]`` -> ``[B, context_dim]``, or ``None`` (fail-open: timeout, empty, error)."""
         retrieval = self.retrieve(query_features, timeout_ms, query_windows)
         return self.project(retrieval) if retrieval.status == "ok" else None

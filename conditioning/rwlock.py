@@ -29,7 +29,8 @@ class RWLock:
             self._readers_waiting += 1
             try:
                 ok = self._cond.wait_for(
-                    lambda: not self._writer and (not self._writers_waiting or self._pass > 0), timeout)
+                    lambda: not self._writer and (not self._writers_waiting or self._pass > 0), timeout
+                )
             finally:
                 self._readers_waiting -= 1
             if ok:

@@ -92,8 +92,10 @@ class ConditioningSystem(nn.Module):
     def _batch(self, features: dict[str, Tensor]) -> int:
         extra = sorted(set(features) - set(FEATURE_KEYS))
         if extra:
-            raise ValueError(f"ConditioningSystem takes only {FEATURE_KEYS}; got extra keys {extra}. "
-                             "It must never see an identifier.")
+            raise ValueError(
+                f"ConditioningSystem takes only {FEATURE_KEYS}; got extra keys {extra}. "
+                "It must never see an identifier."
+            )
         needed = [k for k, on in zip(FEATURE_KEYS, (self.enable_regime, self.enable_rag), strict=True) if on]
         missing = [k for k in needed if k not in features]
         if missing:
@@ -103,8 +105,13 @@ class ConditioningSystem(nn.Module):
             raise ValueError(f"features must hold at least one tensor, all with one batch size; got {sizes}")
         return next(iter(sizes.values()))
 
-    def _run(self, features: dict[str, Tensor], query_windows: np.ndarray | Tensor | None,
-             timeout_ms: float | None = None, retrieve: bool = True) -> ConditioningOutput:
+    def _run(
+        self,
+        features: dict[str, Tensor],
+        query_windows: np.ndarray | Tensor | None,
+        timeout_ms: float | None = None,
+        retrieve: bool = True,
+    ) -> ConditioningOutput:
         t0 = time.perf_counter()
         batch = self._batch(features)
         ref = self.regime_proj.weight
@@ -136,8 +143,11 @@ class ConditioningSystem(nn.Module):
                 ) from retrieval.error
         t2 = time.perf_counter()
         if rag_ctx is None:
-            context = (regime_ctx if regime_ctx is not None
-                       else torch.zeros(batch, ref.shape[0], dtype=ref.dtype, device=ref.device))
+            context = (
+                regime_ctx
+                if regime_ctx is not None
+                else torch.zeros(batch, ref.shape[0], dtype=ref.dtype, device=ref.device)
+            )
         elif regime_ctx is None:
             context = rag_ctx
         elif self.enable_hybrid:  # rows without a neighbour keep the regime part alone
@@ -146,8 +156,12 @@ class ConditioningSystem(nn.Module):
         else:
             context = regime_ctx + rag_ctx
         t3 = time.perf_counter()
-        latency = {"regime": (t1 - t0) * 1e3, "rag": (t2 - t1) * 1e3, "fusion": (t3 - t2) * 1e3,
-                   "total": (t3 - t0) * 1e3}
+        latency = {
+            "regime": (t1 - t0) * 1e3,
+            "rag": (t2 - t1) * 1e3,
+            "fusion": (t3 - t2) * 1e3,
+            "total": (t3 - t0) * 1e3,
+        }
         rows = None if has_neighbours is None else has_neighbours[:, 0]
         return ConditioningOutput(context, probs, status, latency, rows)
 
@@ -156,8 +170,13 @@ class ConditioningSystem(nn.Module):
         return self._run(features, None).context
 
     @torch.no_grad()
-    def condition(self, features: dict[str, Tensor], query_windows: np.ndarray | Tensor | None = None,
-                  timeout_ms: float | None = None, retrieve: bool = True) -> ConditioningOutput:
+    def condition(
+        self,
+        features: dict[str, Tensor],
+        query_windows: np.ndarray | Tensor | None = None,
+        timeout_ms: float | None = None,
+        retrieve: bool = True,
+    ) -> ConditioningOutput:
         """Inference for the dataflow, once per bar batch: the context plus regime probabilities, RAG status
         and per-stage latencies (ms). ``query_windows [B, 2]`` int64 ``(start_ns, end_ns)`` makes retrieval
         point-in-time (see library.py). ``timeout_ms`` overrides ``rag.timeout_ms`` for this call (a caller that

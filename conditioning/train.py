@@ -60,8 +60,15 @@ class LabelRules:
         raw, trend_score = _check_raw(raw, trend_score)
         q = np.quantile
         tsrv, bpv, amihud = (raw[:, _COL[f"log_{name}_rel"]] for name in ("tsrv", "bpv", "amihud"))
-        return cls(float(q(tsrv, 0.8)), float(q(tsrv, 0.2)), float(q(bpv, 0.8)), float(q(bpv, 0.2)),
-                   float(q(amihud, 0.9)), float(q(trend_score, 0.8)), float(q(trend_score, 0.2)))
+        return cls(
+            float(q(tsrv, 0.8)),
+            float(q(tsrv, 0.2)),
+            float(q(bpv, 0.8)),
+            float(q(bpv, 0.2)),
+            float(q(amihud, 0.9)),
+            float(q(trend_score, 0.8)),
+            float(q(trend_score, 0.2)),
+        )
 
     def apply(self, raw: np.ndarray, trend_score: np.ndarray) -> np.ndarray:
         """``raw [N, 20]``, ``trend_score [N]`` -> regime index ``[N]`` (int64)."""
@@ -94,7 +101,13 @@ def _check_raw(raw: np.ndarray, trend_score: np.ndarray) -> tuple[np.ndarray, np
 
 
 def train_classifier(
-    x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3, seed: int = 0,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int = 30,
+    batch_size: int = 256,
+    lr: float = 3e-3,
+    seed: int = 0,
     progress: bool = False,
 ) -> RegimeClassifier:
     """Fit a RegimeClassifier on normalised ``x [N, 20]`` and labels ``y [N]``: AdamW, cross-entropy weighted
@@ -137,9 +150,14 @@ class RegimeFit:
     fingerprint: str  # of the training inputs
 
     def summary(self) -> dict:
-        return {"accuracy": self.accuracy, "kappa": self.kappa, "rules": asdict(self.rules),
-                "confusion": self.confusion.tolist(), "regimes": list(REGIME_NAMES),
-                "training_fingerprint": self.fingerprint}
+        return {
+            "accuracy": self.accuracy,
+            "kappa": self.kappa,
+            "rules": asdict(self.rules),
+            "confusion": self.confusion.tolist(),
+            "regimes": list(REGIME_NAMES),
+            "training_fingerprint": self.fingerprint,
+        }
 
 
 def fingerprint(*arrays: np.ndarray) -> str:
@@ -153,7 +171,12 @@ def fingerprint(*arrays: np.ndarray) -> str:
 
 
 def fit_regime_classifier(
-    raw: np.ndarray, trend_score: np.ndarray, *, val_fraction: float = 0.2, epochs: int = 30, seed: int = 0,
+    raw: np.ndarray,
+    trend_score: np.ndarray,
+    *,
+    val_fraction: float = 0.2,
+    epochs: int = 30,
+    seed: int = 0,
     progress: bool = True,
 ) -> RegimeFit:
     """``hrmcond train-regime``: rows in time order -> normaliser + classifier + held-out evaluation."""
@@ -170,14 +193,26 @@ def fit_regime_classifier(
     model = train_classifier(x[:cut], labels[:cut], epochs=epochs, seed=seed, progress=progress)
     pred = predict(model, x[cut:])
     n = len(REGIME_NAMES)
-    return RegimeFit(model, normalizer, rules, confusion_matrix(labels[cut:], pred, n),
-                     float(np.mean(pred == labels[cut:])), cohen_kappa(labels[cut:], pred, n),
-                     fingerprint(raw, trend_score))
+    return RegimeFit(
+        model,
+        normalizer,
+        rules,
+        confusion_matrix(labels[cut:], pred, n),
+        float(np.mean(pred == labels[cut:])),
+        cohen_kappa(labels[cut:], pred, n),
+        fingerprint(raw, trend_score),
+    )
 
 
 def build_pattern_library(
-    patterns: Iterable[Pattern], *, as_of_ns: int | None = None, max_patterns: int = 10_000,
-    context_dim: int = 256, chunk: int = 2_048, progress: bool = True, rag: PatternRAG | None = None,
+    patterns: Iterable[Pattern],
+    *,
+    as_of_ns: int | None = None,
+    max_patterns: int = 10_000,
+    context_dim: int = 256,
+    chunk: int = 2_048,
+    progress: bool = True,
+    rag: PatternRAG | None = None,
 ) -> PatternRAG:
     """``hrmcond build-patterns``: a point-in-time library from replayed history.
 

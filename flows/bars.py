@@ -157,9 +157,7 @@ class SymbolLogic(StatefulLogic):
         self.state = state
 
     # -- Bytewax hooks ------------------------------------------------------------------------------------
-    def on_item(
-        self, value: Tick | Received | Heartbeat
-    ) -> tuple[list[BarFeatures | DeadLetter | Heartbeat], bool]:
+    def on_item(self, value: Tick | Received | Heartbeat) -> tuple[list[BarFeatures | DeadLetter | Heartbeat], bool]:
         out: list[BarFeatures | DeadLetter | Heartbeat] = []
         if isinstance(value, Heartbeat):
             if self.state is not None:
@@ -173,8 +171,11 @@ class SymbolLogic(StatefulLogic):
             self.state = SymbolState(features=SymbolFeatures(tick.symbol, feature_params(self.cfg)))
         st = self.state
         if tick.seq is not None and self._received_before(tick):
-            out.append(_refused(value, "duplicate", f"{tick.symbol} tick ts_ns={tick.ts_ns} seq={tick.seq} "
-                                "was already received"))
+            out.append(
+                _refused(
+                    value, "duplicate", f"{tick.symbol} tick ts_ns={tick.ts_ns} seq={tick.seq} was already received"
+                )
+            )
             return out, StatefulLogic.RETAIN
         if isinstance(tick, Reference):
             # Reference data is stamped with the start of its trading date and may be published days ahead:
@@ -182,8 +183,13 @@ class SymbolLogic(StatefulLogic):
             # for a date already past (yesterday's, re-sent) cannot apply any more: the SSR/LULD rules refuse it.
             date, today = tick.date or trading_date(tick.ts_ns), trading_date(max(st.released_ns, tick.ts_ns))
             if date < today:
-                out.append(_refused(value, "stale_reference", f"reference data for {tick.symbol} on {date} "
-                                    f"arrived on {today}, after that date"))
+                out.append(
+                    _refused(
+                        value,
+                        "stale_reference",
+                        f"reference data for {tick.symbol} on {date} arrived on {today}, after that date",
+                    )
+                )
                 return out, StatefulLogic.RETAIN
             self._remember(tick)
             if tick.ts_ns < st.released_ns:
@@ -233,8 +239,14 @@ class SymbolLogic(StatefulLogic):
         st, tick = self._st, _tick(value)
         if tick.ts_ns < st.released_ns:
             METRICS.late_ticks.inc()
-            out.append(_refused(value, "late", f"event time {tick.ts_ns} is before {st.released_ns}, already "
-                                f"applied for {tick.symbol} (beyond pipeline.allowed_lateness_ms)"))
+            out.append(
+                _refused(
+                    value,
+                    "late",
+                    f"event time {tick.ts_ns} is before {st.released_ns}, already "
+                    f"applied for {tick.symbol} (beyond pipeline.allowed_lateness_ms)",
+                )
+            )
             return
         self._remember(tick)
         heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
@@ -282,9 +294,15 @@ class SymbolLogic(StatefulLogic):
             if tick.ts_ns <= reach_ns:
                 self._accept(value, out)
             elif refute:
-                out.append(_refused(value, "future", f"event time {tick.ts_ns} is more than "
-                                    f"pipeline.max_ahead_ms ahead of {tick.symbol}'s clock ({self._clock()}), "
-                                    "and no later input confirmed the jump"))
+                out.append(
+                    _refused(
+                        value,
+                        "future",
+                        f"event time {tick.ts_ns} is more than "
+                        f"pipeline.max_ahead_ms ahead of {tick.symbol}'s clock ({self._clock()}), "
+                        "and no later input confirmed the jump",
+                    )
+                )
             else:
                 held.append(value)
         st.suspects = held
@@ -352,8 +370,12 @@ class SymbolLogic(StatefulLogic):
         if isinstance(tick, Status):
             self._roll_features(tick.ts_ns)
             f.on_status(
-                tick.ts_ns, halted=tick.halted, luld_pause=tick.luld_pause, ssr=tick.ssr,
-                band_low=tick.band_low, band_high=tick.band_high,
+                tick.ts_ns,
+                halted=tick.halted,
+                luld_pause=tick.luld_pause,
+                ssr=tick.ssr,
+                band_low=tick.band_low,
+                band_high=tick.band_high,
             )
             return
         if self.cfg.session.regular_hours_only:
@@ -371,7 +393,6 @@ class SymbolLogic(StatefulLogic):
             if tick.crossed:
                 METRICS.crossed_quotes.inc()
             f.on_quote(tick.ts_ns, tick.bid, tick.bid_size, tick.ask, tick.ask_size)
-
 
     def _roll_features(self, ts_ns: int) -> None:
         """Between sessions no bar is emitted, but the feature state must still see its bars closed (as
@@ -393,6 +414,14 @@ def _refused(value: Tick | Received, reason: str, detail: str) -> DeadLetter:
     """The dead letter of a tick the bar step refuses: the original message where it came from Kafka, else
     (replay) the tick in its wire form."""
     if isinstance(value, Received):
-        return DeadLetter.of(value.raw, reason, detail, time.time_ns(), key=value.symbol, topic=value.topic,
-                             partition=value.partition, offset=value.offset)
+        return DeadLetter.of(
+            value.raw,
+            reason,
+            detail,
+            time.time_ns(),
+            key=value.symbol,
+            topic=value.topic,
+            partition=value.partition,
+            offset=value.offset,
+        )
     return DeadLetter.of(encode_tick(value), reason, detail, time.time_ns(), key=value.symbol)

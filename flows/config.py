@@ -36,7 +36,6 @@ ENV_PREFIX = "HRMCOND__"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "conditioning" / "pretrained" / "default"
 
 
-
 class SessionConfig(Strict):
     """Which ticks count. Regular hours are 09:30-16:00 US/Eastern on weekdays not in ``holidays`` (the
     session clock of ``conditioning.features.ssr_luld``: LULD and Rule 201 are defined on it). Ticks outside
@@ -171,6 +170,7 @@ def _yaml_problem(err: Exception) -> str:
     """``line L, column C: problem (context)`` of a YAML error, without the text PyYAML quotes: its message
     shows the offending line, and its problem may quote a tag or an alias taken from it, either of which may
     be a secret. A quoted single character (``'\\t'``) and token names (``'<stream end>'``) are kept."""
+
     def elide(m: re.Match[str]) -> str:
         inner = m.group(0)[1:-1]
         return m.group(0) if len(inner) <= 2 or re.fullmatch(r"<[a-z ]+>", inner) else "'...'"
@@ -188,7 +188,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        path = name[len(ENV_PREFIX):].lower().split("__")
+        path = name[len(ENV_PREFIX) :].lower().split("__")
         if not all(path):
             raise ConfigError(f"environment variable {name}: empty key segment (use {ENV_PREFIX}SECTION__KEY)")
         node = tree
@@ -222,8 +222,11 @@ def _describe(err: pydantic.ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
-        shown = (e["type"] not in ("missing", "extra_forbidden") and loc[:2] != SECRET_SECTION
-                 and not isinstance(e["input"], dict | list))
+        shown = (
+            e["type"] not in ("missing", "extra_forbidden")
+            and loc[:2] != SECRET_SECTION
+            and not isinstance(e["input"], dict | list)
+        )
         got = f" (got {e['input']!r})" if shown else ""
         lines.append(f"  {'.'.join(loc) or '<root>'}: {e['msg']}{got}")
     return "\n".join(lines)

@@ -102,8 +102,9 @@ def build_flow(
         raise ValueError("a conditioning flow needs a contexts sink")
     ctx_engine = engine()
     one_key = op.key_on("all_bars", bar_split.trues, lambda _: "model")
-    drafts = op.key_rm("unkey_model", op.stateful_batch(
-        "infer", one_key, lambda resume: InferenceLogic(ctx_engine, resume)))
+    drafts = op.key_rm(
+        "unkey_model", op.stateful_batch("infer", one_key, lambda resume: InferenceLogic(ctx_engine, resume))
+    )
     finished = op.stateful_map("regime_hysteresis", drafts, ctx_engine.finish)
     records = op.filter("drop_evictions", finished, lambda kv: kv[1] is not None)
     contexts = op.map("ctx_out", op.key_rm("unkey_ctx", records), lambda pair: _record_out(_kept(pair)[0]))

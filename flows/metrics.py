@@ -36,11 +36,13 @@ METRICS = _Metrics(
     ticks_outside_session=Counter("hrmcond_ticks_outside_session", "Ticks outside the regular session, skipped"),
     crossed_quotes=Counter("hrmcond_crossed_quotes", "Crossed quotes seen (excluded from spread features)"),
     contexts=Counter("hrmcond_contexts", "Context records emitted, by regime", ["regime"]),
-    rag_status=Counter("hrmcond_rag_status", "RAG outcome per context (timeout, error, unavailable = fail-open)",
-                       ["status"]),
+    rag_status=Counter(
+        "hrmcond_rag_status", "RAG outcome per context (timeout, error, unavailable = fail-open)", ["status"]
+    ),
     rag_breaker_open=Gauge("hrmcond_rag_breaker_open", "1 while retrieval is skipped after repeated timeouts"),
     context_latency_ms=Histogram(
-        "hrmcond_context_latency_ms", "Model time per context batch (features to context), ms",
+        "hrmcond_context_latency_ms",
+        "Model time per context batch (features to context), ms",
         buckets=_LATENCY_BUCKETS_MS,
     ),
     consumer_errors=Counter("hrmcond_consumer_errors", "librdkafka consumer errors, by code", ["code"]),

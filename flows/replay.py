@@ -46,8 +46,14 @@ def build_replay_flow(
     for path in outputs.paths():
         path.parent.mkdir(parents=True, exist_ok=True)
     evict = cfg.pipeline.evict_idle_s
-    inp = ReplayInput(ticks, tuple(reference), cfg.pipeline.bar_ms * 1_000_000, source_name=source_name,
-                      limits=cfg.pipeline.wire, evict_after_ns=None if evict is None else evict * 10**9)
+    inp = ReplayInput(
+        ticks,
+        tuple(reference),
+        cfg.pipeline.bar_ms * 1_000_000,
+        source_name=source_name,
+        limits=cfg.pipeline.wire,
+        evict_after_ns=None if evict is None else evict * 10**9,
+    )
     sinks = Sinks(
         contexts=JsonlPartSink(outputs.contexts) if outputs.contexts else None,
         features=JsonlPartSink(outputs.features) if outputs.features else None,

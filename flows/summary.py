@@ -15,8 +15,7 @@ def _et(ts_ns: int) -> str:
     return datetime.fromtimestamp(ts_ns / 1e9, tz=NEW_YORK).strftime("%Y-%m-%d %H:%M")
 
 
-def summarise(title: str, n_ticks: int, wall_s: float, contexts: list[ContextRecord],
-              dead: list[DeadLetter]) -> str:
+def summarise(title: str, n_ticks: int, wall_s: float, contexts: list[ContextRecord], dead: list[DeadLetter]) -> str:
     by_symbol: dict[str, list[ContextRecord]] = {}
     for c in sorted(contexts, key=lambda c: (c.symbol, c.window_end_ns)):
         by_symbol.setdefault(c.symbol, []).append(c)
@@ -44,8 +43,9 @@ def summarise(title: str, n_ticks: int, wall_s: float, contexts: list[ContextRec
             for c in recs:
                 days.setdefault(_et(c.window_end_ns)[:10], []).append(c.regime)
             rates += [sum(a != b for a, b in zip(r, r[1:], strict=False)) / len(r) for r in days.values()]
-        lines.append(f"regime changes      max {max(rates):.1%} of bars per symbol-day (budget 5%), "
-                     f"mean {np.mean(rates):.1%}")
+        lines.append(
+            f"regime changes      max {max(rates):.1%} of bars per symbol-day (budget 5%), mean {np.mean(rates):.1%}"
+        )
     lines.append("SSR/LULD events:")
     events = 0
     for symbol, recs in by_symbol.items():

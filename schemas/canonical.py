@@ -52,9 +52,6 @@ TRADE = "trade"
 QUOTE = "quote"
 
 
-
-
-
 def sort_ticks(table: pa.Table) -> pa.Table:
     """Stable sort by ``ts_ns``: equal timestamps keep their relative order (the sources' sequence)."""
     order = np.argsort(table.column("ts_ns").to_numpy(), kind="stable")

@@ -153,8 +153,9 @@ class DeadLetter(_Record):
     received_at_ns: int
 
     @classmethod
-    def of(cls, raw: bytes, reason: str, detail: str, received_at_ns: int, *, key: str | None = None,
-           **where: object) -> DeadLetter:
+    def of(
+        cls, raw: bytes, reason: str, detail: str, received_at_ns: int, *, key: str | None = None, **where: object
+    ) -> DeadLetter:
         return cls(
             raw_b64=base64.b64encode(raw).decode(),
             raw_size=len(raw),

@@ -84,16 +84,20 @@ def _limits(info: ValidationInfo) -> WireLimits:
 def _price_in_range(x: float, info: ValidationInfo) -> float:
     lim = _limits(info)
     if not lim.min_price <= x <= lim.max_price:
-        raise PydanticCustomError("out_of_range", "price {x} USD is outside {lo}..{hi} (pipeline.wire)",
-                                  {"x": x, "lo": lim.min_price, "hi": lim.max_price})
+        raise PydanticCustomError(
+            "out_of_range",
+            "price {x} USD is outside {lo}..{hi} (pipeline.wire)",
+            {"x": x, "lo": lim.min_price, "hi": lim.max_price},
+        )
     return x
 
 
 def _size_in_range(x: float, info: ValidationInfo) -> float:
     lim = _limits(info)
     if x > lim.max_size:
-        raise PydanticCustomError("out_of_range", "size {x} is above {hi} (pipeline.wire.max_size)",
-                                  {"x": x, "hi": lim.max_size})
+        raise PydanticCustomError(
+            "out_of_range", "size {x} is above {hi} (pipeline.wire.max_size)", {"x": x, "hi": lim.max_size}
+        )
     return x
 
 
@@ -207,9 +211,7 @@ def decode_tick(raw: bytes | str, limits: WireLimits = DEFAULT_LIMITS) -> Tick:
     try:
         return TICK_ADAPTER.validate_json(raw, context=limits)
     except pydantic.ValidationError as err:
-        detail = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<message>'}: {e['msg']}" for e in err.errors()[:5]
-        )
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<message>'}: {e['msg']}" for e in err.errors()[:5])
         raise TickDecodeError(reason_of(err), detail) from err
 
 

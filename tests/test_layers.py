@@ -58,13 +58,16 @@ def test_an_upward_import_is_found_even_inside_a_function(tmp_path: Path):
     ]
 
 
-@pytest.mark.parametrize(("module", "absent"), [
-    ("schemas.records", ("conditioning", "flows", "torch")),
-    # The feature estimators are pure numpy: the package's lazy exports keep torch out of them.
-    ("conditioning.features.state", ("flows", "torch", "hnswlib")),
-    # The pattern library is hnswlib + numpy: the torch head is conditioning/rag.py.
-    ("conditioning.library", ("flows", "torch")),
-])
+@pytest.mark.parametrize(
+    ("module", "absent"),
+    [
+        ("schemas.records", ("conditioning", "flows", "torch")),
+        # The feature estimators are pure numpy: the package's lazy exports keep torch out of them.
+        ("conditioning.features.state", ("flows", "torch", "hnswlib")),
+        # The pattern library is hnswlib + numpy: the torch head is conditioning/rag.py.
+        ("conditioning.library", ("flows", "torch")),
+    ],
+)
 def test_a_lower_layer_imports_without_the_upper_ones(module: str, absent: tuple[str, ...]):
     code = f"import sys, {module}; print(sorted(m for m in {absent!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

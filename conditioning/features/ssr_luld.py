@@ -207,9 +207,7 @@ def _check_ts(ts_ns: int, symbol: str = "") -> int:
         return operator.index(ts_ns)
     except TypeError:
         where = f" for {symbol}" if symbol else ""
-        raise SsrLuldInputError(
-            f"ts_ns{where} must be an int (ns since the Unix epoch), got {ts_ns!r}"
-        ) from None
+        raise SsrLuldInputError(f"ts_ns{where} must be an int (ns since the Unix epoch), got {ts_ns!r}") from None
 
 
 def _check_tier(tier: int) -> int:
@@ -338,8 +336,13 @@ class SsrLuldTracker:
     no event log.
     """
 
-    def __init__(self, symbol: str, *, holidays: Collection[date] = frozenset(),
-                 on_event: Callable[[SsrLuldEvent], None] | None = None) -> None:
+    def __init__(
+        self,
+        symbol: str,
+        *,
+        holidays: Collection[date] = frozenset(),
+        on_event: Callable[[SsrLuldEvent], None] | None = None,
+    ) -> None:
         if not isinstance(symbol, str) or not symbol:
             raise SsrLuldInputError(f"symbol must be a non-empty str, got {symbol!r}")
         self.symbol = symbol
@@ -409,9 +412,7 @@ class SsrLuldTracker:
         the same date replaces the earlier values). A date already in the past is an error.
         """
         if not isinstance(trading_date, date) or isinstance(trading_date, datetime):
-            raise SsrLuldInputError(
-                f"trading_date for {self.symbol} must be a datetime.date, got {trading_date!r}"
-            )
+            raise SsrLuldInputError(f"trading_date for {self.symbol} must be a datetime.date, got {trading_date!r}")
         reference = _Reference(_check_price("prev_close", prev_close, self.symbol), _check_tier(tier))
         if self._day is not None and trading_date < self._day.day:
             raise SsrLuldInputError(
@@ -427,9 +428,7 @@ class SsrLuldTracker:
         if not (0.0 < price < math.inf):
             _check_price("trade price", price, self.symbol)
         if not (0.0 < size < math.inf):
-            raise SsrLuldInputError(
-                f"trade size for {self.symbol} must be finite and > 0 shares, got {size!r}"
-            )
+            raise SsrLuldInputError(f"trade size for {self.symbol} must be finite and > 0 shares, got {size!r}")
         ts_ns = self._advance(ts_ns)
         day = self._day
         assert day is not None  # the first event rolled to its date
@@ -472,8 +471,7 @@ class SsrLuldTracker:
         """
         if (band_low is None) != (band_high is None):
             raise SsrLuldInputError(
-                f"feed bands for {self.symbol} need both band_low and band_high, "
-                f"got {band_low!r}, {band_high!r}"
+                f"feed bands for {self.symbol} need both band_low and band_high, got {band_low!r}, {band_high!r}"
             )
         if band_low is not None and band_high is not None and not (0.0 <= band_low < band_high < math.inf):
             raise SsrLuldInputError(
@@ -482,9 +480,7 @@ class SsrLuldTracker:
             )
         for name, flag in (("halted", halted), ("luld_pause", luld_pause), ("ssr", ssr)):
             if flag is not None and not isinstance(flag, bool):
-                raise SsrLuldInputError(
-                    f"feed status {name} for {self.symbol} must be bool or None, got {flag!r}"
-                )
+                raise SsrLuldInputError(f"feed status {name} for {self.symbol} must be bool or None, got {flag!r}")
         ts_ns = self._advance(ts_ns)
         given = {
             "halted": halted,
@@ -676,16 +672,12 @@ class SsrLuldTracker:
             return True
         reference = self._reference
         assert reference is not None  # computed bands exist only with the day's reference data
-        return ts_ns >= day.close_doubling_start_ns and _closing_doubling_applies(
-            reference.prev_close, reference.tier
-        )
+        return ts_ns >= day.close_doubling_start_ns and _closing_doubling_applies(reference.prev_close, reference.tier)
 
     def _update_computed_bands(self, ts_ns: int) -> None:
         assert self._ref_price is not None  # called once a (re)opening trade set it
         self._bands_doubled = self._doubled(ts_ns)
-        self._bands_computed = _band_pair(
-            self._ref_price, self._luld_fraction, self._luld_cap, self._bands_doubled
-        )
+        self._bands_computed = _band_pair(self._ref_price, self._luld_fraction, self._luld_cap, self._bands_doubled)
 
     def _effective_bands(self, ts_ns: int) -> tuple[float, float] | None:
         if self._feed_bands is not None:
@@ -710,11 +702,7 @@ class SsrLuldTracker:
         if at_upper or at_lower:
             if self._limit_since_ns is None:
                 self._limit_since_ns = ts_ns
-                side = (
-                    f"NBB {bid} at upper band {upper:.4f}"
-                    if at_upper
-                    else f"NBO {ask} at lower band {lower:.4f}"
-                )
+                side = f"NBB {bid} at upper band {upper:.4f}" if at_upper else f"NBO {ask} at lower band {lower:.4f}"
                 self._emit(ts_ns, "limit_enter", side)
                 self._reschedule()
         elif self._limit_since_ns is not None:
@@ -747,6 +735,5 @@ class SsrLuldTracker:
     def _check_quote_side(self, name: str, value: float) -> None:
         if value < 0.0 or value == math.inf:
             raise SsrLuldInputError(
-                f"NBBO {name} for {self.symbol} must be a finite price >= 0 USD (0 or NaN = no quote), "
-                f"got {value!r}"
+                f"NBBO {name} for {self.symbol} must be a finite price >= 0 USD (0 or NaN = no quote), got {value!r}"
             )

@@ -244,7 +244,7 @@ class _LastRows:
 
     def append(self, row: tuple[float, ...]) -> None:
         i, n = self._next, self._data.shape[0] // 2
-        self._data[i :: n] = row  # rows i and i + n
+        self._data[i::n] = row  # rows i and i + n
         self._next = (i + 1) % n
 
     def view(self) -> np.ndarray:
@@ -374,14 +374,23 @@ class SymbolFeatures:
         """Reference data for the SSR/LULD tracker (prior close USD, LULD tier 1/2)."""
         self._ssr.on_reference(trading_date, prev_close, tier)
 
-    def on_status(self, ts_ns: int, *, halted: bool | None = None, luld_pause: bool | None = None,
-                  ssr: bool | None = None, band_low: float | None = None, band_high: float | None = None) -> None:
+    def on_status(
+        self,
+        ts_ns: int,
+        *,
+        halted: bool | None = None,
+        luld_pause: bool | None = None,
+        ssr: bool | None = None,
+        band_low: float | None = None,
+        band_high: float | None = None,
+    ) -> None:
         """Feed status, forwarded to the SSR/LULD tracker (:meth:`SsrLuldTracker.on_status`)."""
         if not self._floor <= ts_ns < self._bar_end:
             self._admit(ts_ns)
         self._floor = ts_ns
-        self._ssr.on_status(ts_ns, halted=halted, luld_pause=luld_pause, ssr=ssr, band_low=band_low,
-                            band_high=band_high)
+        self._ssr.on_status(
+            ts_ns, halted=halted, luld_pause=luld_pause, ssr=ssr, band_low=band_low, band_high=band_high
+        )
 
     def _check_quote(self, ts_ns: int, bid: float, bid_size: float, ask: float, ask_size: float) -> None:
         """Slow path of the quote check (a NaN side, an absent one, gets here too and passes): name the value

@@ -90,11 +90,7 @@ def simulate_days(design: ZmaDesign, n_days: int, rng: np.random.Generator) -> S
         sd = np.sqrt(vp) * sqrt_dt
         iv += vp * dt
         x[:, t + 1] = x[:, t] + (design.mu - 0.5 * vp) * dt + sd * z[0]
-        v = (
-            v
-            + design.kappa * (design.alpha - vp) * dt
-            + design.gamma * sd * (design.rho * z[0] + rho_perp * z[1])
-        )
+        v = v + design.kappa * (design.alpha - vp) * dt + design.gamma * sd * (design.rho * z[0] + rho_perp * z[1])
     jump_qv = np.zeros(n_days)
     if design.jumps_per_day > 0.0:
         counts = rng.poisson(design.jumps_per_day, size=n_days)
@@ -120,9 +116,7 @@ class EstimatorError:
     @classmethod
     def of(cls, estimates: np.ndarray, target: np.ndarray) -> EstimatorError:
         err = estimates - target
-        return cls(
-            float(err.mean()), float(np.sqrt(np.mean(err**2))), float(err.std(ddof=1) / math.sqrt(err.size))
-        )
+        return cls(float(err.mean()), float(np.sqrt(np.mean(err**2))), float(err.std(ddof=1) / math.sqrt(err.size)))
 
 
 def _rv(y: np.ndarray, step: int) -> np.ndarray:

@@ -29,8 +29,11 @@ def make_patterns(vectors: np.ndarray, first_id: int = 0, horizon_bars: int = 5,
     for j, v in enumerate(vectors):
         i = first_id + j
         outcome = np.array([i, np.log1p(i)], dtype=np.float32)[:OUTCOME_DIM]
-        out.append(Pattern("XXX", i * BAR_NS, (i + window_bars) * BAR_NS,
-                           (i + window_bars + horizon_bars) * BAR_NS, v, outcome))
+        out.append(
+            Pattern(
+                "XXX", i * BAR_NS, (i + window_bars) * BAR_NS, (i + window_bars + horizon_bars) * BAR_NS, v, outcome
+            )
+        )
     return out
 
 
@@ -44,4 +47,3 @@ def brute_force_knn(library: np.ndarray, queries: np.ndarray, k: int) -> np.ndar
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20240601)
-

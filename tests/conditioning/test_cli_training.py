@@ -118,12 +118,20 @@ def write_contexts(path, contexts: np.ndarray, regimes: np.ndarray, symbols: lis
         for s in symbols:
             for d in range(days):
                 for b in range(bars):
-                    f.write(ContextRecord(
-                        symbol=s, window_end_ns=open_ns + d * 86_400 * 10**9 + (b + 1) * BAR_NS,
-                        context=contexts[i].tolist(), regime=REGIME_NAMES[regimes[i]],
-                        regime_probs=None, ssr_luld_state="NORMAL", rag_status="ok", flags=flags,
-                        model_version="test@0",
-                    ).model_dump_json() + "\n")
+                    f.write(
+                        ContextRecord(
+                            symbol=s,
+                            window_end_ns=open_ns + d * 86_400 * 10**9 + (b + 1) * BAR_NS,
+                            context=contexts[i].tolist(),
+                            regime=REGIME_NAMES[regimes[i]],
+                            regime_probs=None,
+                            ssr_luld_state="NORMAL",
+                            rag_status="ok",
+                            flags=flags,
+                            model_version="test@0",
+                        ).model_dump_json()
+                        + "\n"
+                    )
                     i += 1
 
 

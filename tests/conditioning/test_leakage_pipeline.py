@@ -71,10 +71,12 @@ def reports(pipeline):
     out = {name: audit_leakage(o, ids, episodes, n_permutations=200, seed=0) for name, o in outputs.items()}
     for name, rep in out.items():
         o, c = rep.observed, rep.control
-        print(f"{name}: MI {o.mi_bits:.4f} bits, null {o.null_mean_bits:.4f}, excess {o.excess_bits:+.4f}, "
-              f"p={o.p_value:.3f} -> {'LEAK' if o.flagged else 'clean'}; control excess {c.excess_bits:+.4f}, "
-              f"p={c.p_value:.3f} -> {'caught' if c.flagged else 'MISSED'} "
-              f"({rep.n_samples} bars, {rep.n_ids} ids, {rep.n_episodes} episodes)")
+        print(
+            f"{name}: MI {o.mi_bits:.4f} bits, null {o.null_mean_bits:.4f}, excess {o.excess_bits:+.4f}, "
+            f"p={o.p_value:.3f} -> {'LEAK' if o.flagged else 'clean'}; control excess {c.excess_bits:+.4f}, "
+            f"p={c.p_value:.3f} -> {'caught' if c.flagged else 'MISSED'} "
+            f"({rep.n_samples} bars, {rep.n_ids} ids, {rep.n_episodes} episodes)"
+        )
     return out
 
 
@@ -115,7 +117,9 @@ def test_levels_identify_the_stock_and_baselines_remove_it(pipeline) -> None:
     ids, episodes = table.symbol[usable], table.episode[usable]
     raw_rep = audit_leakage(np.log(raw[usable]), ids, episodes, n_permutations=100, seed=0)
     rel_rep = audit_leakage(relative[usable], ids, episodes, n_permutations=100, seed=0)
-    print(f"raw levels: excess {raw_rep.observed.excess_bits:+.3f} bits; "
-          f"relative to baselines: {rel_rep.observed.excess_bits:+.3f} bits")
+    print(
+        f"raw levels: excess {raw_rep.observed.excess_bits:+.3f} bits; "
+        f"relative to baselines: {rel_rep.observed.excess_bits:+.3f} bits"
+    )
     assert raw_rep.observed.flagged and raw_rep.observed.excess_bits >= SPEC_MAX_BITS
     assert rel_rep.observed.excess_bits < SPEC_MAX_BITS

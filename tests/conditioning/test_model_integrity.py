@@ -31,7 +31,7 @@ from schemas.canonical import write_ticks
 
 def flip(path: Path, offset: int, n: int = 4) -> None:
     data = bytearray(path.read_bytes())
-    data[offset:offset + n] = bytes(b ^ 0xFF for b in data[offset:offset + n])
+    data[offset : offset + n] = bytes(b ^ 0xFF for b in data[offset : offset + n])
     path.write_bytes(bytes(data))
 
 
@@ -70,8 +70,9 @@ def damage(model: Path, case: str) -> str:
         flip(path, index_offset(path))
         # Silent without the hashes: the library loads, with one stored vector changed.
         cfg = ConditioningConfig()
-        original, flipped = (PatternRAG(cfg.rag.pattern_dim, cfg.film.context_dim, max_patterns=cfg.rag.max_patterns)
-                             for _ in range(2))
+        original, flipped = (
+            PatternRAG(cfg.rag.pattern_dim, cfg.film.context_dim, max_patterns=cfg.rag.max_patterns) for _ in range(2)
+        )
         original.load_library(DEFAULT_MODEL_DIR / "patterns")
         flipped.load_library(model / "patterns")
         assert not (original._unit == flipped._unit).all()
@@ -143,8 +144,13 @@ def test_cli_process_exits_2_without_a_traceback(copy, ticks, tmp_path, command)
     """The real process: its whole stderr is the one line."""
     damage(copy, FLIPS[0])
     env = {**os.environ, "HRMCOND__MODEL__DIR": str(copy), "HRMCOND__KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}
-    done = subprocess.run([sys.executable, "-m", "flows.cli", *commands(ticks, tmp_path)[command]], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *commands(ticks, tmp_path)[command]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert f"{copy / 'model.safetensors'} does not match the manifest" in done.stderr

@@ -214,7 +214,7 @@ def test_queries_during_updates_are_consistent(rng):
     for t in threads:
         t.start()
     for start in range(1_000, 3_000, 50):
-        rag.update_pattern_library(make_patterns(all_vectors[start:start + 50], first_id=start))
+        rag.update_pattern_library(make_patterns(all_vectors[start : start + 50], first_id=start))
         time.sleep(0.003)  # let readers in between writes (the lock prefers writers)
     stop.set()
     for t in threads:
@@ -259,7 +259,7 @@ def test_point_in_time_excludes_overlapping_and_future_patterns(rng):
         eligible = np.flatnonzero(outcome_end <= windows[row, 0])  # known before the window opened
         assert np.all(np.isin(got[row], eligible))
         assert i not in got[row]  # the query's own pattern overlaps its window
-        exact = eligible[brute_force_knn(vectors[eligible], vectors[i:i + 1], 10)[0]]
+        exact = eligible[brute_force_knn(vectors[eligible], vectors[i : i + 1], 10)[0]]
         assert len(set(got[row]) & set(exact)) >= 9
 
 
@@ -277,8 +277,9 @@ def test_point_in_time_when_the_nearest_are_all_in_the_future(rng):
     outcome_end = np.array([p.outcome_end_ns for p in patterns])
     eligible = np.flatnonzero(outcome_end <= window[0, 0])
     assert eligible.max() < 300
-    exact = eligible[brute_force_knn(patterns_vectors := np.stack([p.vector for p in patterns])[eligible],
-                                       base[None], 10)[0]]
+    exact = eligible[
+        brute_force_knn(patterns_vectors := np.stack([p.vector for p in patterns])[eligible], base[None], 10)[0]
+    ]
     assert len(patterns_vectors) == len(eligible)
     assert r.valid.all()
     assert len(set(ids_of(r)[0]) & set(exact)) >= 9
@@ -346,15 +347,16 @@ def test_rounds_of_overwrites_keep_recall_and_the_newest(rng):
     for r in range(1, rounds + 1):
         while added < n_lib * (r + 1):
             step = min(sizes[added % len(sizes)], n_lib * (r + 1) - added)
-            rag.update_pattern_library(patterns[added:added + step])
+            rag.update_pattern_library(patterns[added : added + step])
             added += step
         assert rag.size == n_lib
         np.testing.assert_array_equal(live_ids(rag), np.arange(added - n_lib, added))
         assert_index_holds_exactly(rag, added - n_lib, added)
-        queries = vectors[added - n_lib:added][rng.integers(0, n_lib, 100)] + 0.05 * rng.standard_normal(
-            (100, 128)).astype(np.float32)
+        queries = vectors[added - n_lib : added][rng.integers(0, n_lib, 100)] + 0.05 * rng.standard_normal(
+            (100, 128)
+        ).astype(np.float32)
         got = ids_of(rag.retrieve(torch.from_numpy(queries), timeout_ms=5_000))
-        exact = added - n_lib + brute_force_knn(vectors[added - n_lib:added], queries, 10)
+        exact = added - n_lib + brute_force_knn(vectors[added - n_lib : added], queries, 10)
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, exact, strict=True)])
         assert recall >= 0.95, (r, recall)
     # The index never exceeds 2N elements: it is swapped for a compacted one at entry 2N, 3N, ... (the last here).
@@ -369,7 +371,7 @@ def test_eviction_order_across_compactions(rng):
     vectors = clustered_vectors(rng, 400, clusters=400)
     rag = PatternRAG(128, 256, max_patterns=40, k=1)
     for i in range(400):
-        rag.update_pattern_library(make_patterns(vectors[i:i + 1], first_id=i))
+        rag.update_pattern_library(make_patterns(vectors[i : i + 1], first_id=i))
         if i % 23 == 0 or i == 399:
             top = ids_of(rag.retrieve(torch.from_numpy(vectors[: i + 1]), timeout_ms=2_000))[:, 0]
             lo = max(0, i + 1 - 40)
@@ -387,7 +389,7 @@ def test_a_call_larger_than_the_library_keeps_its_newest(rng):
     np.testing.assert_array_equal(live_ids(rag), np.arange(450, 650))
     assert_index_holds_exactly(rag, 450, 650)
     for start in range(650, 900, 50):  # and online updates go on from there, through a compaction
-        rag.update_pattern_library(make_patterns(vectors[start:start + 50], first_id=start))
+        rag.update_pattern_library(make_patterns(vectors[start : start + 50], first_id=start))
     np.testing.assert_array_equal(live_ids(rag), np.arange(700, 900))
     top = ids_of(rag.retrieve(torch.from_numpy(vectors), timeout_ms=2_000))[:, 0]
     np.testing.assert_array_equal(top[700:], np.arange(700, 900))
@@ -408,8 +410,7 @@ def test_queries_are_answered_during_a_compaction(rng):
     assert r.status == "ok"
     np.testing.assert_array_equal(ids_of(r)[:, 0], np.arange(250, 258))
     rag.update_pattern_library(make_patterns(vectors[300:350], first_id=300))  # fed to the builder, no swap
-    writer = threading.Thread(target=rag.update_pattern_library,
-                              args=(make_patterns(vectors[350:450], first_id=350),))
+    writer = threading.Thread(target=rag.update_pattern_library, args=(make_patterns(vectors[350:450], first_id=350),))
     writer.start()  # reaches entry 400: waits for the builder, then swaps
     deadline = time.monotonic() + 5
     while rag._total < 400 and time.monotonic() < deadline:
@@ -439,8 +440,7 @@ def test_a_long_update_lets_queries_in_between_its_chunks(rng):
     rag = SlowWriteRAG(128, 256, max_patterns=1_000)
     rag.update_pattern_library(make_patterns(vectors[:1_000]))
     rag.delay_s = 0.015
-    writer = threading.Thread(target=rag.update_pattern_library,
-                              args=(make_patterns(vectors[1_000:], first_id=1_000),))
+    writer = threading.Thread(target=rag.update_pattern_library, args=(make_patterns(vectors[1_000:], first_id=1_000),))
     writer.start()
     time.sleep(0.05)
     answered = []
@@ -459,7 +459,7 @@ def test_point_in_time_after_compactions(rng):
     patterns = make_patterns(vectors)
     rag = PatternRAG(128, 256, max_patterns=1_000)
     for start in range(0, 3_000, 250):
-        rag.update_pattern_library(patterns[start:start + 250])
+        rag.update_pattern_library(patterns[start : start + 250])
     assert rag._compactions >= 2
     idx = np.array([2_100, 2_500, 2_999])
     windows = np.array([[patterns[i].start_ns, patterns[i].end_ns] for i in idx])
@@ -470,7 +470,7 @@ def test_point_in_time_after_compactions(rng):
         eligible = eligible[eligible >= 2_000]  # only the live ones can come back
         got = ids_of(r)[row]
         assert np.all(np.isin(got, eligible)) and i not in got
-        exact = eligible[brute_force_knn(vectors[eligible], vectors[i:i + 1], 10)[0]]
+        exact = eligible[brute_force_knn(vectors[eligible], vectors[i : i + 1], 10)[0]]
         assert len(set(got) & set(exact)) >= 9
     rag.close()
 
@@ -482,7 +482,7 @@ def test_save_load_mid_compaction_continues_identically(rng, tmp_path):
     patterns = make_patterns(vectors)
     rag = PatternRAG(128, 256, max_patterns=300)
     for start in range(0, 1_000, 70):
-        rag.update_pattern_library(patterns[start:start + 70])
+        rag.update_pattern_library(patterns[start : start + 70])
     assert rag._compactions >= 2 and rag._compaction is not None  # 1,000 entries: one is pending
     rag.save_library(tmp_path / "a")
     twin = PatternRAG(128, 256, max_patterns=300)
@@ -496,7 +496,7 @@ def test_save_load_mid_compaction_continues_identically(rng, tmp_path):
     torch.testing.assert_close(rag.project(a), twin.project(b))
     for start in range(1_000, 2_000, 90):
         for r in (rag, twin):
-            r.update_pattern_library(patterns[start:start + 90])
+            r.update_pattern_library(patterns[start : start + 90])
     assert twin._compactions >= 2
     np.testing.assert_array_equal(live_ids(twin), np.arange(1_700, 2_000))
     q = torch.from_numpy(vectors[1_700:2_000:7] + 0.02)
@@ -512,7 +512,7 @@ def test_saved_library_depends_only_on_the_insertion_order(rng, tmp_path):
     patterns = make_patterns(clustered_vectors(rng, 1_500))
     a = PatternRAG(128, 256, max_patterns=400)
     for start in range(0, 1_500, 100):
-        a.update_pattern_library(patterns[start:start + 100])
+        a.update_pattern_library(patterns[start : start + 100])
     b = GatedBuildRAG(128, 256, max_patterns=400)
     threading.Timer(0.2, b.gate.set).start()  # the builder starts late: the updates wait for it at the swap
     cuts = [0, 1, 2, 50, 333, 334, 700, 701, 1_100, 1_500]

@@ -16,8 +16,9 @@ from schemas.layout import SsrLuldState
 
 from .conftest import count_parameters
 
-LOW, HIGH, TREND, SSR, LULD, NORMAL = (REGIME_INDEX[n] for n in
-                                       ("low_vol", "high_vol", "trending", "ssr_active", "luld_active", "normal"))
+LOW, HIGH, TREND, SSR, LULD, NORMAL = (
+    REGIME_INDEX[n] for n in ("low_vol", "high_vol", "trending", "ssr_active", "luld_active", "normal")
+)
 
 
 def onehotish(i: int, p: float = 0.9) -> np.ndarray:
@@ -34,8 +35,16 @@ def test_regime_classifier_budget():
 def test_regime_classifier_api():
     clf = RegimeClassifier(20)
     assert clf(torch.randn(5, 20)).shape == (5, 8)
-    assert clf.get_regime_names() == ["low_vol", "high_vol", "trending", "mean_reverting",
-                                      "ssr_active", "luld_active", "illiquid", "normal"]
+    assert clf.get_regime_names() == [
+        "low_vol",
+        "high_vol",
+        "trending",
+        "mean_reverting",
+        "ssr_active",
+        "luld_active",
+        "illiquid",
+        "normal",
+    ]
     with pytest.raises(ValueError, match=r"\[B, 20\]"):
         clf(torch.randn(5, 19))
     with pytest.raises(ValueError, match="num_regimes must be 8"):

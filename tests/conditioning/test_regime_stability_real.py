@@ -57,8 +57,7 @@ def replayed(shared_data, tmp_path_factory) -> tuple[AppConfig, list[ContextReco
     from flows.sources.taq import read_taq
 
     cfg = all_flags_config()
-    taq = read_taq(shared_data / "taq_XXX_20180102-03_trades.csv.gz",
-                   shared_data / "taq_XXX_20180102-03_quotes.csv.gz")
+    taq = read_taq(shared_data / "taq_XXX_20180102-03_trades.csv.gz", shared_data / "taq_XXX_20180102-03_quotes.csv.gz")
     lobster = read_lobster(shared_data / "LOBSTER_SampleFile_AAPL_2012-06-21_1.zip")
     records = replay_contexts(cfg, taq, tmp_path_factory.mktemp("taq"))
     records += replay_contexts(cfg, lobster, tmp_path_factory.mktemp("lobster"))
@@ -79,8 +78,9 @@ def per_day_change_rates(records: list[ContextRecord]) -> dict[str, dict[str, fl
         emitted = [r.regime for r in recs]
         raw = np.argmax(np.array([r.regime_probs for r in recs]), axis=1)  # [N]
         for i, r in enumerate(recs):
-            day = days.setdefault(f"{symbol}@{trading_date(r.window_end_ns)}",
-                                  {"bars": 0, "changes": 0, "raw_changes": 0})
+            day = days.setdefault(
+                f"{symbol}@{trading_date(r.window_end_ns)}", {"bars": 0, "changes": 0, "raw_changes": 0}
+            )
             day["bars"] += 1
             if i:
                 day["changes"] += emitted[i] != emitted[i - 1]
@@ -109,8 +109,10 @@ def test_regime_changes_at_most_stability_threshold_per_day(replayed, record_pro
     assert threshold == 0.05  # the specification's figure, from the default config
     days = per_day_change_rates(records)
     for name, d in sorted(days.items()):
-        print(f"{name}: {d['changes']}/{d['bars']} bars change regime ({d['rate']:.2%}); "
-              f"un-smoothed arg-max: {d['raw_changes']} ({d['raw_rate']:.2%})")
+        print(
+            f"{name}: {d['changes']}/{d['bars']} bars change regime ({d['rate']:.2%}); "
+            f"un-smoothed arg-max: {d['raw_changes']} ({d['raw_rate']:.2%})"
+        )
         record_property(f"regime_change_rate[{name}]", round(d["rate"], 5))
         record_property(f"argmax_change_rate[{name}]", round(d["raw_rate"], 5))
     over = {name: d["rate"] for name, d in days.items() if d["rate"] > threshold}

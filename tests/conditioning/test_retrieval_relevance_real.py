@@ -51,8 +51,9 @@ def patterns(shared_data, tmp_path_factory) -> list:
 
     cfg = load_config(env={})
     tables = {
-        "taq": read_taq(shared_data / "taq_XXX_20180102-03_trades.csv.gz",
-                        shared_data / "taq_XXX_20180102-03_quotes.csv.gz"),
+        "taq": read_taq(
+            shared_data / "taq_XXX_20180102-03_trades.csv.gz", shared_data / "taq_XXX_20180102-03_quotes.csv.gz"
+        ),
         "lobster": read_lobster(shared_data / "LOBSTER_SampleFile_AAPL_2012-06-21_1.zip"),
     }
     paths = []
@@ -117,8 +118,10 @@ def test_neighbours_rank_outcomes_better_than_random_retrieval_rolling(patterns,
     p = (1 + np.count_nonzero(ic_rand >= ic_knn)) / (1 + N_RANDOM)
     mae_knn, mae_rand = float(np.abs(knn - y).mean()), np.abs(rand - y).mean(axis=1)  # [R]
     p_mae = (1 + np.count_nonzero(mae_rand <= mae_knn)) / (1 + N_RANDOM)
-    print(f"rolling, {len(y)} queries: IC kNN {ic_knn:.3f} vs random {ic_rand.mean():.3f} +- {ic_rand.std():.3f} "
-          f"(p={p:.4f}); MAE kNN {mae_knn:.4f} vs random {mae_rand.mean():.4f} (p={p_mae:.3f})")
+    print(
+        f"rolling, {len(y)} queries: IC kNN {ic_knn:.3f} vs random {ic_rand.mean():.3f} +- {ic_rand.std():.3f} "
+        f"(p={p:.4f}); MAE kNN {mae_knn:.4f} vs random {mae_rand.mean():.4f} (p={p_mae:.3f})"
+    )
     record_property("relevance_rolling_ic_knn", round(ic_knn, 4))
     record_property("relevance_rolling_ic_random", round(float(ic_rand.mean()), 4))
     record_property("relevance_rolling_p", p)
@@ -139,9 +142,11 @@ def test_neighbours_predict_next_day_better_than_random_retrieval(patterns, reco
     p = (1 + np.count_nonzero(mae_rand <= mae_knn)) / (1 + N_RANDOM)
     mae_mean = float(np.abs(np.mean([q.outcome[RV] for q in library]) - y).mean())
     ic_knn = float(spearman(knn, y))
-    print(f"next day, {len(y)} queries, {len(library)} patterns: MAE kNN {mae_knn:.4f} vs random "
-          f"{mae_rand.mean():.4f} (effect {mae_rand.mean() - mae_knn:+.4f}, p={p:.4f}); library mean "
-          f"{mae_mean:.4f}; IC kNN {ic_knn:.3f}")
+    print(
+        f"next day, {len(y)} queries, {len(library)} patterns: MAE kNN {mae_knn:.4f} vs random "
+        f"{mae_rand.mean():.4f} (effect {mae_rand.mean() - mae_knn:+.4f}, p={p:.4f}); library mean "
+        f"{mae_mean:.4f}; IC kNN {ic_knn:.3f}"
+    )
     record_property("relevance_next_day_mae_knn", round(mae_knn, 4))
     record_property("relevance_next_day_mae_random", round(float(mae_rand.mean()), 4))
     record_property("relevance_next_day_p", p)
@@ -168,6 +173,6 @@ def test_point_in_time_fallback_is_exact_and_fast_when_few_patterns_are_eligible
     assert res.status == "ok"
     expected = eligible[brute_force_knn(vectors[eligible], queries.numpy(), len(eligible))]  # [64, 6]
     assert np.array_equal(res.labels[:, : len(eligible)], expected)
-    assert np.all(res.labels[:, len(eligible):] == -1)
+    assert np.all(res.labels[:, len(eligible) :] == -1)
     assert elapsed_ms < 60, elapsed_ms  # generous: ~0.1 ms a row here, ~4 ms a row with the hnswlib filter
     rag.close()

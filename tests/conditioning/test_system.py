@@ -17,8 +17,13 @@ FLAGS = list(itertools.product([False, True], repeat=4))  # regime, rag, hybrid,
 
 
 def make_system(rng, regime, rag, hybrid, fail_open, library=200) -> ConditioningSystem:
-    cfg = ConditioningConfig(enable_regime=regime, enable_rag=rag, enable_hybrid=hybrid, fail_open=fail_open,
-                             rag={"max_patterns": 1_000, "timeout_ms": 500})
+    cfg = ConditioningConfig(
+        enable_regime=regime,
+        enable_rag=rag,
+        enable_hybrid=hybrid,
+        fail_open=fail_open,
+        rag={"max_patterns": 1_000, "timeout_ms": 500},
+    )
     torch.manual_seed(0)
     system = ConditioningSystem(cfg).eval()
     # As after training: the gate is no longer a constant 0.5 and FiLM no longer the identity.
@@ -30,15 +35,22 @@ def make_system(rng, regime, rag, hybrid, fail_open, library=200) -> Conditionin
 
 
 def inputs(rng, batch=6) -> dict[str, torch.Tensor]:
-    return {"regime_features": torch.from_numpy(rng.standard_normal((batch, 20)).astype(np.float32)),
-            "pattern_features": torch.from_numpy(rng.standard_normal((batch, 128)).astype(np.float32))}
+    return {
+        "regime_features": torch.from_numpy(rng.standard_normal((batch, 20)).astype(np.float32)),
+        "pattern_features": torch.from_numpy(rng.standard_normal((batch, 128)).astype(np.float32)),
+    }
 
 
 def test_total_conditioning_budget():
     system = ConditioningSystem(ConditioningConfig())
     counts = {name: count_parameters(m) for name, m in system.named_children()}
-    assert counts == {"regime_classifier": 20_232, "regime_proj": 8 * 256, "pattern_rag": 17_088,
-                      "fusion": (512 * 32 + 32) + (32 * 256 + 256), "film_layer": 81_920}
+    assert counts == {
+        "regime_classifier": 20_232,
+        "regime_proj": 8 * 256,
+        "pattern_rag": 17_088,
+        "fusion": (512 * 32 + 32) + (32 * 256 + 256),
+        "film_layer": 81_920,
+    }
     assert all(c <= 100_000 for c in counts.values())
     assert count_parameters(system) == sum(counts.values()) == 146_152 <= 300_000
 

@@ -30,7 +30,7 @@ def raw_features(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
     raw[:, COL["log_amihud_rel"]] = rng.normal(0, 1, n)
     state = rng.choice(4, n, p=[0.85, 0.08, 0.05, 0.02])
     raw[np.arange(n), COL["ssr_luld_normal"] + state] = 1.0
-    raw[:, COL["volume_profile_0"]:COL["volume_profile_9"] + 1] = rng.dirichlet(np.ones(10), n)
+    raw[:, COL["volume_profile_0"] : COL["volume_profile_9"] + 1] = rng.dirichlet(np.ones(10), n)
     for name in ("log_spread_quoted_rel_tw_rel", "log_spread_effective_rel_vw_rel", "log_spread_mid_vol_rel"):
         raw[:, COL[name]] = rng.normal(0, 0.5, n)
     trend = raw[:, COL["volume_profile_9"]] * 10 + rng.normal(0, 0.3, n)  # partly visible in the features
@@ -54,8 +54,16 @@ def test_label_rules_precedence():
     trend[5] = 5.0  # low vol beats trending
     trend[6] = 5.0
     trend[7] = -5.0
-    names = ["luld_active", "luld_active", "ssr_active", "illiquid", "high_vol", "low_vol", "trending",
-             "mean_reverting"]
+    names = [
+        "luld_active",
+        "luld_active",
+        "ssr_active",
+        "illiquid",
+        "high_vol",
+        "low_vol",
+        "trending",
+        "mean_reverting",
+    ]
     np.testing.assert_array_equal(rules.apply(rows, trend), [REGIME_INDEX[n] for n in names])
     assert SsrLuldState.HALTED > SsrLuldState.LULD_LIMIT > SsrLuldState.SSR_ACTIVE  # the order the rules mirror
     with pytest.raises(ValueError, match="finite"):
@@ -102,8 +110,7 @@ def test_artifacts_round_trip_and_refusals(rng, tmp_path):
     normalizer = FeatureNormalizer.fit(raw)
     manifest = save_model(tmp_path, system, normalizer, training_fingerprint="abc123", extra={"kappa": 0.9})
     assert manifest["parameter_counts"]["total"] == 146_152
-    x = {"regime_features": torch.from_numpy(normalizer.transform(raw[:8])),
-         "pattern_features": torch.randn(8, 128)}
+    x = {"regime_features": torch.from_numpy(normalizer.transform(raw[:8])), "pattern_features": torch.randn(8, 128)}
     loaded = load_model(tmp_path)
     torch.testing.assert_close(loaded.system.condition(x).context, system.condition(x).context)
     np.testing.assert_array_equal(loaded.normalizer.transform(raw), normalizer.transform(raw))

@@ -115,8 +115,7 @@ def test_late_tick_dead_letter_carries_the_original_message():
 
 def reference(date: dt.date, prev_close: float, ts_ns: int | None = None) -> Reference:
     """Reference data for ``date``, stamped at the start of it unless ``ts_ns`` says otherwise."""
-    return Reference(symbol="AAA", ts_ns=ts_ns or session_day(date).start_ns, prev_close=prev_close, tier=1,
-                     date=date)
+    return Reference(symbol="AAA", ts_ns=ts_ns or session_day(date).start_ns, prev_close=prev_close, tier=1, date=date)
 
 
 def two_days(stale: list) -> list:
@@ -168,14 +167,18 @@ def test_an_input_error_inside_the_features_is_a_dead_letter_not_a_crash(monkeyp
 
 def session_of(day: int, n: int, step_s: int = 10, first_offset: int = 0) -> list[Received]:
     """``n`` trades of AAA ``step_s`` apart from 09:30 on trading day ``day`` (0 = 2018-01-02)."""
-    return [received(OPEN + day * DAY + (i * step_s + 1) * S, 100.0 + 0.01 * (i % 5), offset=first_offset + i)
-            for i in range(n)]
+    return [
+        received(OPEN + day * DAY + (i * step_s + 1) * S, 100.0 + 0.01 * (i % 5), offset=first_offset + i)
+        for i in range(n)
+    ]
 
 
 def test_tick_from_the_future_is_dead_lettered_instead_of_moving_the_clock():
     stream = session_of(0, 60)
-    ahead = [received(OPEN + 3000 * S + DAY, offset=900),  # a day ahead: passes every check of the format
-             received(4_070_000_000 * S, offset=901)]  # 2098-12-22
+    ahead = [
+        received(OPEN + 3000 * S + DAY, offset=900),  # a day ahead: passes every check of the format
+        received(4_070_000_000 * S, offset=901),
+    ]  # 2098-12-22
     polluted = stream[:30] + ahead[:1] + stream[30:45] + ahead[1:] + stream[45:]
     clean = SymbolLogic(cfg())
     expected = feed(clean, stream) + clean.on_eof()[0]
@@ -248,8 +251,12 @@ def test_a_resent_tick_counts_once_by_its_sequence_number():
     future = received(OPEN + DAY, offset=1001, seq=1001)
     out = feed(logic, [ref] + stream[:150] + [ref, stream[149], stream[148], future, future, stream[10]])
     assert [(d.reason, d.offset) for d in dead(out)] == [
-        ("duplicate", None), ("duplicate", 149), ("duplicate", 148), ("duplicate", 1001),
-        ("future", 1001), ("late", 10),  # the tick near the clock refutes the held one, then is late itself
+        ("duplicate", None),
+        ("duplicate", 149),
+        ("duplicate", 148),
+        ("duplicate", 1001),
+        ("future", 1001),
+        ("late", 10),  # the tick near the clock refutes the held one, then is late itself
     ]
     out += feed(logic, stream[150:]) + logic.on_eof()[0]
     assert records(out) == records(expected)
@@ -281,8 +288,11 @@ def hostile_ticks():
     """Valid ticks a feed can still send: times around, behind and far ahead of the session (2099), extreme
     prices and sizes inside the limits, crossed quotes, halts and bands, reference data for any date,
     repeated sequence numbers; as they would come from Kafka or a file."""
-    offsets = st.one_of(st.integers(-120, 600).map(lambda s: s * S), st.sampled_from([-DAY, DAY, 3 * DAY]),
-                        st.just(4_070_000_000 * S - OPEN))
+    offsets = st.one_of(
+        st.integers(-120, 600).map(lambda s: s * S),
+        st.sampled_from([-DAY, DAY, 3 * DAY]),
+        st.just(4_070_000_000 * S - OPEN),
+    )
     price = st.sampled_from([1e-4, 0.01, 9.99, 100.0, 101.0, 1e7]) | st.floats(1e-4, 1e7)
     size = st.sampled_from([1e-6, 1.0, 100.0, 1e9])
     seq = st.none() | st.integers(0, 5)
@@ -290,22 +300,43 @@ def hostile_ticks():
     trade = st.builds(Trade, price=price, size=size, **common)
     quote = st.builds(Quote, bid=price, ask=price, bid_size=size, ask_size=size, **common)
     flags = st.none() | st.booleans()
-    status = st.builds(lambda lo, width, banded, **kw: Status(
-        **kw, **({"band_low": lo, "band_high": min(lo * width, 1e7)} if banded and lo < 1e7 else {})),
-        lo=price, width=st.floats(1.001, 3.0), banded=st.booleans(), halted=flags, luld_pause=flags, ssr=flags,
-        **common)
+    status = st.builds(
+        lambda lo, width, banded, **kw: Status(
+            **kw, **({"band_low": lo, "band_high": min(lo * width, 1e7)} if banded and lo < 1e7 else {})
+        ),
+        lo=price,
+        width=st.floats(1.001, 3.0),
+        banded=st.booleans(),
+        halted=flags,
+        luld_pause=flags,
+        ssr=flags,
+        **common,
+    )
     dates = st.integers(-3, 3).map(lambda d: dt.date(2018, 1, 2) + dt.timedelta(days=d))
-    ref = st.builds(lambda d, stamp, **kw: Reference(**kw, date=d, ts_ns=stamp or session_day(d).start_ns),
-                    d=dates, stamp=st.none() | common["ts_ns"], prev_close=price, tier=st.sampled_from([1, 2]),
-                    symbol=st.just("AAA"), seq=seq)
+    ref = st.builds(
+        lambda d, stamp, **kw: Reference(**kw, date=d, ts_ns=stamp or session_day(d).start_ns),
+        d=dates,
+        stamp=st.none() | common["ts_ns"],
+        prev_close=price,
+        tier=st.sampled_from([1, 2]),
+        symbol=st.just("AAA"),
+        seq=seq,
+    )
     tick = st.one_of(trade, trade, quote, quote, status, ref)
-    return st.one_of(tick, st.builds(lambda t, o: Received(t, encode_tick(t), "ticks", 0, o), tick,
-                                     st.integers(0, 10**6)))
+    return st.one_of(
+        tick, st.builds(lambda t, o: Received(t, encode_tick(t), "ticks", 0, o), tick, st.integers(0, 10**6))
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.one_of(hostile_ticks(), st.integers(0, 400).map(lambda m: Heartbeat("AAA", OPEN + m * MIN, 1)),
-                          st.just("snapshot")), max_size=40))
+@given(
+    st.lists(
+        st.one_of(
+            hostile_ticks(), st.integers(0, 400).map(lambda m: Heartbeat("AAA", OPEN + m * MIN, 1)), st.just("snapshot")
+        ),
+        max_size=40,
+    )
+)
 def test_no_sequence_of_valid_but_hostile_ticks_stops_the_bar_step(items):
     """Fuzz: whatever the order and content, the bar step never raises; every tick is applied once or
     dead-lettered once with a reason the arrival checks give (none slips through to ``rejected``), nothing

@@ -169,12 +169,23 @@ QUOTED_SECRET = password_file(single_quoted(SECRETS[0]))
         # Of a wrong type: a librdkafka value is never shown.
         ("kafka: {librdkafka: {sasl.password: [Zq9SeCrEt]}}\n", {}, r"kafka\.librdkafka\.sasl\.password"),
         # Through the environment, under a key outside kafka.librdkafka: parsed as YAML, and unparsable.
-        (None, {"HRMCOND__KAFKA__SASL_PASSWORD": SECRETS[0]},
-         r"HRMCOND__KAFKA__SASL_PASSWORD: not a YAML value: line 1, column 18"),
+        (
+            None,
+            {"HRMCOND__KAFKA__SASL_PASSWORD": SECRETS[0]},
+            r"HRMCOND__KAFKA__SASL_PASSWORD: not a YAML value: line 1, column 18",
+        ),
         (None, {"HRMCOND__KAFKA__SASL_PASSWORD": SECRETS[1].split()[0]}, r"kafka\.sasl_password: Extra inputs"),
     ],
-    ids=["unquoted", "tag", "syntax-elsewhere", "invalid-elsewhere", "unknown-key", "wrong-type", "env-unparsable",
-         "env-unknown-key"],
+    ids=[
+        "unquoted",
+        "tag",
+        "syntax-elsewhere",
+        "invalid-elsewhere",
+        "unknown-key",
+        "wrong-type",
+        "env-unparsable",
+        "env-unknown-key",
+    ],
 )
 def test_no_error_shows_a_secret(tmp_path, text, env, expect):
     path = None if text is None else write(tmp_path, text)

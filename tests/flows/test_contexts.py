@@ -32,14 +32,40 @@ def bars(n: int, seed: int = 0, symbols: int = 7, matured: bool = False) -> list
         regime[3:7] = np.eye(4)[0]
         regime[7:17] = rng.dirichlet(np.ones(10))
         end, symbol = T0 + (i // symbols) * MIN, f"S{i % symbols}"
-        done = [Pattern(symbol, end - 40 * MIN, end - 10 * MIN, end, rng.normal(0, 1, 128).astype(np.float32),
-                        rng.normal(0, 1e-3, OUTCOME_DIM).astype(np.float32))] if matured else []
-        out.append(BarFeatures(
-            symbol=symbol, window_start_ns=end - 30 * MIN, window_end_ns=end, n_trades=10, n_quotes=10,
-            rv=1e-5, tsrv=1e-5, bpv=1e-5, amihud=1e-3, ssr_luld_state=SsrLuldState.NORMAL,
-            volume_profile=regime[7:17], spread=np.full(3, 1e-3), regime_features=regime,
-            pattern=rng.normal(0, 1, 128).astype(np.float32), matured=done, flags=(),
-        ))
+        done = (
+            [
+                Pattern(
+                    symbol,
+                    end - 40 * MIN,
+                    end - 10 * MIN,
+                    end,
+                    rng.normal(0, 1, 128).astype(np.float32),
+                    rng.normal(0, 1e-3, OUTCOME_DIM).astype(np.float32),
+                )
+            ]
+            if matured
+            else []
+        )
+        out.append(
+            BarFeatures(
+                symbol=symbol,
+                window_start_ns=end - 30 * MIN,
+                window_end_ns=end,
+                n_trades=10,
+                n_quotes=10,
+                rv=1e-5,
+                tsrv=1e-5,
+                bpv=1e-5,
+                amihud=1e-3,
+                ssr_luld_state=SsrLuldState.NORMAL,
+                volume_profile=regime[7:17],
+                spread=np.full(3, 1e-3),
+                regime_features=regime,
+                pattern=rng.normal(0, 1, 128).astype(np.float32),
+                matured=done,
+                flags=(),
+            )
+        )
     return out
 
 
@@ -51,13 +77,17 @@ def engine():
 
 def test_a_bars_context_does_not_depend_on_its_batch():
     # a generous deadline: a retrieval timing out on a loaded machine would change the context on purpose
-    engine = load_engine(load_config("deploy/local.yaml", env={"HRMCOND__PIPELINE__RAG_ONLINE_UPDATES": "false",
-                                                               "HRMCOND__CONDITIONING__RAG__TIMEOUT_MS": "10000"}),
-                         deterministic=False)
+    engine = load_engine(
+        load_config(
+            "deploy/local.yaml",
+            env={"HRMCOND__PIPELINE__RAG_ONLINE_UPDATES": "false", "HRMCOND__CONDITIONING__RAG__TIMEOUT_MS": "10000"},
+        ),
+        deterministic=False,
+    )
     batch = bars(3 * INFER_ROWS + 5)
     by_key = {(d.bar.symbol, d.bar.window_end_ns): d for _, d in engine.drafts(batch)[0]}
     for bar in batch[::9]:
-        (_, alone), = engine.drafts([bar])[0]
+        ((_, alone),) = engine.drafts([bar])[0]
         assert alone.context == by_key[(bar.symbol, bar.window_end_ns)].context  # bit for bit
         assert alone.regime_probs == by_key[(bar.symbol, bar.window_end_ns)].regime_probs
 
@@ -92,7 +122,9 @@ def worker_streams(batch: list[BarFeatures], symbols: int) -> tuple[list, list]:
         return t + 12 * MIN * (x.symbol == lagging)
 
     skewed = sorted(in_step, key=arrival)  # stable: a bar stays ahead of its heartbeat
-    return [in_step[i:i + 5] for i in range(0, len(in_step), 5)], [skewed[i:i + 7] for i in range(0, len(skewed), 7)]
+    return [in_step[i : i + 5] for i in range(0, len(in_step), 5)], [
+        skewed[i : i + 7] for i in range(0, len(skewed), 7)
+    ]
 
 
 def run_inference(batches: list[list], resume_after: int | None = None) -> list:
@@ -171,7 +203,8 @@ def test_live_batch_does_not_wait_for_a_stuck_query_to_add_its_patterns(monkeypa
     # both updates went through once the query let go, in order
     assert rag._total == before + len(batch) + len(later)
     assert list(rag._outcome_end_ns[(rag._total - 3 + np.arange(3)) % rag.max_patterns]) == [
-        p.outcome_end_ns for b in later for p in b.matured]
+        p.outcome_end_ns for b in later for p in b.matured
+    ]
 
 
 def test_breaker_skips_a_stuck_index_then_probes_it(monkeypatch):
@@ -185,8 +218,10 @@ def test_breaker_skips_a_stuck_index_then_probes_it(monkeypatch):
             time.sleep(0.1)  # past the 60 ms deadline
         return original(self, *args, **kwargs)
 
-    cfg = load_config("deploy/local.yaml", env={"HRMCOND__PIPELINE__RAG_BREAKER_AFTER": "2",
-                                                "HRMCOND__PIPELINE__RAG_BREAKER_COOLDOWN_MS": "300"})
+    cfg = load_config(
+        "deploy/local.yaml",
+        env={"HRMCOND__PIPELINE__RAG_BREAKER_AFTER": "2", "HRMCOND__PIPELINE__RAG_BREAKER_COOLDOWN_MS": "300"},
+    )
     engine = load_engine(cfg, deterministic=False)
     monkeypatch.setattr(PatternRAG, "_knn", knn)
 
@@ -248,10 +283,21 @@ def test_an_evicted_symbol_leaves_after_its_bars_and_its_smoother_is_discarded()
     logic = InferenceLogic(engine, None)
     first, back = bars(3, symbols=1)[0::2]  # S0 at T0, evicted; back again at T0 + 2 min
     end, end2 = first.window_end_ns, back.window_end_ns
-    out = logic.on_batch([first, Heartbeat("S0", end, 2, evict=True), back, Heartbeat("@ticks", end, 2),
-                          Heartbeat("S0", end2, 2), Heartbeat("@ticks", end2, 2)])[0]
+    out = logic.on_batch(
+        [
+            first,
+            Heartbeat("S0", end, 2, evict=True),
+            back,
+            Heartbeat("@ticks", end, 2),
+            Heartbeat("S0", end2, 2),
+            Heartbeat("@ticks", end2, 2),
+        ]
+    )[0]
     assert [(sym, d if d is None else d.bar.window_end_ns) for sym, d in out] == [
-        ("S0", end), ("S0", None), ("S0", end2)]
+        ("S0", end),
+        ("S0", None),
+        ("S0", end2),
+    ]
     smoother, record = engine.finish(None, out[0][1])
     assert smoother is not None and record is not None
     assert engine.finish(smoother, None) == (None, None)  # None state: Bytewax drops the symbol's smoother

@@ -25,8 +25,7 @@ class KeyedBars:
 
     def __init__(self, cfg: PipelineConfig, evict_s: int | None):
         self.cfg = cfg
-        self.clock = EventClock("ticks", 1, cfg.bar_ms * 10**6, evict_after_ns=None if evict_s is None
-                                else evict_s * S)
+        self.clock = EventClock("ticks", 1, cfg.bar_ms * 10**6, evict_after_ns=None if evict_s is None else evict_s * S)
         self.logic: dict[str, SymbolLogic] = {}
         self.out: list = []
         self.most_live = 0
@@ -61,8 +60,9 @@ def test_one_off_symbols_keep_only_the_recently_active_in_memory():
     # (one every 5 s) are alive at once, whatever the length of the day
     assert bounded.most_live <= 12 * 12 + 2
     assert len(bounded.clock.symbols) <= 12 * 12
-    assert [b.window_end_ns for b in bounded.out if isinstance(b, BarFeatures)] == \
-        [b.window_end_ns for b in keep_all.out if isinstance(b, BarFeatures)]  # the same bars either way
+    assert [b.window_end_ns for b in bounded.out if isinstance(b, BarFeatures)] == [
+        b.window_end_ns for b in keep_all.out if isinstance(b, BarFeatures)
+    ]  # the same bars either way
 
 
 def test_a_returning_symbol_starts_afresh():
@@ -77,5 +77,6 @@ def test_a_returning_symbol_starts_afresh():
     fresh = KeyedBars(cfg, evict_s=600)  # the same symbol, seen for the first time at 10:10
     fresh.feed(sorted(back + [t for t in pulse if t.ts_ns >= OPEN + 20 * MIN], key=lambda t: t.ts_ns))
     returned = [b for b in run.bars("AAA") if b.window_end_ns > OPEN + 40 * MIN]
-    assert returned and [(b.window_end_ns, b.n_trades, b.rv, b.tsrv) for b in returned] == \
-        [(b.window_end_ns, b.n_trades, b.rv, b.tsrv) for b in fresh.bars("AAA")]
+    assert returned and [(b.window_end_ns, b.n_trades, b.rv, b.tsrv) for b in returned] == [
+        (b.window_end_ns, b.n_trades, b.rv, b.tsrv) for b in fresh.bars("AAA")
+    ]

@@ -29,8 +29,14 @@ def read(path, model):
 
 @pytest.mark.shared_data
 def test_replay_real_taq_is_valid_and_byte_identical(tmp_path, shared_data):
-    args = ["--format", "taq", "--trades", str(shared_data / "taq_XXX_20180102-03_trades.csv.gz"),
-            "--quotes", str(shared_data / "taq_XXX_20180102-03_quotes.csv.gz")]
+    args = [
+        "--format",
+        "taq",
+        "--trades",
+        str(shared_data / "taq_XXX_20180102-03_trades.csv.gz"),
+        "--quotes",
+        str(shared_data / "taq_XXX_20180102-03_quotes.csv.gz"),
+    ]
     out1, feat1 = replay(tmp_path, "a", *args)
     out2, feat2 = replay(tmp_path, "b", *args)
     assert out1.read_bytes() == out2.read_bytes() and feat1.read_bytes() == feat2.read_bytes()
@@ -41,13 +47,15 @@ def test_replay_real_taq_is_valid_and_byte_identical(tmp_path, shared_data):
     assert all(len(c.context) == 256 and c.latency is None for c in contexts)
     assert [c.key for c in contexts] == sorted(c.key for c in contexts)  # ordered by (window_end, symbol)
     assert {c.regime for c in contexts} <= set(
-        ["low_vol", "high_vol", "trending", "mean_reverting", "ssr_active", "luld_active", "illiquid", "normal"])
+        ["low_vol", "high_vol", "trending", "mean_reverting", "ssr_active", "luld_active", "illiquid", "normal"]
+    )
 
 
 @pytest.mark.shared_data
 def test_replay_real_lobster(tmp_path, shared_data):
-    out, feats = replay(tmp_path, "l", "--format", "lobster", "--lobster",
-                        str(shared_data / "LOBSTER_SampleFile_AAPL_2012-06-21_1.zip"))
+    out, feats = replay(
+        tmp_path, "l", "--format", "lobster", "--lobster", str(shared_data / "LOBSTER_SampleFile_AAPL_2012-06-21_1.zip")
+    )
     contexts = read(out, ContextRecord)
     assert {c.symbol for c in contexts} == {"AAPL"} and len(contexts) == 390
     assert sum(f.n_trades > 0 for f in read(feats, FeatureRecord)) == 390
@@ -55,10 +63,12 @@ def test_replay_real_lobster(tmp_path, shared_data):
 
 def test_one_sided_quote_row_becomes_a_dead_letter_naming_the_row(tmp_path):
     ticks = tmp_path / "t.csv"
-    ticks.write_text("ts_ns,symbol,kind,price,size,bid,bid_size,ask,ask_size\n"
-                     "1514903400000000000,AAA,trade,10.0,100,,,,\n"
-                     "1514903401000000000,AAA,quote,,,,,10.02,300\n"
-                     "1514903402000000000,AAA,trade,10.01,100,,,,\n")
+    ticks.write_text(
+        "ts_ns,symbol,kind,price,size,bid,bid_size,ask,ask_size\n"
+        "1514903400000000000,AAA,trade,10.0,100,,,,\n"
+        "1514903401000000000,AAA,quote,,,,,10.02,300\n"
+        "1514903402000000000,AAA,trade,10.01,100,,,,\n"
+    )
     out, _ = replay(tmp_path, "o", "--format", "canonical", "--ticks", str(ticks))
     (dead,) = read(out.with_name("ctx.dead-letters.jsonl"), DeadLetter)
     assert dead.reason == "invalid_value" and dead.source == f"{ticks}:row 1" and "bid" in dead.detail
@@ -67,11 +77,13 @@ def test_one_sided_quote_row_becomes_a_dead_letter_naming_the_row(tmp_path):
 
 def test_rows_outside_the_wire_limits_become_dead_letters(tmp_path, monkeypatch):
     ticks, reference = tmp_path / "t.csv", tmp_path / "r.csv"
-    ticks.write_text("ts_ns,symbol,kind,price,size,bid,bid_size,ask,ask_size\n"
-                     "1514903400000000000,AAA,trade,10.0,100,,,,\n"
-                     "1514903401000000000,AAA,trade,1e-300,100,,,,\n"
-                     "1514903402000000000,AAA,trade,50.0,100,,,,\n"
-                     "1514903403000000000,AAA,trade,10.01,100,,,,\n")
+    ticks.write_text(
+        "ts_ns,symbol,kind,price,size,bid,bid_size,ask,ask_size\n"
+        "1514903400000000000,AAA,trade,10.0,100,,,,\n"
+        "1514903401000000000,AAA,trade,1e-300,100,,,,\n"
+        "1514903402000000000,AAA,trade,50.0,100,,,,\n"
+        "1514903403000000000,AAA,trade,10.01,100,,,,\n"
+    )
     reference.write_text("symbol,date,prev_close,tier\nAAA,2018-01-02,10.0,1\nBBB,2018-01-02,1e-9,1\n")
 
     def run(name: str, min_price: float, max_price: float) -> tuple[list[DeadLetter], list[ContextRecord]]:
@@ -97,9 +109,25 @@ def test_replay_two_processes_byte_identical(tmp_path, sim_files):
     out1, feat1 = replay(tmp_path, "one", *args)
     out2 = tmp_path / "two" / "ctx.jsonl"
     feat2 = tmp_path / "two" / "feat.jsonl"
-    subprocess.run([sys.executable, "-m", "flows.cli", "replay", "--config", CONFIG, *args, "--processes", "2",
-                    "--out", str(out2),
-                    "--features-out", str(feat2)], check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "replay",
+            "--config",
+            CONFIG,
+            *args,
+            "--processes",
+            "2",
+            "--out",
+            str(out2),
+            "--features-out",
+            str(feat2),
+        ],
+        check=True,
+        timeout=300,
+    )
     assert out1.read_bytes() == out2.read_bytes()
     assert feat1.read_bytes() == feat2.read_bytes()
     contexts = read(out1, ContextRecord)
@@ -111,9 +139,11 @@ def test_replay_two_processes_byte_identical(tmp_path, sim_files):
 
 def test_replay_rejects_a_bad_file_naming_the_row(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
-    bad.write_text("ts_ns,symbol,kind,price,size,bid,bid_size,ask,ask_size\n"
-                   "1514903400000000000,AAA,trade,10.0,100,,,,\n"
-                   "1514903401000000000,AAA,trade,-3.0,100,,,,\n")
+    bad.write_text(
+        "ts_ns,symbol,kind,price,size,bid,bid_size,ask,ask_size\n"
+        "1514903400000000000,AAA,trade,10.0,100,,,,\n"
+        "1514903401000000000,AAA,trade,-3.0,100,,,,\n"
+    )
     with pytest.raises(SystemExit) as info:
         main(["replay", "--format", "canonical", "--ticks", str(bad), "--out", str(tmp_path / "o.jsonl")])
     assert info.value.code == 2
@@ -134,9 +164,11 @@ def test_producer_refuses_a_row_the_wire_format_cannot_carry(tmp_path):
     from schemas.reference import ReferenceRow
 
     ticks = tmp_path / "t.csv"
-    ticks.write_text("ts_ns,symbol,kind,price,size,bid,bid_size,ask,ask_size\n"
-                     "1514903400000000000,AAA,trade,10.0,100,,,,\n"
-                     "1514903401000000000,AAA,quote,,,,,10.02,300\n")
+    ticks.write_text(
+        "ts_ns,symbol,kind,price,size,bid,bid_size,ask,ask_size\n"
+        "1514903400000000000,AAA,trade,10.0,100,,,,\n"
+        "1514903401000000000,AAA,quote,,,,,10.02,300\n"
+    )
     produced = table_ticks(read_ticks(ticks))
     assert next(produced).kind == "trade"
     with pytest.raises(HrmcondError, match="row 1"):
@@ -157,5 +189,6 @@ def test_replay_refuses_an_unsorted_table(tmp_path, sim_files):
     order[i], order[i + 1] = i + 1, i
     swapped = market.ticks.take(order)
     with pytest.raises(ValueError, match=f"row {i + 1} is earlier"):
-        build_replay_flow(load_config(CONFIG, env={}), swapped, market.reference,
-                          ReplayOutputs(None, tmp_path / "f.jsonl"))
+        build_replay_flow(
+            load_config(CONFIG, env={}), swapped, market.reference, ReplayOutputs(None, tmp_path / "f.jsonl")
+        )

@@ -80,7 +80,9 @@ INVALID = {
     # exact JSON types: a boolean or a string is not a number, a number or a string not a flag
     "bool price": ({"kind": "trade", "symbol": "A", "ts_ns": T0, "price": True, "size": 1}, "invalid_value"),
     "numeric string price": (
-        {"kind": "trade", "symbol": "A", "ts_ns": T0, "price": "101.5", "size": 1}, "invalid_value"),
+        {"kind": "trade", "symbol": "A", "ts_ns": T0, "price": "101.5", "size": 1},
+        "invalid_value",
+    ),
     "string size": ({"kind": "trade", "symbol": "A", "ts_ns": T0, "price": 1, "size": "100"}, "invalid_value"),
     "bool bid size": (
         {"kind": "quote", "symbol": "A", "ts_ns": T0, "bid": 1, "bid_size": True, "ask": 2, "ask_size": 1},
@@ -107,9 +109,10 @@ INVALID = {
         "out_of_range",
     ),
     "tiny prior close": (
-        {"kind": "reference", "symbol": "A", "ts_ns": T0, "prev_close": 1e-9, "tier": 1}, "out_of_range"),
-    "huge band": (
-        {"kind": "status", "symbol": "A", "ts_ns": T0, "band_low": 1.0, "band_high": 1e300}, "out_of_range"),
+        {"kind": "reference", "symbol": "A", "ts_ns": T0, "prev_close": 1e-9, "tier": 1},
+        "out_of_range",
+    ),
+    "huge band": ({"kind": "status", "symbol": "A", "ts_ns": T0, "band_low": 1.0, "band_high": 1e300}, "out_of_range"),
 }
 
 
@@ -169,11 +172,17 @@ def is_json(raw: bytes) -> bool:
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(["kind", "symbol", "ts_ns", "price", "size"]) | st.text(max_size=3), inner,
-                      max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["kind", "symbol", "ts_ns", "price", "size"]) | st.text(max_size=3), inner, max_size=4
+        )
+    ),
     max_leaves=8,
 )
 
@@ -190,8 +199,13 @@ def test_arbitrary_bytes_never_crash(raw):
 
 
 HOSTILE = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
-    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
     st.sampled_from(["2024-03-01", 0, -1, 1, 2, T0, 2**64, 1e300, 1e-300, 1e-4, 1e7, -0.0, "101.5", "NaN"]),
 )
 TEMPLATES = [VALID[0], VALID[4], VALID[6], VALID[7], VALID[8]]  # trade, quote, reference (date), status x2

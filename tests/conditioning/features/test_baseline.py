@@ -39,8 +39,10 @@ def test_warm_up_is_the_running_mean():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.one_of(st.floats(1e-9, 1e3), st.just(math.nan), st.just(0.0), st.just(-1.0)),
-                min_size=1, max_size=60), st.floats(0.5, 500))
+@given(
+    st.lists(st.one_of(st.floats(1e-9, 1e3), st.just(math.nan), st.just(0.0), st.just(-1.0)), min_size=1, max_size=60),
+    st.floats(0.5, 500),
+)
 def test_matches_the_definition(xs, halflife):
     base = LevelBaseline(2, halflife)
     x = np.array(xs)
@@ -69,8 +71,9 @@ def test_pickles_mid_stream():
     for v in (1.0, 2.0, 4.0):
         base.relative(np.array([v, v, v]))
     clone = pickle.loads(pickle.dumps(base))
-    np.testing.assert_array_equal(clone.relative(np.array([3.0, 0.0, math.nan])), base.relative(
-        np.array([3.0, 0.0, math.nan])))
+    np.testing.assert_array_equal(
+        clone.relative(np.array([3.0, 0.0, math.nan])), base.relative(np.array([3.0, 0.0, math.nan]))
+    )
 
 
 def test_without_update_the_baseline_stands_still():

@@ -35,9 +35,10 @@ demo: $(VENV)/.installed-demo
 test: lint
 	bash tests/with_container_api.sh $(BIN)/python -m pytest
 
-# Lint, then types (mypy with the pydantic plugin; settings in pyproject.toml).
+# Lint, format, then types (mypy with the pydantic plugin; settings in pyproject.toml).
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check conditioning flows schemas tests benchmarks
+	$(BIN)/ruff format --check conditioning flows schemas tests benchmarks
 	$(BIN)/mypy
 
 schemas: $(VENV)/.installed-demo

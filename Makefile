@@ -32,8 +32,10 @@ demo: $(VENV)/.installed-demo
 
 # The Kafka tests run through testcontainers: the wrapper sets up a container API (podman where no Docker engine
 # answers), stops it afterwards, and falls back to the embedded broker, saying why, where it cannot.
+# The day report's browser test needs chromium: installed from Debian's packages as root (at once when present).
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check conditioning flows schemas tests benchmarks
+	bash tests/install_browser.sh
 	bash tests/with_container_api.sh $(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test

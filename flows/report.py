@@ -42,8 +42,9 @@ REGIME_COLOURS = {
 }
 UNKNOWN_COLOUR = "#bdbdbd"
 SSR_LULD_COLOURS = {"NORMAL": "#e5f5e0", "SSR_ACTIVE": "#fdae6b", "LULD_LIMIT": "#e6550d", "HALTED": "#a50f15"}
-RAG_COLOURS = {"ok": "#a1d99b", "empty": "#c6dbef", "disabled": "#eeeeee", "timeout": "#fdae6b",
-               "error": "#e6550d", "unavailable": "#a50f15"}
+#: Greens to purples, apart from the SSR/LULD oranges that share the chart: a failure shows dark.
+RAG_COLOURS = {"ok": "#a1d99b", "empty": "#c6dbef", "disabled": "#eeeeee", "timeout": "#bcbddc",
+               "error": "#807dba", "unavailable": "#3f007d"}
 VOL_COLOURS = {"TSRV": "#1f77b4", "RV": "#ff7f0e", "BPV": "#2ca02c"}
 NO_LATENCY = "no latencies (replay)"
 
@@ -140,10 +141,6 @@ def _slug(i: int, symbol: str) -> str:
     return f"s{i}-{re.sub(r'[^A-Za-z0-9_-]', '_', symbol)}"
 
 
-def _legend(colours: dict[str, str]) -> list[tuple[str, str]]:
-    return list(colours.items())
-
-
 def symbol_section(i: int, symbol: str, contexts: list[ContextRecord], features: list[FeatureRecord],
                    axis: TimeAxis, bar_ns: int) -> str:
     """The three charts of one symbol and its SSR/LULD events."""
@@ -159,13 +156,12 @@ def symbol_section(i: int, symbol: str, contexts: list[ContextRecord], features:
         notes.append(f"It restarts at 0 after {restarts} missing link(s): the move over a gap is not known.")
     if not features:
         notes = ["No feature records given (--features): no price path and no volatilities."]
-    vols = volatility(features)
     window_min = (features[0].window_end_ns - features[0].window_start_ns) / 6e10 if features else 0
     vol_chart = line_chart(axis, f"{symbol}: realised volatility over the trailing {window_min:.0f} min window",
-                           "sqrt(variance), bp of log price", vols)
+                           "sqrt(variance), bp of log price", volatility(features))
     negative = sum(f.tsrv is not None and f.tsrv < 0 for f in features)
-    if negative:
-        notes.append(f"{negative} bar(s) with a negative TSRV (small-sample adjustment) are left out of its line.")
+    vol_note = (f'<p class="note">{negative} bar(s) with a negative TSRV (its small-sample adjustment) have no '
+                f"volatility: left out of its line.</p>" if negative else "")
     events = ssr_luld_events(contexts)
     state_src = contexts or features
     lanes = [("SSR/LULD", runs([(r.window_end_ns, r.ssr_luld_state) for r in state_src], bar_ns,
@@ -173,14 +169,14 @@ def symbol_section(i: int, symbol: str, contexts: list[ContextRecord], features:
     if contexts:
         lanes.append(("RAG", runs([(c.window_end_ns, c.rag_status) for c in contexts], bar_ns, RAG_COLOURS, "RAG")))
     states = lanes_chart(axis, f"{symbol}: SSR/LULD state and RAG status per bar (red lines: SSR/LULD changes)",
-                         lanes, _legend({**SSR_LULD_COLOURS, **RAG_COLOURS}),
+                         lanes, [("SSR/LULD:", ""), *SSR_LULD_COLOURS.items(), ("RAG:", ""), *RAG_COLOURS.items()],
                          [(t, f"{_hm(t)} ET {a} -> {b}") for t, a, b in events])
     rows = "".join(f"<tr><td>{_et(t):%Y-%m-%d %H:%M} ET</td><td>{a}</td><td>{b}</td></tr>" for t, a, b in events)
     event_table = (f"<table><tr><th>bar end</th><th>from</th><th>to</th></tr>{rows}</table>" if events
                    else "<p>No SSR/LULD state changes.</p>")
     return (f'<section class="symbol" id="{_slug(i, symbol)}" data-symbol="{escape(symbol)}">'
             f'<h2>{escape(symbol)}</h2>{price}'
-            f'<p class="note">{" ".join(notes)}</p>{vol_chart}{states}<h3>SSR/LULD events</h3>{event_table}'
+            f'<p class="note">{" ".join(notes)}</p>{vol_chart}{vol_note}{states}<h3>SSR/LULD events</h3>{event_table}'
             f'<p><a href="#top">back to top</a></p></section>')
 
 

@@ -17,6 +17,7 @@ from flows.summary import EASTERN
 
 WIDTH = 960
 LEFT, RIGHT, TOP, BOTTOM = 70, 16, 30, 40
+TICK_MINUTES = (1, 5, 10, 15, 30, 60, 120)
 #: Pixels between two session days on the time axis (the night is cut out, not drawn to scale).
 DAY_GAP = 16
 
@@ -51,19 +52,19 @@ class TimeAxis:
         return WIDTH - RIGHT
 
     def ticks(self) -> list[tuple[float, str]]:
-        """Full ET hours inside each day (every other hour when a day is narrow), the date at the day's start."""
+        """Round ET times inside each day, every 1, 5, 10, 15 or 30 minutes or 1 or 2 hours, whichever is the
+        first at least 60 px apart; the date at the day's start."""
         out = []
         for start, end in self.days:
-            width = (end - start) * self._scale
-            step = 1 if width / max(1, (end - start) / 3.6e12) >= 60 else 2
-            first = _et(start).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+            step = next((m for m in TICK_MINUTES if m * 6e10 * self._scale >= 60), TICK_MINUTES[-1])
             out.append((self.x(start), _et(start).strftime("%a %d %b")))
-            t = first
-            while (ns := int(t.timestamp() * 1e9)) <= end:
+            midnight = _et(start).replace(hour=0, minute=0, second=0, microsecond=0)
+            minute = (int((start - midnight.timestamp() * 1e9) // 6e10) // step + 1) * step
+            while (ns := int((midnight + timedelta(minutes=minute)).timestamp() * 1e9)) <= end:
                 # room for the date label at the day's start and for the next day's at its end
-                if t.hour % step == 0 and self.x(ns) - self.x(start) > 75 and self.x(end) - self.x(ns) > 20:
-                    out.append((self.x(ns), t.strftime("%H:%M")))
-                t += timedelta(hours=1)
+                if self.x(ns) - self.x(start) > 90 and self.x(end) - self.x(ns) > 20:
+                    out.append((self.x(ns), _et(ns).strftime("%H:%M")))
+                minute += step
         return out
 
 
@@ -89,7 +90,8 @@ def _fmt(v: float) -> str:
 def _frame(title: str, height: int, body: list[str], legend: Sequence[tuple[str, str]] = (),
            legend_below: bool = False) -> str:
     """The chart's box and title; the legend right-aligned beside the title, or, for a long one that would run
-    into the title, left-aligned in a row of its own at the bottom (``height`` must leave room for it)."""
+    into the title, left-aligned in a row of its own at the bottom (``height`` must leave room for it). An
+    entry with an empty colour names the group of entries after it."""
     items, x = [], WIDTH - RIGHT
     widths = [7 * len(label) + 26 for label, _ in legend]  # about 7 px per character at 11 px
     if legend_below:
@@ -98,8 +100,11 @@ def _frame(title: str, height: int, body: list[str], legend: Sequence[tuple[str,
         y = 10
     for (label, colour), w in zip(reversed(legend), reversed(widths), strict=True):  # laid out from the right
         x -= w
-        items.append(f'<rect x="{x}" y="{y}" width="12" height="12" fill="{colour}" stroke="#555" '
-                     f'stroke-width="0.5"/><text x="{x + 16}" y="{y + 10}">{escape(label)}</text>')
+        if colour:
+            items.append(f'<rect x="{x}" y="{y}" width="12" height="12" fill="{colour}" stroke="#555" '
+                         f'stroke-width="0.5"/><text x="{x + 16}" y="{y + 10}">{escape(label)}</text>')
+        else:  # a group's name
+            items.append(f'<text x="{x + 16}" y="{y + 10}" font-weight="600">{escape(label)}</text>')
     return (f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" '
             f'width="{WIDTH}" height="{height}" role="img"><title>{escape(title)}</title>'
             f'<text class="title" x="{LEFT}" y="20">{escape(title)}</text>{"".join(items)}{"".join(body)}</svg>')
@@ -202,7 +207,7 @@ def bar_chart(title: str, x_label: str, y_label: str, labels: Sequence[str], cou
     top, bottom = TOP, height - BOTTOM
     ticks = nice_ticks(0, max(counts, default=1) or 1)
     hi = max(ticks[-1], *counts) if counts else ticks[-1]
-    width = (WIDTH - LEFT - RIGHT) / max(1, len(counts))
+    width = min(80, (WIDTH - LEFT - RIGHT) / max(1, len(counts)))  # a few categories: bars, not slabs
     body = []
     for v in ticks:
         yv = bottom - v / hi * (bottom - top)

@@ -18,6 +18,7 @@ chart).
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -86,17 +87,16 @@ def bar_length_ns(ends: dict[str, list[int]]) -> int:
 def runs(bars: Sequence[tuple[int, str | None]], bar_ns: int, colours: dict[str, str], what: str) -> list[Band]:
     """Bars ``(end_ns, state)`` -> one band per run of the same state over contiguous bars; a bar without ticks
     (no record) leaves a gap, and a ``None`` state (regime disabled) no band."""
-    out: list[Band] = []
+    spans: list[list] = []  # [start_ns, end_ns, state]
     for end, state in bars:
         if state is None:
             continue
-        if out and out[-1].end_ns == end - bar_ns and out[-1].label.startswith(f"{what} {state} "):
-            last = out.pop()
-            out.append(Band(last.start_ns, end, last.colour, f"{what} {state} {_hm(last.start_ns)}-{_hm(end)} ET"))
+        if spans and spans[-1][1] == end - bar_ns and spans[-1][2] == state:
+            spans[-1][1] = end
         else:
-            out.append(Band(end - bar_ns, end, colours.get(state, UNKNOWN_COLOUR),
-                            f"{what} {state} {_hm(end - bar_ns)}-{_hm(end)} ET"))
-    return out
+            spans.append([end - bar_ns, end, state])
+    return [Band(start, end, colours.get(state, UNKNOWN_COLOUR), f"{what} {state} {_hm(start)}-{_hm(end)} ET")
+            for start, end, state in spans]
 
 
 def price_path(features: Sequence[FeatureRecord]) -> tuple[list[tuple[int, float | None]], int]:
@@ -123,7 +123,7 @@ def volatility(features: Sequence[FeatureRecord]) -> list[Series]:
     """TSRV, RV and BPV of each bar's trailing window as volatilities: ``sqrt(variance)`` in basis points of log
     price. A negative TSRV (its small-sample adjustment can go below 0) has no square root and is left out."""
     def vol(v: float | None) -> float | None:
-        return None if v is None or v < 0 else 1e4 * float(np.sqrt(v))
+        return None if v is None or v < 0 else 1e4 * math.sqrt(v)
 
     return [Series(name, VOL_COLOURS[name], [(f.window_end_ns, vol(getattr(f, name.lower()))) for f in features])
             for name in ("TSRV", "RV", "BPV")]

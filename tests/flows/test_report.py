@@ -91,6 +91,13 @@ def test_page_has_a_section_per_symbol_and_the_run_numbers():
     assert re.search(r"<td>unknown_symbol</td><td class='n'>1</td>", page)
 
 
+def test_tens_of_symbols_get_a_table_row_and_a_section_each():
+    symbols = [f"S{k:02d}" for k in range(40)]
+    page = render(Day([context(s, i) for s in symbols for i in range(30)], [], [], {}))
+    assert len(re.findall(r'<tr class="toc"', page)) == len(re.findall(r'<section class="symbol"', page)) == 40
+    assert header(page, "symbols") == "40" and page.count("<svg") == 3 * 40
+
+
 def test_volatility_is_the_square_root_of_the_variances_in_bp():
     tsrv, rv, bpv = volatility([feature("AAA", 0), feature("AAA", 1, tsrv=-1e-7)])
     assert [y for _, y in rv.points] == pytest.approx([20.0, 20.0])  # sqrt(4e-6) = 20 bp

@@ -162,8 +162,8 @@ def symbol_section(i: int, symbol: str, contexts: list[ContextRecord], features:
     negative = sum(f.tsrv is not None and f.tsrv < 0 for f in features)
     vol_note = (f'<p class="note">{negative} bar(s) with a negative TSRV (its small-sample adjustment) have no '
                 f"volatility: left out of its line.</p>" if negative else "")
-    events = ssr_luld_events(contexts)
-    state_src = contexts or features
+    state_src = contexts or features  # the state is in both; a features-only replay has no contexts
+    events = ssr_luld_events(state_src)
     lanes = [("SSR/LULD", runs([(r.window_end_ns, r.ssr_luld_state) for r in state_src], bar_ns,
                                SSR_LULD_COLOURS, "SSR/LULD"))]
     if contexts:
@@ -231,7 +231,7 @@ def render(day: Day) -> str:
     toc = "".join(
         f'<tr class="toc" data-symbol="{escape(s)}"><td><a href="#{_slug(i, s)}">{escape(s)}</a></td>'
         f'<td class="n">{len(features.get(s, [])):,}</td><td class="n">{len(contexts.get(s, [])):,}</td>'
-        f'<td class="n">{len(ssr_luld_events(contexts.get(s, [])))}</td>'
+        f'<td class="n">{len(ssr_luld_events(contexts.get(s) or features[s]))}</td>'
         f'<td class="n">{fail_open_rate(contexts.get(s, [])):.1%}</td></tr>' for i, s in enumerate(symbols))
     sections = "".join(symbol_section(i, s, contexts.get(s, []), features.get(s, []), axis, bar_ns)
                        for i, s in enumerate(symbols))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from schemas.records import ContextRecord, DeadLetter
+from schemas.records import ContextRecord, DeadLetter, FeatureRecord
 
 EASTERN = ZoneInfo("America/New_York")
 #: RAG statuses whose context went out without the RAG part because retrieval did not answer.
@@ -43,8 +44,9 @@ def regime_change_rates(symbols: dict[str, list[ContextRecord]]) -> list[float]:
     return rates
 
 
-def ssr_luld_events(recs: list[ContextRecord]) -> list[tuple[int, str, str]]:
-    """One symbol's SSR/LULD state changes as ``(window_end_ns, before, after)``; the day starts NORMAL."""
+def ssr_luld_events(recs: Sequence[ContextRecord | FeatureRecord]) -> list[tuple[int, str, str]]:
+    """One symbol's SSR/LULD state changes as ``(window_end_ns, before, after)``, from its context or feature
+    records in time order; the day starts NORMAL."""
     events, prev = [], "NORMAL"
     for c in recs:
         if c.ssr_luld_state != prev:

@@ -98,6 +98,12 @@ def test_tens_of_symbols_get_a_table_row_and_a_section_each():
     assert header(page, "symbols") == "40" and page.count("<svg") == 3 * 40
 
 
+def test_a_features_only_replay_gets_its_charts_without_rag():
+    page = render(Day([], synthetic_day().features, [], {}))
+    assert header(page, "contexts") == "0" and header(page, "fail-open rate").startswith("0.00%")
+    assert page.count('<section class="symbol"') == 2 and ">RAG</text>" not in page and ">SSR/LULD</text>" in page
+
+
 def test_volatility_is_the_square_root_of_the_variances_in_bp():
     tsrv, rv, bpv = volatility([feature("AAA", 0), feature("AAA", 1, tsrv=-1e-7)])
     assert [y for _, y in rv.points] == pytest.approx([20.0, 20.0])  # sqrt(4e-6) = 20 bp

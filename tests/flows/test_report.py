@@ -173,15 +173,16 @@ def chromium() -> str:
                 "have installed it; see its output")
 
 
-def browse(page: Path, tmp_path: Path, *args: str) -> str:
+def browse(exe: str, page: Path, tmp_path: Path, *args: str) -> str:
     """Chromium headless on the page (a private profile, so parallel runs do not share one); its stdout."""
-    cmd = [chromium(), "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
+    cmd = [exe, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
            f"--user-data-dir={tmp_path / 'profile'}", *args, page.as_uri()]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
 
 
 @pytest.mark.shared_data
 def test_real_taq_day_renders_in_chromium_without_script_errors(tmp_path, shared_data):
+    exe = chromium()  # before the replay: a missing browser is said at once
     ctx, feats, page = tmp_path / "ctx.jsonl", tmp_path / "feat.jsonl", tmp_path / "report.html"
     main(["replay", "--config", CONFIG, "--format", "taq",
           "--trades", str(shared_data / "taq_XXX_20180102-03_trades.csv.gz"),
@@ -189,18 +190,18 @@ def test_real_taq_day_renders_in_chromium_without_script_errors(tmp_path, shared
           "--out", str(ctx), "--features-out", str(feats)])
     main(["report", "--contexts", str(ctx), "--features", str(feats), "--out", str(page)])
 
-    dom = browse(page, tmp_path, "--dump-dom")
+    dom = browse(exe, page, tmp_path, "--dump-dom")
     assert '<pre id="js-errors"></pre>' in dom and 'data-errors="yes"' not in dom
     # the page's script ran to its end, after checking that each of the 3 charts of the one symbol has a size
     assert 'data-rendered="3"' in dom
     assert "XXX: price path (last trade) and regime" in dom and "Tue 2018-01-02, Wed 2018-01-03" in dom
 
     shot = tmp_path / "report.png"
-    browse(page, tmp_path, f"--screenshot={shot}", "--window-size=1040,1500")
+    browse(exe, page, tmp_path, f"--screenshot={shot}", "--window-size=1040,1500")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000  # charts, not blank
 
     # the error hook works: a failing script on the same page shows up in the dumped DOM
     broken = tmp_path / "broken.html"
     broken.write_text(page.read_text().replace("</body>", "<script>no_such_function();</script></body>"))
-    dom = browse(broken, tmp_path, "--dump-dom")
+    dom = browse(exe, broken, tmp_path, "--dump-dom")
     assert re.search(r'<pre id="js-errors" data-errors="yes">[^<]*no_such_function', dom)

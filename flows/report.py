@@ -23,15 +23,14 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from html import escape
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
 
-from flows.summary import EASTERN, by_symbol, fail_open_rate, regime_change_rates, ssr_luld_events
-from flows.svg import Band, Series, TimeAxis, bar_chart, lanes_chart, line_chart
+from flows.summary import by_symbol, fail_open_rate, regime_change_rates, ssr_luld_events
+from flows.svg import Band, Series, TimeAxis, bar_chart, et, lanes_chart, line_chart
 from schemas.errors import HrmcondError
 from schemas.records import ContextRecord, DeadLetter, FeatureRecord
 
@@ -130,11 +129,7 @@ def volatility(features: Sequence[FeatureRecord]) -> list[Series]:
 
 
 def _hm(t_ns: int) -> str:
-    return _et(t_ns).strftime("%H:%M")
-
-
-def _et(t_ns: int) -> datetime:
-    return datetime.fromtimestamp(t_ns / 1e9, tz=EASTERN)
+    return et(t_ns).strftime("%H:%M")
 
 
 def _slug(i: int, symbol: str) -> str:
@@ -171,7 +166,7 @@ def symbol_section(i: int, symbol: str, contexts: list[ContextRecord], features:
     states = lanes_chart(axis, f"{symbol}: SSR/LULD state and RAG status per bar (red lines: SSR/LULD changes)",
                          lanes, [("SSR/LULD:", ""), *SSR_LULD_COLOURS.items(), ("RAG:", ""), *RAG_COLOURS.items()],
                          [(t, f"{_hm(t)} ET {a} -> {b}") for t, a, b in events])
-    rows = "".join(f"<tr><td>{_et(t):%Y-%m-%d %H:%M} ET</td><td>{a}</td><td>{b}</td></tr>" for t, a, b in events)
+    rows = "".join(f"<tr><td>{et(t):%Y-%m-%d %H:%M} ET</td><td>{a}</td><td>{b}</td></tr>" for t, a, b in events)
     event_table = (f"<table><tr><th>bar end</th><th>from</th><th>to</th></tr>{rows}</table>" if events
                    else "<p>No SSR/LULD state changes.</p>")
     return (f'<section class="symbol" id="{_slug(i, symbol)}" data-symbol="{escape(symbol)}">'
@@ -216,7 +211,7 @@ def render(day: Day) -> str:
     ends = {s: [r.window_end_ns for r in contexts.get(s) or features[s]] for s in symbols}
     bar_ns = bar_length_ns(ends)
     axis = TimeAxis.over([(e - bar_ns, e) for v in ends.values() for e in v])
-    dates = [f"{_et(s):%a %Y-%m-%d}" for s, _ in axis.days]
+    dates = [f"{et(s):%a %Y-%m-%d}" for s, _ in axis.days]
     rates = regime_change_rates(contexts)
     regime_rate = (f"max {max(rates):.1%}, mean {np.mean(rates):.1%} of bars per symbol-day (budget 5%)"
                    if rates and any(c.regime for c in day.contexts) else "no regimes")

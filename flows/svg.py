@@ -35,7 +35,7 @@ class TimeAxis:
         """The axis covering ``(start_ns, end_ns)`` spans (bars), one segment per ET date."""
         by_day: dict[str, list[int]] = {}
         for start, end in spans:
-            by_day.setdefault(_et(start).strftime("%Y-%m-%d"), []).extend((start, end))
+            by_day.setdefault(et(start).strftime("%Y-%m-%d"), []).extend((start, end))
         return cls(tuple((min(v), max(v)) for _, v in sorted(by_day.items())))
 
     @property
@@ -57,18 +57,19 @@ class TimeAxis:
         out = []
         for start, end in self.days:
             step = next((m for m in TICK_MINUTES if m * 6e10 * self._scale >= 60), TICK_MINUTES[-1])
-            out.append((self.x(start), _et(start).strftime("%a %d %b")))
-            midnight = _et(start).replace(hour=0, minute=0, second=0, microsecond=0)
+            out.append((self.x(start), et(start).strftime("%a %d %b")))
+            midnight = et(start).replace(hour=0, minute=0, second=0, microsecond=0)
             minute = (int((start - midnight.timestamp() * 1e9) // 6e10) // step + 1) * step
             while (ns := int((midnight + timedelta(minutes=minute)).timestamp() * 1e9)) <= end:
                 # room for the date label at the day's start and for the next day's at its end
                 if self.x(ns) - self.x(start) > 90 and self.x(end) - self.x(ns) > 20:
-                    out.append((self.x(ns), _et(ns).strftime("%H:%M")))
+                    out.append((self.x(ns), et(ns).strftime("%H:%M")))
                 minute += step
         return out
 
 
-def _et(ts_ns: int) -> datetime:
+def et(ts_ns: int) -> datetime:
+    """Event time (ns) as an ET datetime."""
     return datetime.fromtimestamp(ts_ns / 1e9, tz=EASTERN)
 
 

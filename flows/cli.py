@@ -332,6 +332,21 @@ def cmd_audit_leakage(args: argparse.Namespace) -> None:
 
 
 # -- parser -----------------------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> None:
+    from flows.replay import ReplayOutputs
+    from flows.report import load, write_report
+
+    if args.contexts is None and args.features is None:
+        raise HrmcondError("give --contexts and/or --features (the outputs of hrmcond replay)")
+    dead = ReplayOutputs(args.contexts, args.features, args.dead_letters).dead_letters_path
+    day = load(args.contexts, args.features, dead)
+    write_report(day, args.out)
+    print(
+        f"wrote {args.out}: {len(day.contexts)} contexts, {len(day.features)} feature records, "
+        f"{len(day.dead)} dead letters"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hrmcond", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -411,6 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--permutations", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_audit_leakage)
+
+    p = sub.add_parser("report", help="one self-contained HTML page of a replayed day (charts per symbol)")
+    p.add_argument("--contexts", type=Path, help="contexts JSONL (hrmcond replay --out)")
+    p.add_argument("--features", type=Path, help="feature records JSONL (hrmcond replay --features-out)")
+    p.add_argument("--dead-letters", type=Path, help="dead letters JSONL (default: beside --contexts)")
+    p.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    p.set_defaults(fn=cmd_report)
     return parser
 
 

@@ -32,8 +32,10 @@ demo: $(VENV)/.installed-demo
 
 # The Kafka tests run through testcontainers: the wrapper sets up a container API (podman where no Docker engine
 # answers), stops it afterwards, and falls back to the embedded broker, saying why, where it cannot.
+# tests/install_prometheus.sh installs promtool and the Prometheus server (Debian's package) for tests/deploy.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check conditioning flows schemas tests benchmarks
+	bash tests/install_prometheus.sh
 	bash tests/with_container_api.sh $(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test

@@ -90,6 +90,29 @@ def test_alerts_use_only_metrics_the_pipeline_defines():
         assert used <= defined, f"{rule['alert']}: {used - defined} not in flows/metrics.py"
 
 
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "hrmcond.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_dashboard_uses_only_metrics_the_pipeline_defines():
+    defined, shown = defined_series(), set()
+    for expr in dashboard_queries():
+        used = set(re.findall(r"\bhrmcond_[a-z_]+", expr))
+        assert used <= defined, f"{expr}: {used - defined} not in flows/metrics.py"
+        shown |= used
+    assert defined - shown <= {"hrmcond_context_latency_ms_sum", "hrmcond_context_latency_ms_count"}
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path):
+    """promtool parses each query as a recording rule's expression."""
+    rules = [{"record": f"dashboard:query{i}", "expr": expr} for i, expr in enumerate(dashboard_queries())]
+    path = tmp_path / "dashboard_rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    out = subprocess.run([_binary("promtool"), "check", "rules", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 # --- a real server scraping a live run -------------------------------------------------------------------------
 
 

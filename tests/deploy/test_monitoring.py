@@ -90,6 +90,14 @@ def test_alerts_use_only_metrics_the_pipeline_defines():
         assert used <= defined, f"{rule['alert']}: {used - defined} not in flows/metrics.py"
 
 
+def test_every_alert_links_to_its_runbook_section():
+    headings = re.findall(r"^#+ (.+)$", (REPO / "docs" / "operations.md").read_text(), re.MULTILINE)
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings}
+    for rule in alert_rules():
+        assert rule["annotations"]["runbook"] == f"docs/operations.md#{rule['alert'].lower()}"
+        assert rule["alert"].lower() in anchors, f"docs/operations.md has no section {rule['alert']}"
+
+
 def dashboard_queries() -> list[str]:
     dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "hrmcond.json").read_text())
     return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]

@@ -14,7 +14,7 @@ DEPLOY = REPO / "deploy"
 
 
 def compose() -> dict:
-    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return yaml.safe_load((DEPLOY / "compose.yml").read_text())
 
 
 YAML_FILES = sorted(p.relative_to(DEPLOY) for p in [*DEPLOY.rglob("*.yml"), *DEPLOY.rglob("*.yaml")])

@@ -113,6 +113,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.processes > 1 and args.process_id is None:
         spawn_cluster(sys.argv[1:], args.processes)
         return
+    if args.process_id and cfg.metrics.port is not None:  # one endpoint per worker process: port + process id
+        cfg = cfg.model_copy(update={"metrics": cfg.metrics.model_copy(
+            update={"port": cfg.metrics.port + args.process_id})})
     serve(cfg.metrics)
     _stop_on_signals()
     flow = build_live_flow(cfg, until_eof=args.until_eof)

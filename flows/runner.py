@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -68,16 +69,15 @@ def spawn_cluster(argv: list[str], processes: int) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
-    codes = []
     try:
-        for child in children:
-            codes.append(child.wait())
-            if codes[-1] != 0:
-                break
+        # Watch every child, not the first: a worker that failed leaves the others waiting for it in the cluster.
+        while None in (codes := [child.poll() for child in children]) and not any(codes):
+            time.sleep(0.1)
     finally:
         for child in children:
             if child.poll() is None:
                 child.terminate()
                 child.wait()
+    codes = [child.returncode for child in children]
     if any(codes):
         raise HrmcondError(f"a worker process failed (exit codes {codes}); see its log above")

@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from conditioning.features.ssr_luld import session_day, trading_date
 from conditioning.rag import PatternRAG
 from conditioning.sim.market import MarketConfig, simulate_market
+from flows.broker import free_port
 from flows.config import AppConfig, load_config
 from flows.kafka import CheckedProducer
 from flows.live import build_live_flow
@@ -340,6 +341,8 @@ def test_one_and_two_worker_processes_give_the_same_records(tmp_path, kafka_clus
     for cfg in (one_cfg, two_cfg):
         produce_table(conf, cfg.kafka.topics.ticks, market.ticks, market.reference)
     subprocess.run(hrmcond("run", "--config", str(one_path), "--until-eof"), check=True, timeout=300)
+    # with a metrics endpoint: each worker serves its own (port + process id); one port for both hung the run
+    two_path.write_text(yaml.safe_dump({**yaml.safe_load(two_path.read_text()), "metrics": {"port": free_port()}}))
     subprocess.run(hrmcond("run", "--config", str(two_path), "--until-eof", "--processes", "2"),
                    check=True, timeout=300)
     assert_same_contexts(contexts_of(conf, two_cfg.kafka.topics.contexts),

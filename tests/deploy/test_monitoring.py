@@ -171,6 +171,21 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def _free_port_pair(free_port) -> int:
+    """A free port whose successor is free too: worker i of a run serves metrics on metrics.port + i."""
+    import socket
+
+    for _ in range(20):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    pytest.fail("no two consecutive free ports on 127.0.0.1")
+
+
 def _count_messages(conf: dict[str, str], topic: str) -> int:
     """Messages now in ``topic``, read to the end of every partition."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -195,8 +210,9 @@ def _count_messages(conf: dict[str, str], topic: str) -> int:
 
 @pytest.mark.kafka
 def test_prometheus_scrapes_a_live_run(tmp_path, kafka_cluster, kafka_topics):
-    """`hrmcond run` on a simulated market, scraped every second by a Prometheus on loopback that also loads
-    alerts.yml: its stored values are what the run did, and its rules are healthy."""
+    """`hrmcond run --processes 2` on a simulated market, both workers' endpoints (metrics.port + process id)
+    scraped every second by a Prometheus on loopback that also loads alerts.yml: the sums it stores are what the
+    run did, and its rules are healthy."""
     from conditioning.sim.market import MarketConfig, simulate_market
     from flows.broker import free_port
     from flows.producer import produce_table, table_ticks
@@ -208,29 +224,32 @@ def test_prometheus_scrapes_a_live_run(tmp_path, kafka_cluster, kafka_topics):
     produced = Counter(t.kind for t in table_ticks(market.ticks, market.reference))
     assert produce_table(conf, topics["ticks"], market.ticks, market.reference) == sum(produced.values())
 
-    metrics_port, prom_port = free_port(), free_port()
+    metrics_port, prom_port = _free_port_pair(free_port), free_port()
+    targets = [f"127.0.0.1:{metrics_port + i}" for i in range(2)]
     base = yaml.safe_load((REPO / "deploy" / "local.yaml").read_text())
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({
         **base, "kafka": {"bootstrap_servers": kafka_cluster.bootstrap_servers, "topics": {**topics, "partitions": 3}},
         "metrics": {"host": "127.0.0.1", "port": metrics_port}}))
-    # The scrape of deploy/prometheus/prometheus.yml, on this test's target, every second.
+    # The scrape of deploy/prometheus/prometheus.yml, on this test's targets, every second.
     scrape = tmp_path / "prometheus.yml"
     scrape.write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ALERTS)],
-        "scrape_configs": [{"job_name": "hrmcond", "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"]}]}],
+        "scrape_configs": [{"job_name": "hrmcond", "static_configs": [{"targets": targets}]}],
     }))
     api = f"http://127.0.0.1:{prom_port}"
     with open(tmp_path / "prometheus.log", "w") as prom_log, open(tmp_path / "run.log", "w") as run_log:
         server = subprocess.Popen([prometheus, f"--config.file={scrape}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
                                    f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=prom_log, stderr=prom_log)
-        run = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(config)],
+        run = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--processes", "2"],
                                stdout=run_log, stderr=run_log)
         try:
-            def ticks_seen():  # the run's own count, by kind, once it has read the whole topic
-                values = _endpoint(metrics_port)
-                got = {k: values.get(f"hrmcond_ticks_total[('kind', '{k}')]", 0) for k in produced}
+            def ticks_seen():  # the workers' own counts, by kind, once they have read the whole topic
+                got = Counter()
+                for i in range(2):
+                    values = _endpoint(metrics_port + i)
+                    got.update({k: values.get(f"hrmcond_ticks_total[('kind', '{k}')]", 0) for k in produced})
                 return got == produced
 
             _wait("the run to read every tick", ticks_seen, 120, server, run)
@@ -249,7 +268,8 @@ def test_prometheus_scrapes_a_live_run(tmp_path, kafka_cluster, kafka_topics):
                 return ticks == produced and ctx and float(ctx[0]["value"][1]) == contexts
 
             _wait("Prometheus to store the run's final counts", scraped, 30, server, run)
-            assert [r["value"][1] for r in _query(api, 'up{job="hrmcond"}')] == ["1"]
+            assert {r["metric"]["instance"]: r["value"][1] for r in _query(api, 'up{job="hrmcond"}')} == dict.fromkeys(
+                targets, "1")
 
             def evaluated():
                 groups = _get(f"{api}/api/v1/rules")["data"]["groups"]

@@ -42,6 +42,15 @@ def test_prometheus_loads_the_alerts_the_compose_file_mounts():
     assert [job["job_name"] for job in prom["scrape_configs"]] == ["hrmcond"]  # what the alerts select on
 
 
+def test_prometheus_scrapes_every_worker_process_compose_starts():
+    """Worker i serves metrics on 9464 + i: one target per process of the default HRMCOND_PROCESSES."""
+    command = compose()["services"]["hrmcond"]["command"]
+    processes = int(re.fullmatch(r"\$\{HRMCOND_PROCESSES:-(\d+)\}", command[command.index("--processes") + 1])[1])
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = [t for job in prom["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
+    assert targets == [f"hrmcond:{9464 + i}" for i in range(processes)]
+
+
 def test_topic_init_creates_the_topics_of_live_yaml():
     topics = yaml.safe_load((DEPLOY / "live.yaml").read_text())["kafka"]["topics"]
     env = compose()["services"]["topic-init"]["environment"]

@@ -33,13 +33,15 @@ demo: $(VENV)/.installed-demo
 # The Kafka tests run through testcontainers: the wrapper sets up a container API (podman where no Docker engine
 # answers), stops it afterwards, and falls back to the embedded broker, saying why, where it cannot.
 # tests/install_prometheus.sh installs promtool and the Prometheus server (Debian's package) for tests/deploy.
-test: $(VENV)/.installed-test
-	$(BIN)/ruff check conditioning flows schemas tests benchmarks
+test: lint
 	bash tests/install_prometheus.sh
 	bash tests/with_container_api.sh $(BIN)/python -m pytest
 
+# Lint, format, then types (mypy with the pydantic plugin; settings in pyproject.toml).
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check conditioning flows schemas tests benchmarks
+	$(BIN)/ruff format --check conditioning flows schemas tests benchmarks
+	$(BIN)/mypy
 
 schemas: $(VENV)/.installed-demo
 	$(BIN)/hrmcond export-schemas
@@ -55,6 +57,11 @@ model: $(VENV)/.installed-demo
 	$(BIN)/hrmcond train-regime --config deploy/local.yaml --features $(MODEL_WORK)/features.jsonl \
 	    --out $(MODEL_DIR) --seed 0
 	$(BIN)/hrmcond build-patterns --features $(MODEL_WORK)/features.jsonl --model $(MODEL_DIR)
+
+# Every benchmark writes its figures to benchmarks/results/<name>.json (minutes each; not part of `make test`).
+BENCHMARKS := feature_throughput models_latency pipeline_latency state_memory one_off_symbols
+bench: $(VENV)/.installed-test
+	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -59,8 +59,7 @@ def timed(fn, iters: int, warmup: int = 5) -> dict[str, float]:
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
-    return {"p50_ms": float(np.percentile(samples, 50)), "p99_ms": float(np.percentile(samples, 99)),
-            "iters": iters}
+    return {"p50_ms": float(np.percentile(samples, 50)), "p99_ms": float(np.percentile(samples, 99)), "iters": iters}
 
 
 def library(rng: np.random.Generator, n: int = 10_000) -> list[Pattern]:
@@ -92,7 +91,7 @@ def stream_into(rag: PatternRAG, stream: list[Pattern], call: int) -> tuple[floa
     """Add ``stream`` in calls of ``call`` patterns: (wall ms, process CPU ms) per pattern."""
     w0, c0 = time.perf_counter(), time.process_time()
     for start in range(0, len(stream), call):
-        rag.update_pattern_library(stream[start:start + call])
+        rag.update_pattern_library(stream[start : start + call])
     n = len(stream)
     return (time.perf_counter() - w0) * 1e3 / n, (time.process_time() - c0) * 1e3 / n
 
@@ -146,9 +145,13 @@ def online_updates(patterns: list[Pattern], n_library: int, call: int, rag_cls=P
     stop.set()
     thread.join()
     rag.close()
-    result["queries"] = {"n": len(lat), "p50_ms": float(np.percentile(lat, 50)),
-                         "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(np.max(lat)),
-                         "statuses": statuses}
+    result["queries"] = {
+        "n": len(lat),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "max_ms": float(np.max(lat)),
+        "statuses": statuses,
+    }
     return result
 
 
@@ -188,8 +191,10 @@ def main() -> None:
     with torch.no_grad():
         for b in BATCHES:
             tokens, ctx = torch.randn(b, TOKENS, 512), torch.randn(b, 256)
-            feats = {"regime_features": torch.randn(b, 20),
-                     "pattern_features": torch.from_numpy(np.stack([p.vector for p in patterns[:b]]) + 0.05)}
+            feats = {
+                "regime_features": torch.randn(b, 20),
+                "pattern_features": torch.from_numpy(np.stack([p.vector for p in patterns[:b]]) + 0.05),
+            }
             assert stuck.condition(feats).rag_status == "timeout"
             results[f"B={b}"] = {
                 "film": timed(lambda t=tokens, c=ctx: film(t, c), 200),
@@ -207,10 +212,17 @@ def main() -> None:
     online["update_point_reference"] = update_point_reference(online_patterns, n_library)
     report = {
         "budgets_ms": {"film": 5, "regime": 20, "rag": 60, "end_to_end": 100, "fail_open": 80},
-        "setup": {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                  "machine": platform.machine(), "python": platform.python_version(), "film_tokens": TOKENS,
-                  "rag_library": len(patterns), "rag_timeout_ms": cfg.rag.timeout_ms,
-                  "online_library": f"{MODEL_DIR.name}: {n_library} patterns + {ONLINE_STREAM} near-repeats"},
+        "setup": {
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "film_tokens": TOKENS,
+            "rag_library": len(patterns),
+            "rag_timeout_ms": cfg.rag.timeout_ms,
+            "online_library": f"{MODEL_DIR.name}: {n_library} patterns + {ONLINE_STREAM} near-repeats",
+        },
         "results": results,
         "online_updates": online,
     }

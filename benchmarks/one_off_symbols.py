@@ -37,21 +37,46 @@ def one_off_day(symbols: int, every_ns: int) -> pa.Table:
     ts = OPEN_NS + i * every_ns + np.tile([0, 15, 40], symbols) * 10**9
     order = np.argsort(ts, kind="stable")
     n = len(ts)
-    columns = {"ts_ns": ts[order], "symbol": [f"X{k:06d}" for k in i[order]], "kind": ["trade"] * n,
-               "price": np.full(n, 10.0), "size": np.full(n, 100.0)}
-    return pa.table({f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in CANONICAL_SCHEMA},
-                    schema=CANONICAL_SCHEMA)
+    columns = {
+        "ts_ns": ts[order],
+        "symbol": [f"X{k:06d}" for k in i[order]],
+        "kind": ["trade"] * n,
+        "price": np.full(n, 10.0),
+        "size": np.full(n, 100.0),
+    }
+    return pa.table(
+        {f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in CANONICAL_SCHEMA}, schema=CANONICAL_SCHEMA
+    )
 
 
 def replay_peak_rss_mib(ticks: Path, out: Path, evict_idle_s: int | None) -> tuple[float, float]:
     """Peak RSS (MiB) and wall time (s) of one replay in a fresh process."""
     env = {**os.environ, "HRMCOND__PIPELINE__EVICT_IDLE_S": "null" if evict_idle_s is None else str(evict_idle_s)}
-    code = ("import resource, sys; from flows.cli import main; main(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    code = (
+        "import resource, sys; from flows.cli import main; main(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
+    )
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, "replay", "--config", str(REPO / "deploy" / "local.yaml"),
-                           "--format", "canonical", "--ticks", str(ticks), "--features-out", str(out)],
-                          env=env, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "replay",
+            "--config",
+            str(REPO / "deploy" / "local.yaml"),
+            "--format",
+            "canonical",
+            "--ticks",
+            str(ticks),
+            "--features-out",
+            str(out),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
         raise SystemExit(f"replay failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return int(done.stderr.strip().splitlines()[-1]) / 1024, time.perf_counter() - started
@@ -62,19 +87,25 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=50_000)
     parser.add_argument("--every-ms", type=int, default=400)
     args = parser.parse_args()
-    results: dict = {"symbols": args.symbols, "ticks": 3 * args.symbols, "new_symbol_every_ms": args.every_ms,
-                     "runs": {}}
+    results: dict = {
+        "symbols": args.symbols,
+        "ticks": 3 * args.symbols,
+        "new_symbol_every_ms": args.every_ms,
+        "runs": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         ticks = Path(tmp) / "one_off.parquet"
         write_ticks(one_off_day(args.symbols, args.every_ms * 10**6), ticks)
         for label, evict in (("evict_idle_600s", 600), ("evict_idle_1800s", 1800), ("no_eviction", None)):
             peak, wall = replay_peak_rss_mib(ticks, Path(tmp) / f"{label}.jsonl", evict)
-            results["runs"][label] = {"evict_idle_s": evict, "peak_rss_mib": round(peak, 1),
-                                      "wall_s": round(wall, 1)}
+            results["runs"][label] = {"evict_idle_s": evict, "peak_rss_mib": round(peak, 1), "wall_s": round(wall, 1)}
             print(f"{label:>18}: peak RSS {peak:7.1f} MiB, {wall:5.1f} s", flush=True)
-    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "machine": platform.machine(),
-                          "ram_mib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20}
+    results["machine"] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "ram_mib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20,
+    }
     results["self_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     write_results("one_off_symbols", results, echo=False)
 

@@ -66,8 +66,9 @@ def pct(values) -> dict[str, float]:
     return {"p50_ms": float(p50), "p99_ms": float(p99), "max_ms": float(v.max()), "n": int(v.size)}
 
 
-def timed_engine(cfg: AppConfig, slow_rag: bool, seen: list | None = None
-                 ) -> tuple[ContextEngine, list[tuple[int, float]]]:
+def timed_engine(
+    cfg: AppConfig, slow_rag: bool, seen: list | None = None
+) -> tuple[ContextEngine, list[tuple[int, float]]]:
     """A live-mode engine whose ``drafts`` calls are timed: ``[(batch size, ms)]`` (and their bars kept in
     ``seen`` when given)."""
     engine = load_engine(cfg, deterministic=False)
@@ -153,31 +154,38 @@ def main() -> None:
         results[f"{name}/primary"] = run(cfg, ticks, reference, slow_rag=False, seen=seen)
         print(name, "primary", json.dumps({k: results[f"{name}/primary"][k] for k in ("batch_ms", "rag_status")}))
     no_breaker = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"rag_breaker_after": 0})})
-    results["sim_20_symbols_1_day/fail_open_slow_rag"] = run(no_breaker, market.ticks, market.reference,
-                                                             slow_rag=True)
-    results["sim_20_symbols_1_day/fail_open_slow_rag_breaker"] = run(cfg, market.ticks, market.reference,
-                                                                     slow_rag=True)
+    results["sim_20_symbols_1_day/fail_open_slow_rag"] = run(no_breaker, market.ticks, market.reference, slow_rag=True)
+    results["sim_20_symbols_1_day/fail_open_slow_rag_breaker"] = run(cfg, market.ticks, market.reference, slow_rag=True)
     for name in ("fail_open_slow_rag", "fail_open_slow_rag_breaker"):
         print(name, json.dumps(results[f"sim_20_symbols_1_day/{name}"]["batch_ms"]))
-    stalled = sim_bars[len(sim_bars) // 2:][:CATCH_UP_BARS]  # mid-day: full lookback windows
+    stalled = sim_bars[len(sim_bars) // 2 :][:CATCH_UP_BARS]  # mid-day: full lookback windows
     catch = {"healthy": catch_up(cfg, stalled, slow_rag=False), "stuck": catch_up(cfg, stalled, slow_rag=True)}
     print("catch-up", json.dumps(catch))
     report = {
         "budgets_ms": {"primary": 100, "fail_open": 80},
-        "setup": {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                  "machine": platform.machine(), "python": platform.python_version(),
-                  "rag_timeout_ms": cfg.conditioning.rag.timeout_ms, "slow_rag_sleep_ms":
-                  cfg.conditioning.rag.timeout_ms + SLOW_EXTRA_MS, "model": str(cfg.model.dir.name),
-                  "bar_ms": cfg.pipeline.bar_ms, "workers": 1},
+        "setup": {
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "rag_timeout_ms": cfg.conditioning.rag.timeout_ms,
+            "slow_rag_sleep_ms": cfg.conditioning.rag.timeout_ms + SLOW_EXTRA_MS,
+            "model": str(cfg.model.dir.name),
+            "bar_ms": cfg.pipeline.bar_ms,
+            "workers": 1,
+        },
         "results": results,
         "catch_up": catch,
     }
     write_results("pipeline_latency", report)
     for name, r in results.items():
-        print(f"{name}: batch p50/p99 {r['batch_ms']['p50_ms']:.2f}/{r['batch_ms']['p99_ms']:.2f} ms "
-              f"(mean batch {r['batch_size']['mean']:.1f}), context total p50/p99 "
-              f"{r['context_total_ms']['p50_ms']:.2f}/{r['context_total_ms']['p99_ms']:.2f} ms, "
-              f"{r['contexts_per_s']:.0f} contexts/s, rag {r['rag_status']}")
+        print(
+            f"{name}: batch p50/p99 {r['batch_ms']['p50_ms']:.2f}/{r['batch_ms']['p99_ms']:.2f} ms "
+            f"(mean batch {r['batch_size']['mean']:.1f}), context total p50/p99 "
+            f"{r['context_total_ms']['p50_ms']:.2f}/{r['context_total_ms']['p99_ms']:.2f} ms, "
+            f"{r['contexts_per_s']:.0f} contexts/s, rag {r['rag_status']}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Market-state conditioning for HRM: regime classifier + pattern retrieval -> a context -> FiLM.
 
-The public names load lazily, so ``import conditioning`` (e.g. by the feature dataflow, which only needs
-``conditioning.features``) does not import torch or hnswlib.
+The public names load lazily: importing a pure-numpy submodule (``conditioning.features``, ``conditioning.sim``:
+the feature dataflow, the simulator, the importers) runs this file first, and must not import torch or hnswlib
+with it (tests/test_layers.py checks).
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -33,9 +32,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conditioning.config import ConditioningConfig
-from conditioning.features.types import FEATURE_LAYOUT_VERSION
+from conditioning.features.normalize import FeatureNormalizer
 from conditioning.system import ConditioningSystem
 from schemas.errors import HrmcondError
+from schemas.layout import FEATURE_LAYOUT_VERSION
 
 #: 2: the manifest records a sha256 per file (``files``); format 1 had none and is refused.
 MANIFEST_FORMAT = 2
@@ -49,9 +49,13 @@ class ArtifactMismatchError(HrmcondError, ValueError):
 
 #: Settings that change behaviour at run time but not the trained model: flipping them needs no retraining,
 #: so they are left out of the config hash (the full config is still stored in the manifest).
-RUNTIME_SETTINGS = {
-    "enable_regime": True, "enable_rag": True, "enable_hybrid": True, "fail_open": True,
-    "regime": {"stability_threshold"}, "rag": {"timeout_ms"},
+RUNTIME_SETTINGS: dict[str, bool | set[str]] = {
+    "enable_regime": True,
+    "enable_rag": True,
+    "enable_hybrid": True,
+    "fail_open": True,
+    "regime": {"stability_threshold"},
+    "rag": {"timeout_ms"},
 }
 
 
@@ -86,7 +90,11 @@ def _package_version() -> str:
 
 
 def save_model(
-    directory: str | Path, system: ConditioningSystem, normalizer: Any, *, training_fingerprint: str,
+    directory: str | Path,
+    system: ConditioningSystem,
+    normalizer: FeatureNormalizer,
+    *,
+    training_fingerprint: str,
     extra: dict | None = None,
 ) -> dict:
     """Write the model directory; ``extra`` (e.g. label rules, held-out metrics) goes into the manifest."""
@@ -114,7 +122,7 @@ def save_model(
 @dataclass
 class LoadedModel:
     system: ConditioningSystem
-    normalizer: Any
+    normalizer: FeatureNormalizer
     manifest: dict
 
 
@@ -137,48 +145,71 @@ def verify_model(directory: str | Path, config: ConditioningConfig | None = None
         raise ArtifactMismatchError(f"{path} is not valid JSON ({err}): restore it or rebuild the model") from None
     if not isinstance(manifest, dict):
         raise ArtifactMismatchError(f"{path} is not a JSON object: restore it or rebuild the model")
-    _expect("manifest_format", MANIFEST_FORMAT, manifest.get("manifest_format"), directory,
-            "rebuild the model with this version of the package")
+    _expect(
+        "manifest_format",
+        MANIFEST_FORMAT,
+        manifest.get("manifest_format"),
+        directory,
+        "rebuild the model with this version of the package",
+    )
     recorded = manifest.get("files") or {}
     for name, found in file_hashes(directory).items():
         want = str(recorded.get(name))
         if found != want:
-            what = "is missing" if found == "missing" else (
-                f"does not match the manifest (sha256 {found[:12]}..., recorded {want[:12]}...): it is corrupted, "
-                "truncated or was replaced")
+            what = (
+                "is missing"
+                if found == "missing"
+                else (
+                    f"does not match the manifest (sha256 {found[:12]}..., recorded {want[:12]}...): it is corrupted, "
+                    "truncated or was replaced"
+                )
+            )
             raise ArtifactMismatchError(f"{directory / name} {what}; restore the model directory or rebuild it")
-    _expect("feature_layout_version", FEATURE_LAYOUT_VERSION, manifest.get("feature_layout_version"), directory,
-            "the features changed meaning since training: retrain (hrmcond train-regime, build-patterns)")
+    _expect(
+        "feature_layout_version",
+        FEATURE_LAYOUT_VERSION,
+        manifest.get("feature_layout_version"),
+        directory,
+        "the features changed meaning since training: retrain (hrmcond train-regime, build-patterns)",
+    )
     try:
         saved = ConditioningConfig.model_validate(manifest.get("config"))
     except pydantic.ValidationError as err:
-        raise ArtifactMismatchError(f"{path}: the config is invalid ({err.error_count()} errors): the manifest "
-                                    "was edited or corrupted") from None
-    _expect("config_hash", config_hash(saved), manifest.get("config_hash"), directory,
-            "the manifest was edited or corrupted")
+        raise ArtifactMismatchError(
+            f"{path}: the config is invalid ({err.error_count()} errors): the manifest was edited or corrupted"
+        ) from None
+    _expect(
+        "config_hash",
+        config_hash(saved),
+        manifest.get("config_hash"),
+        directory,
+        "the manifest was edited or corrupted",
+    )
     if config is not None:
-        _expect("config_hash", config_hash(config), manifest["config_hash"], directory,
-                "load with the config the model was trained with, or retrain")
+        _expect(
+            "config_hash",
+            config_hash(config),
+            manifest["config_hash"],
+            directory,
+            "load with the config the model was trained with, or retrain",
+        )
     return manifest
 
 
-def load_model(
-    directory: str | Path, config: ConditioningConfig | None = None,
-    normalizer_from_dict: Callable[[dict], Any] | None = None,
-) -> LoadedModel:
+def load_model(directory: str | Path, config: ConditioningConfig | None = None) -> LoadedModel:
     """Rebuild the system saved in ``directory`` after ``verify_model``. With ``config`` the saved config
-    must hash the same; without, the saved config is used. ``normalizer_from_dict`` defaults to
-    ``FeatureNormalizer.from_dict``."""
+    must hash the same; without, the saved config is used."""
     directory = Path(directory)
     manifest = verify_model(directory, config)
     system = ConditioningSystem(config or ConditioningConfig.model_validate(manifest["config"]))
-    _expect("parameter_counts", parameter_counts(system), manifest.get("parameter_counts"), directory,
-            "the model architecture changed since this artifact was written: retrain")
+    _expect(
+        "parameter_counts",
+        parameter_counts(system),
+        manifest.get("parameter_counts"),
+        directory,
+        "the model architecture changed since this artifact was written: retrain",
+    )
     system.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
     system.pattern_rag.load_library(directory / "patterns")
-    if normalizer_from_dict is None:
-        from conditioning.features.normalize import FeatureNormalizer
-
-        normalizer_from_dict = FeatureNormalizer.from_dict
-    normalizer = normalizer_from_dict(json.loads((directory / "normalizer.json").read_text()))
+    normalizer = FeatureNormalizer.from_dict(json.loads((directory / "normalizer.json").read_text()))
     return LoadedModel(system.eval(), normalizer, manifest)

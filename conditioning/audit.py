@@ -122,10 +122,12 @@ class LeakageReport:
 
 def _block_permutation_test(codes, episode_of, episode_id, n_perm, max_bits, alpha, rng) -> MiTest:
     observed = mutual_information_bits(codes, episode_id[episode_of])
-    null = np.array([
-        mutual_information_bits(codes, episode_id[rng.permutation(len(episode_id))][episode_of])
-        for _ in range(n_perm)
-    ])
+    null = np.array(
+        [
+            mutual_information_bits(codes, episode_id[rng.permutation(len(episode_id))][episode_of])
+            for _ in range(n_perm)
+        ]
+    )
     excess = observed - null.mean()
     p = (1 + np.count_nonzero(null >= observed)) / (1 + n_perm)
     return MiTest(observed, float(null.mean()), float(excess), float(p), bool(p < alpha or excess >= max_bits))
@@ -151,8 +153,9 @@ def audit_leakage(
     ids, episodes = np.asarray(ids), np.asarray(episodes)
     n = len(ids)
     if np.shape(outputs)[0] != n or episodes.shape != (n,) or ids.shape != (n,):
-        raise ValueError(f"outputs, ids and episodes must share N; got {np.shape(outputs)}, {ids.shape}, "
-                         f"{episodes.shape}")
+        raise ValueError(
+            f"outputs, ids and episodes must share N; got {np.shape(outputs)}, {ids.shape}, {episodes.shape}"
+        )
     _, id_code = np.unique(ids, return_inverse=True)
     episode_keys, episode_of = np.unique(episodes, return_inverse=True)
     episode_id = np.zeros(len(episode_keys), dtype=np.int64)
@@ -161,8 +164,10 @@ def audit_leakage(
         raise ValueError("each episode must carry exactly one id (ids are assigned to episodes)")
     n_ids = int(id_code.max()) + 1
     if n_ids >= len(episode_keys):
-        raise ValueError(f"{n_ids} ids over {len(episode_keys)} episodes: with one id per episode a block "
-                         "permutation only relabels and cannot test anything; audit at a coarser id")
+        raise ValueError(
+            f"{n_ids} ids over {len(episode_keys)} episodes: with one id per episode a block "
+            "permutation only relabels and cannot test anything; audit at a coarser id"
+        )
     codes = discretize(outputs, n_codes, seed)
     rng = np.random.default_rng(seed)
     observed = _block_permutation_test(codes, episode_of, episode_id, n_permutations, max_bits, alpha, rng)

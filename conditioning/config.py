@@ -5,31 +5,33 @@ Unknown keys are errors (``extra="forbid"``), so a typo never silently becomes a
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import Field
+
+from schemas.layout import CONTEXT_DIM, NUM_REGIMES, PATTERN_DIM
+from schemas.strict import Strict, fixed_at
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RegimeConfig(_Strict):
-    num_regimes: int = Field(8, ge=2, le=64)
+class RegimeConfig(Strict):
+    #: The classifier's named regimes (conditioning/regime.py) and the context record's ``regime_probs``.
+    num_regimes: Annotated[int, fixed_at(NUM_REGIMES, "by the classifier's named regimes")] = NUM_REGIMES
     #: Largest tolerated share of bars in a day on which the emitted regime changes (spec: 0.05).
     stability_threshold: float = Field(0.05, gt=0.0, lt=1.0)
 
 
-class RagConfig(_Strict):
-    pattern_dim: int = Field(128, ge=1)
+class RagConfig(Strict):
+    pattern_dim: Annotated[int, fixed_at(PATTERN_DIM, "by the pattern layout (schemas/layout.py)")] = PATTERN_DIM
     timeout_ms: int = Field(60, ge=1, le=10_000)
     max_patterns: int = Field(10_000, ge=1)
 
 
-class FilmConfig(_Strict):
-    context_dim: int = Field(256, ge=1)
+class FilmConfig(Strict):
+    context_dim: Annotated[int, fixed_at(CONTEXT_DIM, "by the context record (schemas/records.py)")] = CONTEXT_DIM
     target_dim: int = Field(512, ge=1)
 
 
-class ConditioningConfig(_Strict):
+class ConditioningConfig(Strict):
     enable_regime: bool = False
     enable_rag: bool = False
     enable_hybrid: bool = False

@@ -40,7 +40,7 @@ class FeatureTable:
 
 
 def read_feature_records(paths: Iterable[str | Path]) -> list[FeatureRecord]:
-    records = []
+    records: list[FeatureRecord] = []
     for path in paths:
         with open(path, "rb") as f:
             records.extend(FeatureRecord.model_validate_json(line) for line in f if line.strip())
@@ -58,8 +58,16 @@ def feature_table(records: list[FeatureRecord]) -> FeatureTable:
         for m in r.matured:
             i = vectors.get((r.symbol, m.end_ns))
             if i is not None and np.any(pattern[i]):
-                patterns.append(Pattern(r.symbol, m.start_ns, m.end_ns, m.outcome_end_ns, pattern[i],
-                                        np.asarray(m.outcome, dtype=np.float32)))
+                patterns.append(
+                    Pattern(
+                        r.symbol,
+                        m.start_ns,
+                        m.end_ns,
+                        m.outcome_end_ns,
+                        pattern[i],
+                        np.asarray(m.outcome, dtype=np.float32),
+                    )
+                )
     return FeatureTable(
         symbol=np.array([r.symbol for r in records]),
         window_end_ns=np.array([r.window_end_ns for r in records], dtype=np.int64),

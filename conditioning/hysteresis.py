@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from conditioning.features.types import SsrLuldState
 from conditioning.regime import REGIME_INDEX, REGIME_NAMES
+from schemas.layout import SsrLuldState
 
 SSR = REGIME_INDEX["ssr_active"]
 LULD = REGIME_INDEX["luld_active"]

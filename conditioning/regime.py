@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from schemas.layout import NUM_REGIMES
+
 #: Output order of the classifier; index i of the logits is REGIME_NAMES[i].
 REGIME_NAMES: tuple[str, ...] = (
     "low_vol",
@@ -20,13 +22,14 @@ REGIME_NAMES: tuple[str, ...] = (
     "illiquid",
     "normal",
 )
+assert len(REGIME_NAMES) == NUM_REGIMES
 REGIME_INDEX = {name: i for i, name in enumerate(REGIME_NAMES)}
 
 HIDDEN = 128
 
 
 class RegimeClassifier(nn.Module):
-    def __init__(self, input_dim: int, num_regimes: int = 8):
+    def __init__(self, input_dim: int, num_regimes: int = NUM_REGIMES):
         super().__init__()
         if input_dim < 1:
             raise ValueError(f"RegimeClassifier: input_dim must be >= 1, got {input_dim}")

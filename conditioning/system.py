@@ -31,10 +31,11 @@ import torch
 from torch import Tensor, nn
 
 from conditioning.config import ConditioningConfig
-from conditioning.features.types import REGIME_FEATURE_DIM
 from conditioning.film import FiLMLayer
-from conditioning.rag import PatternRAG, RagStatus, Retrieval
+from conditioning.rag import PatternRAG, Retrieval
 from conditioning.regime import RegimeClassifier
+from schemas.layout import REGIME_FEATURE_DIM
+from schemas.records import FAILED_OPEN, RagStatus
 
 FEATURE_KEYS = ("regime_features", "pattern_features")
 FUSION_HIDDEN = 32
@@ -91,8 +92,10 @@ class ConditioningSystem(nn.Module):
     def _batch(self, features: dict[str, Tensor]) -> int:
         extra = sorted(set(features) - set(FEATURE_KEYS))
         if extra:
-            raise ValueError(f"ConditioningSystem takes only {FEATURE_KEYS}; got extra keys {extra}. "
-                             "It must never see an identifier.")
+            raise ValueError(
+                f"ConditioningSystem takes only {FEATURE_KEYS}; got extra keys {extra}. "
+                "It must never see an identifier."
+            )
         needed = [k for k, on in zip(FEATURE_KEYS, (self.enable_regime, self.enable_rag), strict=True) if on]
         missing = [k for k in needed if k not in features]
         if missing:
@@ -102,18 +105,26 @@ class ConditioningSystem(nn.Module):
             raise ValueError(f"features must hold at least one tensor, all with one batch size; got {sizes}")
         return next(iter(sizes.values()))
 
-    def _run(self, features: dict[str, Tensor], query_windows: np.ndarray | Tensor | None,
-             timeout_ms: float | None = None, retrieve: bool = True) -> ConditioningOutput:
+    def _run(
+        self,
+        features: dict[str, Tensor],
+        query_windows: np.ndarray | Tensor | None,
+        timeout_ms: float | None = None,
+        retrieve: bool = True,
+    ) -> ConditioningOutput:
         t0 = time.perf_counter()
         batch = self._batch(features)
         ref = self.regime_proj.weight
         latency: dict[str, float] = {}
-        regime_ctx = probs = None
+        regime_ctx: Tensor | None = None
+        probs: Tensor | None = None
         if self.enable_regime:
             probs = torch.softmax(self.regime_classifier(features["regime_features"]), dim=-1)  # [B, R]
             regime_ctx = self.regime_proj(probs)  # [B, C]
         t1 = time.perf_counter()
-        rag_ctx, status, has_neighbours = None, "disabled", None
+        rag_ctx: Tensor | None = None
+        status: RagStatus = "disabled"
+        has_neighbours: Tensor | None = None
         if self.enable_rag:
             budget_ms = self.config.rag.timeout_ms if timeout_ms is None else timeout_ms
             if not retrieve:
@@ -126,24 +137,31 @@ class ConditioningSystem(nn.Module):
             if status == "ok":
                 rag_ctx = self.pattern_rag.project(retrieval)  # [B, C]
                 has_neighbours = torch.as_tensor(retrieval.valid.any(axis=1), device=ref.device)[:, None]
-            elif status in ("timeout", "error", "unavailable") and not self.fail_open:
+            elif status in FAILED_OPEN and not self.fail_open:
                 raise RagUnavailableError(
                     f"pattern retrieval {status} (timeout_ms={budget_ms}) with fail_open=false"
                 ) from retrieval.error
         t2 = time.perf_counter()
-        if regime_ctx is None and rag_ctx is None:
-            context = torch.zeros(batch, ref.shape[0], dtype=ref.dtype, device=ref.device)
-        elif rag_ctx is None:
-            context = regime_ctx
+        if rag_ctx is None:
+            context = (
+                regime_ctx
+                if regime_ctx is not None
+                else torch.zeros(batch, ref.shape[0], dtype=ref.dtype, device=ref.device)
+            )
         elif regime_ctx is None:
             context = rag_ctx
         elif self.enable_hybrid:  # rows without a neighbour keep the regime part alone
+            assert has_neighbours is not None  # set with rag_ctx
             context = torch.where(has_neighbours, self.fusion(regime_ctx, rag_ctx), regime_ctx)
         else:
             context = regime_ctx + rag_ctx
         t3 = time.perf_counter()
-        latency = {"regime": (t1 - t0) * 1e3, "rag": (t2 - t1) * 1e3, "fusion": (t3 - t2) * 1e3,
-                   "total": (t3 - t0) * 1e3}
+        latency = {
+            "regime": (t1 - t0) * 1e3,
+            "rag": (t2 - t1) * 1e3,
+            "fusion": (t3 - t2) * 1e3,
+            "total": (t3 - t0) * 1e3,
+        }
         rows = None if has_neighbours is None else has_neighbours[:, 0]
         return ConditioningOutput(context, probs, status, latency, rows)
 
@@ -152,11 +170,16 @@ class ConditioningSystem(nn.Module):
         return self._run(features, None).context
 
     @torch.no_grad()
-    def condition(self, features: dict[str, Tensor], query_windows: np.ndarray | Tensor | None = None,
-                  timeout_ms: float | None = None, retrieve: bool = True) -> ConditioningOutput:
+    def condition(
+        self,
+        features: dict[str, Tensor],
+        query_windows: np.ndarray | Tensor | None = None,
+        timeout_ms: float | None = None,
+        retrieve: bool = True,
+    ) -> ConditioningOutput:
         """Inference for the dataflow, once per bar batch: the context plus regime probabilities, RAG status
         and per-stage latencies (ms). ``query_windows [B, 2]`` int64 ``(start_ns, end_ns)`` makes retrieval
-        point-in-time (see rag.py). ``timeout_ms`` overrides ``rag.timeout_ms`` for this call (a caller that
+        point-in-time (see library.py). ``timeout_ms`` overrides ``rag.timeout_ms`` for this call (a caller that
         splits a batch passes what is left of one deadline; 0 = already past it, fail open at once).
         ``retrieve=False``: do not query the index (status ``unavailable``; a circuit breaker's open state)."""
         return self._run(features, query_windows, timeout_ms, retrieve)

@@ -26,27 +26,21 @@ normaliser and the label thresholds are fitted on the training split only.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from conditioning.audit import cohen_kappa
-from conditioning.features.types import PATTERN_DIM, REGIME_FEATURE_DIM, REGIME_FEATURE_NAMES, Pattern
+from conditioning.features.normalize import FeatureNormalizer
+from conditioning.features.types import Pattern
 from conditioning.rag import PatternRAG
 from conditioning.regime import REGIME_INDEX, REGIME_NAMES, RegimeClassifier
+from schemas.layout import PATTERN_DIM, REGIME_FEATURE_DIM, REGIME_FEATURE_NAMES
 
 _COL = {name: i for i, name in enumerate(REGIME_FEATURE_NAMES)}
-
-
-class Normalizer(Protocol):
-    """What training needs of a fitted ``conditioning.features.normalize.FeatureNormalizer``."""
-
-    def transform(self, x: np.ndarray) -> np.ndarray: ...
-    def to_dict(self) -> dict: ...
 
 
 @dataclass(frozen=True)
@@ -66,8 +60,15 @@ class LabelRules:
         raw, trend_score = _check_raw(raw, trend_score)
         q = np.quantile
         tsrv, bpv, amihud = (raw[:, _COL[f"log_{name}_rel"]] for name in ("tsrv", "bpv", "amihud"))
-        return cls(float(q(tsrv, 0.8)), float(q(tsrv, 0.2)), float(q(bpv, 0.8)), float(q(bpv, 0.2)),
-                   float(q(amihud, 0.9)), float(q(trend_score, 0.8)), float(q(trend_score, 0.2)))
+        return cls(
+            float(q(tsrv, 0.8)),
+            float(q(tsrv, 0.2)),
+            float(q(bpv, 0.8)),
+            float(q(bpv, 0.2)),
+            float(q(amihud, 0.9)),
+            float(q(trend_score, 0.8)),
+            float(q(trend_score, 0.2)),
+        )
 
     def apply(self, raw: np.ndarray, trend_score: np.ndarray) -> np.ndarray:
         """``raw [N, 20]``, ``trend_score [N]`` -> regime index ``[N]`` (int64)."""
@@ -100,7 +101,13 @@ def _check_raw(raw: np.ndarray, trend_score: np.ndarray) -> tuple[np.ndarray, np
 
 
 def train_classifier(
-    x: np.ndarray, y: np.ndarray, *, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3, seed: int = 0,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int = 30,
+    batch_size: int = 256,
+    lr: float = 3e-3,
+    seed: int = 0,
     progress: bool = False,
 ) -> RegimeClassifier:
     """Fit a RegimeClassifier on normalised ``x [N, 20]`` and labels ``y [N]``: AdamW, cross-entropy weighted
@@ -135,7 +142,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
 @dataclass
 class RegimeFit:
     model: RegimeClassifier
-    normalizer: Normalizer
+    normalizer: FeatureNormalizer
     rules: LabelRules
     confusion: np.ndarray  # [8, 8] held-out, rows true
     accuracy: float  # held-out
@@ -143,9 +150,14 @@ class RegimeFit:
     fingerprint: str  # of the training inputs
 
     def summary(self) -> dict:
-        return {"accuracy": self.accuracy, "kappa": self.kappa, "rules": asdict(self.rules),
-                "confusion": self.confusion.tolist(), "regimes": list(REGIME_NAMES),
-                "training_fingerprint": self.fingerprint}
+        return {
+            "accuracy": self.accuracy,
+            "kappa": self.kappa,
+            "rules": asdict(self.rules),
+            "confusion": self.confusion.tolist(),
+            "regimes": list(REGIME_NAMES),
+            "training_fingerprint": self.fingerprint,
+        }
 
 
 def fingerprint(*arrays: np.ndarray) -> str:
@@ -159,37 +171,48 @@ def fingerprint(*arrays: np.ndarray) -> str:
 
 
 def fit_regime_classifier(
-    raw: np.ndarray, trend_score: np.ndarray, fit_normalizer: Callable[[np.ndarray], Normalizer] | None = None, *,
-    val_fraction: float = 0.2, epochs: int = 30, seed: int = 0, progress: bool = True,
+    raw: np.ndarray,
+    trend_score: np.ndarray,
+    *,
+    val_fraction: float = 0.2,
+    epochs: int = 30,
+    seed: int = 0,
+    progress: bool = True,
 ) -> RegimeFit:
-    """``hrmcond train-regime``: rows in time order -> normaliser + classifier + held-out evaluation.
-
-    ``fit_normalizer(raw_train) -> fitted normaliser`` defaults to ``FeatureNormalizer.fit``."""
+    """``hrmcond train-regime``: rows in time order -> normaliser + classifier + held-out evaluation."""
     raw, trend_score = _check_raw(raw, trend_score)
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     cut = int(round(len(raw) * (1.0 - val_fraction)))
     if cut < 10 or len(raw) - cut < 10:
         raise ValueError(f"{len(raw)} rows leave too few for a split at val_fraction={val_fraction}")
-    if fit_normalizer is None:
-        from conditioning.features.normalize import FeatureNormalizer
-
-        fit_normalizer = FeatureNormalizer.fit
     rules = LabelRules.fit(raw[:cut], trend_score[:cut])
     labels = rules.apply(raw, trend_score)
-    normalizer = fit_normalizer(raw[:cut])
+    normalizer = FeatureNormalizer.fit(raw[:cut])
     x = np.asarray(normalizer.transform(raw), dtype=np.float32)
     model = train_classifier(x[:cut], labels[:cut], epochs=epochs, seed=seed, progress=progress)
     pred = predict(model, x[cut:])
     n = len(REGIME_NAMES)
-    return RegimeFit(model, normalizer, rules, confusion_matrix(labels[cut:], pred, n),
-                     float(np.mean(pred == labels[cut:])), cohen_kappa(labels[cut:], pred, n),
-                     fingerprint(raw, trend_score))
+    return RegimeFit(
+        model,
+        normalizer,
+        rules,
+        confusion_matrix(labels[cut:], pred, n),
+        float(np.mean(pred == labels[cut:])),
+        cohen_kappa(labels[cut:], pred, n),
+        fingerprint(raw, trend_score),
+    )
 
 
 def build_pattern_library(
-    patterns: Iterable[Pattern], *, as_of_ns: int | None = None, max_patterns: int = 10_000,
-    context_dim: int = 256, chunk: int = 2_048, progress: bool = True, rag: PatternRAG | None = None,
+    patterns: Iterable[Pattern],
+    *,
+    as_of_ns: int | None = None,
+    max_patterns: int = 10_000,
+    context_dim: int = 256,
+    chunk: int = 2_048,
+    progress: bool = True,
+    rag: PatternRAG | None = None,
 ) -> PatternRAG:
     """``hrmcond build-patterns``: a point-in-time library from replayed history.
 

@@ -53,9 +53,10 @@ from bytewax.operators import StatefulLogic
 
 from conditioning.features.ssr_luld import SsrLuldInputError, session_day, trading_date
 from conditioning.features.state import BarFeatures, FeatureParams, SymbolFeatures
-from conditioning.features.types import Pattern, SsrLuldState
+from conditioning.features.types import Pattern
 from flows.config import PipelineConfig
 from flows.metrics import METRICS
+from schemas.layout import SsrLuldState
 from schemas.records import DeadLetter
 from schemas.ticks import Quote, Reference, Status, Trade, encode_tick
 
@@ -156,9 +157,7 @@ class SymbolLogic(StatefulLogic):
         self.state = state
 
     # -- Bytewax hooks ------------------------------------------------------------------------------------
-    def on_item(
-        self, value: Tick | Received | Heartbeat
-    ) -> tuple[list[BarFeatures | DeadLetter | Heartbeat], bool]:
+    def on_item(self, value: Tick | Received | Heartbeat) -> tuple[list[BarFeatures | DeadLetter | Heartbeat], bool]:
         out: list[BarFeatures | DeadLetter | Heartbeat] = []
         if isinstance(value, Heartbeat):
             if self.state is not None:
@@ -172,8 +171,11 @@ class SymbolLogic(StatefulLogic):
             self.state = SymbolState(features=SymbolFeatures(tick.symbol, feature_params(self.cfg)))
         st = self.state
         if tick.seq is not None and self._received_before(tick):
-            out.append(_refused(value, "duplicate", f"{tick.symbol} tick ts_ns={tick.ts_ns} seq={tick.seq} "
-                                "was already received"))
+            out.append(
+                _refused(
+                    value, "duplicate", f"{tick.symbol} tick ts_ns={tick.ts_ns} seq={tick.seq} was already received"
+                )
+            )
             return out, StatefulLogic.RETAIN
         if isinstance(tick, Reference):
             # Reference data is stamped with the start of its trading date and may be published days ahead:
@@ -181,8 +183,13 @@ class SymbolLogic(StatefulLogic):
             # for a date already past (yesterday's, re-sent) cannot apply any more: the SSR/LULD rules refuse it.
             date, today = tick.date or trading_date(tick.ts_ns), trading_date(max(st.released_ns, tick.ts_ns))
             if date < today:
-                out.append(_refused(value, "stale_reference", f"reference data for {tick.symbol} on {date} "
-                                    f"arrived on {today}, after that date"))
+                out.append(
+                    _refused(
+                        value,
+                        "stale_reference",
+                        f"reference data for {tick.symbol} on {date} arrived on {today}, after that date",
+                    )
+                )
                 return out, StatefulLogic.RETAIN
             self._remember(tick)
             if tick.ts_ns < st.released_ns:
@@ -215,19 +222,31 @@ class SymbolLogic(StatefulLogic):
     def snapshot(self) -> SymbolState | None:
         return self.state
 
+    @property
+    def _st(self) -> SymbolState:
+        """The symbol's state: the helpers below run only once the first tick has created it."""
+        assert self.state is not None, "a helper ran before the symbol's first tick"
+        return self.state
+
     # -- arrival ------------------------------------------------------------------------------------------
     def _clock(self) -> int:
         """How far the symbol's event time has got: its newest tick, or the watermark where a heartbeat or the
         idle clock moved it further; 0 before the first tick."""
-        return max(self.state.newest_ns, self.state.released_ns)
+        return max(self._st.newest_ns, self._st.released_ns)
 
     def _accept(self, value: Tick | Received, out: list) -> None:
         """Into the reorder buffer, or a dead letter if it is late."""
-        st, tick = self.state, _tick(value)
+        st, tick = self._st, _tick(value)
         if tick.ts_ns < st.released_ns:
             METRICS.late_ticks.inc()
-            out.append(_refused(value, "late", f"event time {tick.ts_ns} is before {st.released_ns}, already "
-                                f"applied for {tick.symbol} (beyond pipeline.allowed_lateness_ms)"))
+            out.append(
+                _refused(
+                    value,
+                    "late",
+                    f"event time {tick.ts_ns} is before {st.released_ns}, already "
+                    f"applied for {tick.symbol} (beyond pipeline.allowed_lateness_ms)",
+                )
+            )
             return
         self._remember(tick)
         heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
@@ -237,13 +256,13 @@ class SymbolLogic(StatefulLogic):
 
     def _received_before(self, tick: Tick) -> bool:
         key = (tick.ts_ns, tick.seq)
-        return key in self.state.seen or any((_tick(v).ts_ns, _tick(v).seq) == key for v in self.state.suspects)
+        return key in self._st.seen or any((_tick(v).ts_ns, _tick(v).seq) == key for v in self._st.suspects)
 
     def _remember(self, tick: Tick) -> None:
         """Note the identity of a tick with a ``seq``; forget those a copy of which would be late anyway."""
         if tick.seq is None:
             return
-        st = self.state
+        st = self._st
         while st.seen_by_time and st.seen_by_time[0][0] < st.released_ns:
             st.seen.discard(heapq.heappop(st.seen_by_time))
         key = (tick.ts_ns, tick.seq)
@@ -252,7 +271,7 @@ class SymbolLogic(StatefulLogic):
 
     def _judge(self, value: Tick | Received, out: list) -> None:
         """A tick while suspects are held, or one far ahead of the clock: the rules of the module docstring."""
-        st, ts = self.state, _tick(value).ts_ns
+        st, ts = self._st, _tick(value).ts_ns
         st.suspects.append(value)
         clock = self._clock()
         if clock and ts <= clock + self.ahead_ns:  # the stream goes on near the clock
@@ -268,16 +287,22 @@ class SymbolLogic(StatefulLogic):
     def _settle(self, reach_ns: int, out: list, *, refute: bool) -> None:
         """Accept the suspects at or before ``reach_ns`` in arrival order; dead-letter the others as ``future``
         (``refute``) or keep holding them."""
-        st = self.state
+        st = self._st
         held = []
         for value in st.suspects:
             tick = _tick(value)
             if tick.ts_ns <= reach_ns:
                 self._accept(value, out)
             elif refute:
-                out.append(_refused(value, "future", f"event time {tick.ts_ns} is more than "
-                                    f"pipeline.max_ahead_ms ahead of {tick.symbol}'s clock ({self._clock()}), "
-                                    "and no later input confirmed the jump"))
+                out.append(
+                    _refused(
+                        value,
+                        "future",
+                        f"event time {tick.ts_ns} is more than "
+                        f"pipeline.max_ahead_ms ahead of {tick.symbol}'s clock ({self._clock()}), "
+                        "and no later input confirmed the jump",
+                    )
+                )
             else:
                 held.append(value)
         st.suspects = held
@@ -285,7 +310,7 @@ class SymbolLogic(StatefulLogic):
     # -- event time ---------------------------------------------------------------------------------------
     def _advance(self, watermark_ns: int, out: list) -> None:
         """Apply every buffered tick at or before ``watermark_ns`` in order, closing bars on the way."""
-        st = self.state
+        st = self._st
         while st.pending and st.pending[0][0] <= watermark_ns:
             ts, _, tick = heapq.heappop(st.pending)
             self._close_through(ts, out)
@@ -297,7 +322,7 @@ class SymbolLogic(StatefulLogic):
 
     def _close_through(self, ts_ns: int, out: list) -> None:
         """Close every bar that ends at or before ``ts_ns`` (bars are ``[end - bar, end)``)."""
-        st = self.state
+        st = self._st
         while st.bar_end_ns and st.bar_end_ns <= ts_ns:
             end = st.bar_end_ns
             bar = st.features.close_bar(end)
@@ -338,15 +363,19 @@ class SymbolLogic(StatefulLogic):
             out.append(_refused(tick, "rejected", str(err)))
 
     def _apply_checked(self, tick: Tick, out: list) -> None:
-        st, f = self.state, self.state.features
+        st, f = self._st, self._st.features
         if isinstance(tick, Reference):
             f.on_reference(tick.date or trading_date(tick.ts_ns), tick.prev_close, tick.tier)
             return
         if isinstance(tick, Status):
             self._roll_features(tick.ts_ns)
             f.on_status(
-                tick.ts_ns, halted=tick.halted, luld_pause=tick.luld_pause, ssr=tick.ssr,
-                band_low=tick.band_low, band_high=tick.band_high,
+                tick.ts_ns,
+                halted=tick.halted,
+                luld_pause=tick.luld_pause,
+                ssr=tick.ssr,
+                band_low=tick.band_low,
+                band_high=tick.band_high,
             )
             return
         if self.cfg.session.regular_hours_only:
@@ -365,11 +394,10 @@ class SymbolLogic(StatefulLogic):
                 METRICS.crossed_quotes.inc()
             f.on_quote(tick.ts_ns, tick.bid, tick.bid_size, tick.ask, tick.ask_size)
 
-
     def _roll_features(self, ts_ns: int) -> None:
         """Between sessions no bar is emitted, but the feature state must still see its bars closed (as
         empty ones) before a tick of a later bar; the discarded result is an out-of-session bar."""
-        st = self.state
+        st = self._st
         if st.features_end_ns and ts_ns >= st.features_end_ns:
             start = ts_ns - ts_ns % self.bar_ns
             st.matured += self._defined(st.features.close_bar(start).matured)
@@ -386,6 +414,14 @@ def _refused(value: Tick | Received, reason: str, detail: str) -> DeadLetter:
     """The dead letter of a tick the bar step refuses: the original message where it came from Kafka, else
     (replay) the tick in its wire form."""
     if isinstance(value, Received):
-        return DeadLetter.of(value.raw, reason, detail, time.time_ns(), key=value.symbol, topic=value.topic,
-                             partition=value.partition, offset=value.offset)
+        return DeadLetter.of(
+            value.raw,
+            reason,
+            detail,
+            time.time_ns(),
+            key=value.symbol,
+            topic=value.topic,
+            partition=value.partition,
+            offset=value.offset,
+        )
     return DeadLetter.of(encode_tick(value), reason, detail, time.time_ns(), key=value.symbol)

@@ -45,8 +45,11 @@ class RetrievalBreaker:
         self.failures += 1
         if self.tripped:
             if self.failures == self.trip_after:
-                log.warning("pattern retrieval failed %d batches in a row: skipping it for %.0f ms at a time "
-                            "(contexts carry the regime part, rag_status 'unavailable')",
-                            self.failures, self.cooldown_ns / 1e6)
+                log.warning(
+                    "pattern retrieval failed %d batches in a row: skipping it for %.0f ms at a time "
+                    "(contexts carry the regime part, rag_status 'unavailable')",
+                    self.failures,
+                    self.cooldown_ns / 1e6,
+                )
                 METRICS.rag_breaker_open.set(1)
             self.open_until_ns = now_ns + self.cooldown_ns

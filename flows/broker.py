@@ -96,16 +96,18 @@ class EmbeddedBroker:
 
     def _wait_for_listener(self) -> None:
         """Until the port accepts connections: a Kafka client polled earlier logs each refused connect to stderr."""
+        proc = self._proc
+        assert proc is not None  # started just before
         deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline and self._proc.poll() is None:
+        while time.monotonic() < deadline and proc.poll() is None:
             try:
                 socket.create_connection((HOST, self.port), timeout=0.5).close()
                 return
             except OSError:
                 time.sleep(0.02)
-        if self._proc.poll() is not None:
+        if proc.poll() is not None:
             where = f"; its log: {self.log_path}" if self.log_path else ""
-            raise HrmcondError(f"the embedded broker exited at start with code {self._proc.returncode}{where}")
+            raise HrmcondError(f"the embedded broker exited at start with code {proc.returncode}{where}")
         # still not listening: wait_for_broker reports it with the cluster's own error
 
     def stop(self) -> None:

@@ -35,7 +35,8 @@ def load_input(args: argparse.Namespace):
     """The tick table and reference rows named by the input arguments."""
     import datetime as dt
 
-    from schemas.canonical import read_reference, read_ticks
+    from schemas.canonical import read_ticks
+    from schemas.reference import read_reference
 
     need = {"taq": ["trades"], "lobster": ["lobster"], "canonical": ["ticks"]}[args.format]
     missing = [f"--{n}" for n in need if getattr(args, n) is None]
@@ -114,20 +115,28 @@ def cmd_run(args: argparse.Namespace) -> None:
         spawn_cluster(sys.argv[1:], args.processes)
         return
     if args.process_id and cfg.metrics.port is not None:  # one endpoint per worker process: port + process id
-        cfg = cfg.model_copy(update={"metrics": cfg.metrics.model_copy(
-            update={"port": cfg.metrics.port + args.process_id})})
+        cfg = cfg.model_copy(
+            update={"metrics": cfg.metrics.model_copy(update={"port": cfg.metrics.port + args.process_id})}
+        )
     serve(cfg.metrics)
     _stop_on_signals()
     flow = build_live_flow(cfg, until_eof=args.until_eof)
     addresses = args.addresses.split(";") if args.addresses else None
     log.info("consuming %s from %s", cfg.kafka.topics.ticks, cfg.kafka.bootstrap_servers)
-    run_process(flow, process_id=args.process_id or 0, addresses=addresses, recovery=recovery,
-                epoch_s=cfg.recovery.snapshot_interval_s if recovery else 1.0)
+    run_process(
+        flow,
+        process_id=args.process_id or 0,
+        addresses=addresses,
+        recovery=recovery,
+        epoch_s=cfg.recovery.snapshot_interval_s if recovery else 1.0,
+    )
     if STOP.error is not None:
         raise STOP.error
     if STOP.requested.is_set():
-        log.info("stopped by signal; output up to the last completed batch delivered%s",
-                 ", resume with the same --recovery-dir" if recovery else "")
+        log.info(
+            "stopped by signal; output up to the last completed batch delivered%s",
+            ", resume with the same --recovery-dir" if recovery else "",
+        )
 
 
 def _stop_on_signals() -> None:
@@ -153,8 +162,14 @@ def cmd_produce(args: argparse.Namespace) -> None:
     conf = cfg.kafka.client_config()
     if args.bootstrap:
         conf["bootstrap.servers"] = args.bootstrap
-    n = produce_table(conf, args.topic or cfg.kafka.topics.ticks, table, reference, speed=args.speed,
-                      partitions=cfg.kafka.topics.partitions)
+    n = produce_table(
+        conf,
+        args.topic or cfg.kafka.topics.ticks,
+        table,
+        reference,
+        speed=args.speed,
+        partitions=cfg.kafka.topics.partitions,
+    )
     print(f"produced {n} messages")
 
 
@@ -205,8 +220,9 @@ def _feature_table(paths: list[Path]):
 
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise HrmcondError(f"feature files not found: {', '.join(missing)} (make them with hrmcond replay "
-                           "--features-out)")
+        raise HrmcondError(
+            f"feature files not found: {', '.join(missing)} (make them with hrmcond replay --features-out)"
+        )
     table = feature_table(read_feature_records(paths))
     if not len(table):
         raise HrmcondError(f"no feature records in {', '.join(map(str, paths))}")
@@ -226,11 +242,14 @@ def cmd_train_regime(args: argparse.Namespace) -> None:
     cfg = _config(args)
     table = _feature_table(args.features)
     usable = np.isfinite(table.raw).all(axis=1)
-    print(f"{len(table):,} feature records, {usable.sum():,} with every regime feature defined (warm-up and "
-          "quote-less bars left out)")
+    print(
+        f"{len(table):,} feature records, {usable.sum():,} with every regime feature defined (warm-up and "
+        "quote-less bars left out)"
+    )
     torch.manual_seed(args.seed)  # the heads trained later with HRM start from a reproducible init
-    fit = fit_regime_classifier(table.raw[usable], trend_score(table.pattern[usable]), epochs=args.epochs,
-                                seed=args.seed)
+    fit = fit_regime_classifier(
+        table.raw[usable], trend_score(table.pattern[usable]), epochs=args.epochs, seed=args.seed
+    )
     system = ConditioningSystem(cfg.conditioning)
     system.regime_classifier.load_state_dict(fit.model.state_dict())
     save_model(args.out, system, fit.normalizer, training_fingerprint=fit.fingerprint, extra=fit.summary())
@@ -256,12 +275,21 @@ def cmd_build_patterns(args: argparse.Namespace) -> None:
     patterns = [p for p in table.patterns if as_of is None or p.outcome_end_ns <= as_of]
     build_pattern_library(patterns, rag=model.system.pattern_rag, as_of_ns=as_of)
     manifest = model.manifest
-    extra = {**manifest.get("extra", {}), "pattern_library": {
-        "patterns_seen": len(patterns), "patterns_kept": model.system.pattern_rag.size, "as_of_ns": as_of}}
-    save_model(args.model, model.system, model.normalizer, training_fingerprint=manifest["training_fingerprint"],
-               extra=extra)
-    print(f"pattern library: {model.system.pattern_rag.size:,} of {len(patterns):,} point-in-time patterns "
-          f"-> {args.model}")
+    extra = {
+        **manifest.get("extra", {}),
+        "pattern_library": {
+            "patterns_seen": len(patterns),
+            "patterns_kept": model.system.pattern_rag.size,
+            "as_of_ns": as_of,
+        },
+    }
+    save_model(
+        args.model, model.system, model.normalizer, training_fingerprint=manifest["training_fingerprint"], extra=extra
+    )
+    print(
+        f"pattern library: {model.system.pattern_rag.size:,} of {len(patterns):,} point-in-time patterns "
+        f"-> {args.model}"
+    )
 
 
 def cmd_audit_leakage(args: argparse.Namespace) -> None:
@@ -281,18 +309,22 @@ def cmd_audit_leakage(args: argparse.Namespace) -> None:
     if all(r.regime is not None for r in records):
         from conditioning.regime import REGIME_INDEX
 
-        outputs["emitted regime"] = np.array([REGIME_INDEX[r.regime] for r in records])
-    print(f"MI(output, id) with id = symbol (the puzzle id HRM would see), episodes = symbol-days: "
-          f"{len(records):,} samples, {len(set(ids))} ids, {len(set(episodes))} episodes")
+        outputs["emitted regime"] = np.array([REGIME_INDEX[r.regime] for r in records if r.regime is not None])
+    print(
+        f"MI(output, id) with id = symbol (the puzzle id HRM would see), episodes = symbol-days: "
+        f"{len(records):,} samples, {len(set(ids))} ids, {len(set(episodes))} episodes"
+    )
     failed = False
     for name, out in outputs.items():
         rep = audit_leakage(out, ids, episodes, n_permutations=args.permutations, seed=args.seed)
         o, c = rep.observed, rep.control
         verdict = "LEAK" if o.excess_bits >= rep.max_bits else "within budget"
         detect = "detectable" if o.p_value < 0.05 else "not detectable"
-        print(f"- {name}: MI {o.mi_bits:.4f} bits (null {o.null_mean_bits:.4f}, excess {o.excess_bits:+.4f} bits, "
-              f"{detect} at p={o.p_value:.3f}) -> {verdict}; positive control: excess {c.excess_bits:+.4f} bits, "
-              f"p={c.p_value:.3f} -> {'caught' if c.flagged else 'MISSED'}")
+        print(
+            f"- {name}: MI {o.mi_bits:.4f} bits (null {o.null_mean_bits:.4f}, excess {o.excess_bits:+.4f} bits, "
+            f"{detect} at p={o.p_value:.3f}) -> {verdict}; positive control: excess {c.excess_bits:+.4f} bits, "
+            f"p={c.p_value:.3f} -> {'caught' if c.flagged else 'MISSED'}"
+        )
         failed |= not rep.within_budget
     print("audit " + ("FAILED" if failed else "passed") + " (excess MI < 0.1 bits, positive control caught)")
     if failed:
@@ -355,8 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("zma-study", help="TSRV/RV simulation study (ZMA 2005 design); writes docs/zma_study.md")
     p.set_defaults(fn=cmd_zma_study)
 
-    p = sub.add_parser("simulate", help="simulated multi-symbol market -> canonical ticks + reference CSV",
-                       add_help=False)
+    p = sub.add_parser(
+        "simulate", help="simulated multi-symbol market -> canonical ticks + reference CSV", add_help=False
+    )
     p.set_defaults(fn=cmd_simulate)
 
     p = sub.add_parser("train-regime", help="fit the normaliser and the regime classifier from feature records")
@@ -391,8 +424,13 @@ class JsonLogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         import orjson
 
-        entry = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name,
-                 "msg": record.getMessage(), "pid": record.process}
+        entry = {
+            "ts": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "pid": record.process,
+        }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
@@ -406,8 +444,11 @@ def main(argv: list[str] | None = None) -> None:
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter() if args.log_format == "json"
-                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonLogFormatter()
+        if args.log_format == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler], force=True)
     try:
         args.fn(args)

@@ -88,8 +88,11 @@ class EventClock:
         boundary = watermark // self.bar_ns * self.bar_ns
         self.next_beat_ns = boundary + self.bar_ns
         keys = sorted(self.symbols) + [clock_key(self.name)]
-        gone = {s for s, t in self.symbols.items()
-                if self.evict_after_ns is not None and boundary - t >= self.evict_after_ns}
+        gone = {
+            s
+            for s, t in self.symbols.items()
+            if self.evict_after_ns is not None and boundary - t >= self.evict_after_ns
+        }
         for symbol in gone:
             del self.symbols[symbol]
         return [Heartbeat(key, boundary, len(keys), self.name, self.clocks, key in gone) for key in keys]

@@ -20,25 +20,23 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from conditioning.config import ConditioningConfig
+from conditioning.features.pattern import PATTERN_BARS
 from schemas.errors import ConfigError
+from schemas.strict import Strict, fixed_at
 from schemas.ticks import WireLimits
 
 ENV_PREFIX = "HRMCOND__"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "conditioning" / "pretrained" / "default"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SessionConfig(_Strict):
+class SessionConfig(Strict):
     """Which ticks count. Regular hours are 09:30-16:00 US/Eastern on weekdays not in ``holidays`` (the
     session clock of ``conditioning.features.ssr_luld``: LULD and Rule 201 are defined on it). Ticks outside
     are counted (``hrmcond_ticks_outside_session_total``), not processed."""
@@ -48,7 +46,7 @@ class SessionConfig(_Strict):
     holidays: tuple[dt.date, ...] = ()
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(Strict):
     #: Bar interval in event time; one context per symbol per bar.
     bar_ms: int = Field(60_000, gt=0)
     #: Trailing window over which the regime features are estimated.
@@ -70,8 +68,10 @@ class PipelineConfig(_Strict):
     #: an SSR restriction lasts into the next session, a halt can last days. None = never.
     evict_idle_s: int | None = Field(7 * 86_400, gt=0)
     #: TSRV slow-scale K; None = data-driven ``c * n^(2/3)``.
-    tsrv_k: int | None = Field(None, ge=1)
-    pattern_bars: int = Field(32, ge=2)
+    tsrv_k: int | None = Field(None, ge=2)
+    pattern_bars: Annotated[int, fixed_at(PATTERN_BARS, "by the pattern layout (conditioning/features/pattern.py)")] = (
+        PATTERN_BARS
+    )
     pattern_horizon_bars: int = Field(5, ge=1)
     #: Half-life of the per-symbol level baselines in bars (conditioning/features/baseline.py).
     baseline_halflife_bars: float = Field(1_950.0, gt=0)
@@ -90,12 +90,14 @@ class PipelineConfig(_Strict):
     def _windows_cover_a_bar(self) -> PipelineConfig:
         if self.lookback_s * 1000 < self.bar_ms:
             raise ValueError(f"lookback_s ({self.lookback_s} s) must cover at least one bar ({self.bar_ms} ms)")
+        if self.lookback_s * 1000 % self.bar_ms:
+            raise ValueError(f"lookback_s ({self.lookback_s} s) must be a whole number of bars ({self.bar_ms} ms)")
         if self.max_ahead_ms < self.bar_ms:
             raise ValueError(f"max_ahead_ms ({self.max_ahead_ms} ms) must cover at least one bar ({self.bar_ms} ms)")
         return self
 
 
-class TopicsConfig(_Strict):
+class TopicsConfig(Strict):
     ticks: str = "ticks"
     contexts: str = "contexts"
     features: str | None = "features"
@@ -104,7 +106,7 @@ class TopicsConfig(_Strict):
     partitions: int = Field(3, ge=1)
 
 
-class KafkaConfig(_Strict):
+class KafkaConfig(Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
     topics: TopicsConfig = TopicsConfig()
     #: Extra librdkafka settings (SASL/SSL, timeouts...) passed through to consumers and producers.
@@ -129,19 +131,19 @@ class KafkaConfig(_Strict):
         return conf
 
 
-class RecoveryConfig(_Strict):
+class RecoveryConfig(Strict):
     #: Bytewax recovery store; None disables recovery.
     dir: Path | None = None
     snapshot_interval_s: float = Field(10.0, gt=0)
     backup_interval_s: float = Field(0.0, ge=0)
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     #: Directory with weights, normaliser, pattern index and manifest (see conditioning/artifacts.py).
     dir: Path = DEFAULT_MODEL_DIR
 
 
-class MetricsConfig(_Strict):
+class MetricsConfig(Strict):
     #: Prometheus exposition port; None disables the endpoint.
     port: int | None = Field(None, ge=1, le=65535)
     #: Address the endpoint listens on. Loopback by default: the metrics are unauthenticated, so a scraper on
@@ -149,7 +151,7 @@ class MetricsConfig(_Strict):
     host: str = Field("127.0.0.1", min_length=1)
 
 
-class AppConfig(_Strict):
+class AppConfig(Strict):
     conditioning: ConditioningConfig = ConditioningConfig()
     pipeline: PipelineConfig = PipelineConfig()
     kafka: KafkaConfig = KafkaConfig()
@@ -168,6 +170,7 @@ def _yaml_problem(err: Exception) -> str:
     """``line L, column C: problem (context)`` of a YAML error, without the text PyYAML quotes: its message
     shows the offending line, and its problem may quote a tag or an alias taken from it, either of which may
     be a secret. A quoted single character (``'\\t'``) and token names (``'<stream end>'``) are kept."""
+
     def elide(m: re.Match[str]) -> str:
         inner = m.group(0)[1:-1]
         return m.group(0) if len(inner) <= 2 or re.fullmatch(r"<[a-z ]+>", inner) else "'...'"
@@ -176,7 +179,7 @@ def _yaml_problem(err: Exception) -> str:
     if mark is None:  # ValueError (an impossible date), or a YAMLError without a position
         return _QUOTED.sub(elide, str(err).splitlines()[0])
     context = getattr(err, "context", None)
-    what = _QUOTED.sub(elide, err.problem or "syntax error") + (f" ({context})" if context else "")
+    what = _QUOTED.sub(elide, getattr(err, "problem", None) or "syntax error") + (f" ({context})" if context else "")
     return f"line {mark.line + 1}, column {mark.column + 1}: {what}"
 
 
@@ -185,7 +188,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX):
             continue
-        path = name[len(ENV_PREFIX):].lower().split("__")
+        path = name[len(ENV_PREFIX) :].lower().split("__")
         if not all(path):
             raise ConfigError(f"environment variable {name}: empty key segment (use {ENV_PREFIX}SECTION__KEY)")
         node = tree
@@ -219,8 +222,11 @@ def _describe(err: pydantic.ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
-        shown = (e["type"] not in ("missing", "extra_forbidden") and loc[:2] != SECRET_SECTION
-                 and not isinstance(e["input"], dict | list))
+        shown = (
+            e["type"] not in ("missing", "extra_forbidden")
+            and loc[:2] != SECRET_SECTION
+            and not isinstance(e["input"], dict | list)
+        )
         got = f" (got {e['input']!r})" if shown else ""
         lines.append(f"  {'.'.join(loc) or '<root>'}: {e['msg']}{got}")
     return "\n".join(lines)

@@ -9,7 +9,7 @@ smoother is per-symbol state and runs after it in a keyed ``stateful_map``.
 
 Point in time: matured patterns (outcome now known) join the library after the batch that made them known
 has been conditioned, and retrieval skips patterns whose outcome was not known when the query window
-started (rag.py), so the order of additions within a lookback never changes an answer.
+started (conditioning/library.py), so the order of additions within a lookback never changes an answer.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from flows.breaker import RetrievalBreaker
 from flows.config import AppConfig
 from flows.metrics import METRICS
 from schemas.records import (
+    FAILED_OPEN,
     ConditioningFlags,
     ContextRecord,
     FeatureRecord,
@@ -78,9 +79,14 @@ def feature_record(bar: BarFeatures) -> FeatureRecord:
         regime_features=finite_or_none(bar.regime_features),
         pattern=[float(x) for x in bar.pattern],
         matured=[
-            MaturedPattern(start_ns=p.start_ns, end_ns=p.end_ns, outcome_end_ns=p.outcome_end_ns,
-                           outcome=[float(x) for x in p.outcome])
-            for p in bar.matured if np.isfinite(p.outcome).all()
+            MaturedPattern(
+                start_ns=p.start_ns,
+                end_ns=p.end_ns,
+                outcome_end_ns=p.outcome_end_ns,
+                outcome=[float(x) for x in p.outcome],
+            )
+            for p in bar.matured
+            if np.isfinite(p.outcome).all()
         ],
         flags=list(bar.flags),
     )
@@ -89,8 +95,7 @@ def feature_record(bar: BarFeatures) -> FeatureRecord:
 class ContextEngine:
     """Holds the loaded models of one worker and turns bar batches into context drafts."""
 
-    def __init__(self, cfg: AppConfig, system: ConditioningSystem, normalizer, model_version: str,
-                 deterministic: bool):
+    def __init__(self, cfg: AppConfig, system: ConditioningSystem, normalizer, model_version: str, deterministic: bool):
         # Batches are small (one activation's bars); intra-op threads only contend with the dataflow and the
         # retrieval workers for the cores (measured: several x slower per batch with torch's default).
         torch.set_num_threads(1)
@@ -116,16 +121,24 @@ class ContextEngine:
         # waiting out its own timeout (N bars would otherwise wait N / INFER_ROWS timeouts).
         deadline = time.perf_counter() + self.system.config.rag.timeout_ms / 1e3
         retrieve = self.deterministic or self.breaker.allows(time.monotonic_ns())
-        drafts = [d for start in range(0, len(bars), INFER_ROWS)
-                  for d in self._chunk(bars[start:start + INFER_ROWS], deadline, retrieve)]
+        drafts = [
+            d
+            for start in range(0, len(bars), INFER_ROWS)
+            for d in self._chunk(bars[start : start + INFER_ROWS], deadline, retrieve)
+        ]
         if retrieve and not self.deterministic and self.flags.enable_rag:
             # Judged by the first chunk, which had the whole deadline: later ones of a large catch-up batch
             # time out from load, not because the index is stuck.
-            self.breaker.record(drafts[0][1].rag_status in ("timeout", "error"), time.monotonic_ns())
+            # (Retrieval was attempted, so the status is never ``unavailable`` here.)
+            self.breaker.record(drafts[0][1].rag_status in FAILED_OPEN, time.monotonic_ns())
         # A pattern from a window without data (all-zero vector) or whose outcome stayed undefined cannot be
         # retrieved meaningfully; it is left out of the library.
-        matured = [p for b in bars for p in b.matured
-                   if np.any(p.vector) and np.isfinite(p.vector).all() and np.isfinite(p.outcome).all()]
+        matured = [
+            p
+            for b in bars
+            for p in b.matured
+            if np.any(p.vector) and np.isfinite(p.vector).all() and np.isfinite(p.outcome).all()
+        ]
         if not self.cfg.pipeline.rag_online_updates:
             matured = []
         behind = self._last_update is not None and not self._last_update.done()
@@ -133,11 +146,11 @@ class ContextEngine:
             self.add_patterns(matured)
         else:
             # Live, a query stuck past its deadline holds the index (read side) until it returns, and the update
-            # needs it exclusively: waiting here held the batch's contexts with it (measured: a 60 ms fail-open
-            # batch took 114 ms). Such an update, and every one after it until the queue drains (they apply in
-            # order), runs on a background thread instead. Not always: catching up, a background update competes
-            # with the next batch's queries for the cores (9% of the demo's contexts failed open, 0% inline). A
-            # pattern known at this bar end is eligible only for windows starting at or after it (rag.py), so a
+            # needs it exclusively: waiting here held the batch's contexts with it (README, "Numbers"). Such an
+            # update, and every one after it until the queue drains (they apply in order), runs on a background
+            # thread instead. Not always: catching up, a background update competes with the next batch's
+            # queries for the cores (more contexts failed open in the demo than with inline updates). A
+            # pattern known at this bar end is eligible only for windows starting at or after it (library.py), so a
             # later update changes no neighbour set.
             self._last_update = self._updater().submit(self._add_logged, matured)
         return drafts, matured
@@ -159,7 +172,7 @@ class ContextEngine:
         Why pad: float32 matrix products give last-bit differences for the same row in batches of different
         sizes (the library picks other kernels), which would make a context depend on which other bars shared
         its batch, i.e. on timing and on the number of workers. At one fixed size each row's result is the same
-        wherever it sits (tests/pipeline/test_replay.py checks byte-identical output for 1 and 2 workers).
+        wherever it sits (tests/flows/test_replay.py checks byte-identical output for 1 and 2 workers).
         """
         n = len(bars)
         t0 = time.perf_counter()
@@ -171,8 +184,9 @@ class ContextEngine:
         t1 = time.perf_counter()
         # Replay never races the clock (its generous per-call timeout applies); live shares the batch deadline.
         left_ms = None if self.deterministic else max(0.0, (deadline - time.perf_counter()) * 1e3)
-        out = self.system.condition({"regime_features": regime_x, "pattern_features": pattern_x}, windows, left_ms,
-                                    retrieve)
+        out = self.system.condition(
+            {"regime_features": regime_x, "pattern_features": pattern_x}, windows, left_ms, retrieve
+        )
         features_ms = (t1 - t0) * 1e3
         total_ms = features_ms + out.latency_ms["total"]
         METRICS.context_latency_ms.observe(total_ms)
@@ -180,19 +194,27 @@ class ContextEngine:
         latency = None
         if not self.deterministic:
             lat = out.latency_ms
-            latency = StageLatencies(features_ms=features_ms, regime_ms=lat["regime"], rag_ms=lat["rag"],
-                                     fusion_ms=lat["fusion"], total_ms=total_ms)
+            latency = StageLatencies(
+                features_ms=features_ms,
+                regime_ms=lat["regime"],
+                rag_ms=lat["rag"],
+                fusion_ms=lat["fusion"],
+                total_ms=total_ms,
+            )
         ctx = out.context.float().numpy()
         probs = None if out.regime_probs is None else out.regime_probs.float().numpy()
         return [
-            (b.symbol, ContextDraft(
-                bar=b,
-                context=ctx[i].tolist(),
-                regime_probs=None if probs is None else probs[i].tolist(),
-                # per row: a batch can be answered while one row's window has no eligible neighbour
-                rag_status="empty" if out.rag_rows is not None and not out.rag_rows[i] else out.rag_status,
-                latency=latency,
-            ))
+            (
+                b.symbol,
+                ContextDraft(
+                    bar=b,
+                    context=ctx[i].tolist(),
+                    regime_probs=None if probs is None else probs[i].tolist(),
+                    # per row: a batch can be answered while one row's window has no eligible neighbour
+                    rag_status="empty" if out.rag_rows is not None and not out.rag_rows[i] else out.rag_status,
+                    latency=latency,
+                ),
+            )
             for i, b in enumerate(bars)
         ]
 
@@ -207,8 +229,9 @@ class ContextEngine:
             self._update_thread = None
         self.system.pattern_rag.close()
 
-    def finish(self, smoother: RegimeSmoother | None, draft: ContextDraft | None
-               ) -> tuple[RegimeSmoother | None, tuple[ContextRecord, FeatureRecord] | None]:
+    def finish(
+        self, smoother: RegimeSmoother | None, draft: ContextDraft | None
+    ) -> tuple[RegimeSmoother | None, tuple[ContextRecord, FeatureRecord] | None]:
         """Per symbol: smooth the regime, build the records. ``smoother`` is the symbol's state; a ``None``
         draft (the symbol was evicted) discards it."""
         if draft is None:
@@ -216,9 +239,7 @@ class ContextEngine:
         regime = None
         if draft.regime_probs is not None:
             if smoother is None:
-                smoother = RegimeSmoother.from_stability_threshold(
-                    self.cfg.conditioning.regime.stability_threshold
-                )
+                smoother = RegimeSmoother.from_stability_threshold(self.cfg.conditioning.regime.stability_threshold)
             regime = REGIME_NAMES[smoother.update(np.asarray(draft.regime_probs), draft.bar.ssr_luld_state)]
         latency = draft.latency
         if latency is not None:
@@ -285,7 +306,7 @@ class InferenceLogic(StatefulBatchLogic):
         self.state.added = deque(self.state.added, maxlen=engine.cfg.conditioning.rag.max_patterns)
         engine.add_patterns(list(self.state.added))
 
-    def on_batch(self, values: list[BarFeatures | Heartbeat]) -> tuple[list[tuple[str, ContextDraft]], bool]:
+    def on_batch(self, values: list[BarFeatures | Heartbeat]) -> tuple[list[tuple[str, ContextDraft | None]], bool]:
         st = self.state
         clocks = 0
         for value in values:
@@ -308,7 +329,7 @@ class InferenceLogic(StatefulBatchLogic):
         st.passed = {k: n for k, n in st.passed.items() if k[1] > st.clock_ns[k[0]]}
         return self._release(st.released_ns), StatefulBatchLogic.RETAIN
 
-    def on_eof(self) -> tuple[list[tuple[str, ContextDraft]], bool]:
+    def on_eof(self) -> tuple[list[tuple[str, ContextDraft | None]], bool]:
         # End of input: every bar there will be has arrived.
         held = self.state.held
         return self._release(max((b.window_end_ns for b in held), default=0)), StatefulBatchLogic.RETAIN
@@ -338,8 +359,14 @@ class InferenceLogic(StatefulBatchLogic):
 
     def snapshot(self) -> InferenceState:
         st = self.state
-        return replace(st, added=st.added.copy(), held=list(st.held), passed=dict(st.passed),
-                       clock_ns=dict(st.clock_ns), evicting=list(st.evicting))
+        return replace(
+            st,
+            added=st.added.copy(),
+            held=list(st.held),
+            passed=dict(st.passed),
+            clock_ns=dict(st.clock_ns),
+            evicting=list(st.evicting),
+        )
 
 
 def load_engine(cfg: AppConfig, deterministic: bool) -> ContextEngine:

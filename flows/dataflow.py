@@ -61,6 +61,11 @@ def _dead_letter_out(dl: DeadLetter, max_message_bytes: int) -> Keyed:
     return (dl.key or "", dl.model_dump_json().encode(), f"{where} {dl.reason} {dl.raw_b64}")
 
 
+def _kept(pair: tuple[ContextRecord, FeatureRecord] | None) -> tuple[ContextRecord, FeatureRecord]:
+    assert pair is not None  # evictions (None) were filtered out before
+    return pair
+
+
 def _record_out(record: ContextRecord | FeatureRecord) -> Keyed:
     return (record.symbol, record.model_dump_json().encode(), f"{record.window_end_ns:020d} {record.symbol}")
 
@@ -93,15 +98,18 @@ def build_flow(
         feats = op.map("feat_only_out", bars, lambda bar: _record_out(feature_record(bar)))
         op.output("features_out", feats, sinks.features)
         return flow
+    if sinks.contexts is None:
+        raise ValueError("a conditioning flow needs a contexts sink")
     ctx_engine = engine()
     one_key = op.key_on("all_bars", bar_split.trues, lambda _: "model")
-    drafts = op.key_rm("unkey_model", op.stateful_batch(
-        "infer", one_key, lambda resume: InferenceLogic(ctx_engine, resume)))
+    drafts = op.key_rm(
+        "unkey_model", op.stateful_batch("infer", one_key, lambda resume: InferenceLogic(ctx_engine, resume))
+    )
     finished = op.stateful_map("regime_hysteresis", drafts, ctx_engine.finish)
     records = op.filter("drop_evictions", finished, lambda kv: kv[1] is not None)
-    contexts = op.map("ctx_out", op.key_rm("unkey_ctx", records), lambda pair: _record_out(pair[0]))
+    contexts = op.map("ctx_out", op.key_rm("unkey_ctx", records), lambda pair: _record_out(_kept(pair)[0]))
     op.output("contexts_out", contexts, sinks.contexts)
     if sinks.features is not None:
-        feats = op.map("feat_out", op.key_rm("unkey_feat", records), lambda pair: _record_out(pair[1]))
+        feats = op.map("feat_out", op.key_rm("unkey_feat", records), lambda pair: _record_out(_kept(pair)[1]))
         op.output("features_out", feats, sinks.features)
     return flow

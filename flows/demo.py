@@ -35,11 +35,14 @@ BAD_MESSAGES = [
 
 def read_topic(conf: dict[str, str], topic: str, timeout_s: float = 10.0) -> list[bytes]:
     """Every message now in ``topic`` (reads until the partitions' ends)."""
-    consumer = Consumer({**conf, "group.id": f"demo-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False,
-                         "enable.partition.eof": True})
+    consumer = Consumer(
+        {**conf, "group.id": f"demo-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False, "enable.partition.eof": True}
+    )
     parts = consumer.list_topics(topic, timeout=timeout_s).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-    out, done, deadline = [], set(), time.monotonic() + timeout_s
+    out: list[bytes] = []
+    done: set[int | None] = set()  # partitions at their end
+    deadline = time.monotonic() + timeout_s
     while len(done) < len(parts) and time.monotonic() < deadline:
         msg = consumer.poll(0.2)
         if msg is None:
@@ -47,7 +50,9 @@ def read_topic(conf: dict[str, str], topic: str, timeout_s: float = 10.0) -> lis
         if msg.error():
             done.add(msg.partition())
             continue
-        out.append(msg.value())
+        value = msg.value()
+        assert value is not None  # the demo's topics hold no tombstones
+        out.append(value)
     consumer.close()
     return out
 
@@ -55,12 +60,16 @@ def read_topic(conf: dict[str, str], topic: str, timeout_s: float = 10.0) -> lis
 def demo_config(path: Path | None, bootstrap: str) -> AppConfig:
     cfg = load_config(path or DEMO_CONFIG)
     suffix = uuid.uuid4().hex[:6]
-    topics = cfg.kafka.topics.model_copy(update={
-        name: f"demo-{suffix}-{getattr(cfg.kafka.topics, name)}"
-        for name in ("ticks", "contexts", "features", "dead_letter") if getattr(cfg.kafka.topics, name)
-    })
-    return cfg.model_copy(update={"kafka": cfg.kafka.model_copy(update={"bootstrap_servers": bootstrap,
-                                                                         "topics": topics})})
+    topics = cfg.kafka.topics.model_copy(
+        update={
+            name: f"demo-{suffix}-{getattr(cfg.kafka.topics, name)}"
+            for name in ("ticks", "contexts", "features", "dead_letter")
+            if getattr(cfg.kafka.topics, name)
+        }
+    )
+    return cfg.model_copy(
+        update={"kafka": cfg.kafka.model_copy(update={"bootstrap_servers": bootstrap, "topics": topics})}
+    )
 
 
 def produce_bad_messages(conf: dict[str, str], topic: str) -> None:
@@ -77,10 +86,12 @@ def run_demo(symbols: int = 12, seed: int = 7, config: Path | None = None) -> st
     with EmbeddedBroker() as broker:
         cfg = demo_config(config, broker.bootstrap_servers)
         conf = cfg.kafka.client_config()
-        print(f"embedded broker at {broker.bootstrap_servers}; producing {market.ticks.num_rows:,} ticks...",
-              flush=True)
-        produce_table(conf, cfg.kafka.topics.ticks, market.ticks, market.reference,
-                      partitions=cfg.kafka.topics.partitions)
+        print(
+            f"embedded broker at {broker.bootstrap_servers}; producing {market.ticks.num_rows:,} ticks...", flush=True
+        )
+        produce_table(
+            conf, cfg.kafka.topics.ticks, market.ticks, market.reference, partitions=cfg.kafka.topics.partitions
+        )
         produce_bad_messages(conf, cfg.kafka.topics.ticks)
         print("running the live pipeline until the end of the topic...", flush=True)
         t0 = time.perf_counter()
@@ -89,7 +100,8 @@ def run_demo(symbols: int = 12, seed: int = 7, config: Path | None = None) -> st
         contexts = [ContextRecord.model_validate_json(v) for v in read_topic(conf, cfg.kafka.topics.contexts)]
         dead = [DeadLetter.model_validate_json(v) for v in read_topic(conf, cfg.kafka.topics.dead_letter)]
     n_in = market.ticks.num_rows + len(market.reference) + len(BAD_MESSAGES)
-    report = summarise("HRM conditioning demo: one simulated trading day through the live pipeline", n_in, wall,
-                       contexts, dead)
+    report = summarise(
+        "HRM conditioning demo: one simulated trading day through the live pipeline", n_in, wall, contexts, dead
+    )
     print(report)
     return report

@@ -28,12 +28,14 @@ log = logging.getLogger(__name__)
 
 
 class ContextFeed:
-    def __init__(self, conf: Mapping[str, str], topic: str, *, max_age_ns: int | None = None,
-                 group_id: str | None = None) -> None:
+    def __init__(
+        self, conf: Mapping[str, str], topic: str, *, max_age_ns: int | None = None, group_id: str | None = None
+    ) -> None:
         # Every HRM process needs every symbol's context, so it reads all partitions itself (assign, no group
         # rebalancing) from the start of the retained topic; the newest window per symbol wins anyway.
-        self._consumer = Consumer({**conf, "group.id": group_id or f"hrm-feed-{uuid.uuid4().hex[:8]}",
-                                   "enable.auto.commit": False})
+        self._consumer = Consumer(
+            {**conf, "group.id": group_id or f"hrm-feed-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
+        )
         parts = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         self.max_age_ns = max_age_ns
@@ -45,16 +47,18 @@ class ContextFeed:
         records advanced a symbol's context."""
         advanced = 0
         for msg in self._consumer.consume(max_messages, timeout_s):
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.error("contexts consumer error: %s", msg.error())
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.error("contexts consumer error: %s", err)
                 continue
             try:
-                rec = ContextRecord.model_validate_json(msg.value())
+                rec = ContextRecord.model_validate_json(msg.value() or b"")  # a tombstone is unreadable too
             except ValueError as err:  # a record this version cannot read: count it, keep going
                 self.invalid += 1
-                log.warning("unreadable context record at %s[%s]@%s: %s", msg.topic(), msg.partition(),
-                            msg.offset(), err)
+                log.warning(
+                    "unreadable context record at %s[%s]@%s: %s", msg.topic(), msg.partition(), msg.offset(), err
+                )
                 continue
             current = self.latest.get(rec.symbol)
             if current is None or rec.window_end_ns > current.window_end_ns:

@@ -119,8 +119,13 @@ class CheckedProducer:
     """
 
     def __init__(self, conf: Mapping[str, str], flush_timeout_s: float = 30.0) -> None:
-        settings = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4",
-                    **client_callbacks()}
+        settings = {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            **client_callbacks(),
+        }
         settings.update(conf)
         self._producer = Producer(settings)
         self._failure: DeliveryError | None = None
@@ -130,9 +135,7 @@ class CheckedProducer:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             if self._failure is None:
-                self._failure = DeliveryError(
-                    f"delivery to {msg.topic()}[{msg.partition()}] failed: {_describe(err)}"
-                )
+                self._failure = DeliveryError(f"delivery to {msg.topic()}[{msg.partition()}] failed: {_describe(err)}")
         else:
             self.delivered += 1
 

@@ -84,7 +84,12 @@ class BrokerWatch:
     def silent(self, now: float, why: str) -> bool:
         quiet_s = now - self.last_answer
         if quiet_s >= self.warn_after_s and not self.warned:
-            log.warning("%s: no answer from Kafka for %.1f s (%s); holding the event-time clock, nothing is "
-                        "closed or dead-lettered meanwhile", self.what, quiet_s, why)
+            log.warning(
+                "%s: no answer from Kafka for %.1f s (%s); holding the event-time clock, nothing is "
+                "closed or dead-lettered meanwhile",
+                self.what,
+                quiet_s,
+                why,
+            )
             self.warned = True
         return quiet_s >= self.give_up_after_s

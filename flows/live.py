@@ -25,5 +25,6 @@ def build_live_flow(cfg: AppConfig, *, until_eof: bool, engine: ContextEngine | 
         features=KafkaRecordSink(k, k.topics.features) if k.topics.features else None,
         dead_letters=KafkaRecordSink(k, k.topics.dead_letter),
     )
-    return build_flow(cfg, TickSource(cfg, until_eof=until_eof), sinks,
-                      lambda: engine or load_engine(cfg, deterministic=False))
+    return build_flow(
+        cfg, TickSource(cfg, until_eof=until_eof), sinks, lambda: engine or load_engine(cfg, deterministic=False)
+    )

@@ -21,7 +21,6 @@ class _Metrics:
     late_ticks: Counter
     ticks_outside_session: Counter
     crossed_quotes: Counter
-    bars: Counter
     contexts: Counter
     rag_status: Counter
     rag_breaker_open: Gauge
@@ -36,13 +35,14 @@ METRICS = _Metrics(
     late_ticks=Counter("hrmcond_late_ticks", "Ticks beyond the allowed lateness"),
     ticks_outside_session=Counter("hrmcond_ticks_outside_session", "Ticks outside the regular session, skipped"),
     crossed_quotes=Counter("hrmcond_crossed_quotes", "Crossed quotes seen (excluded from spread features)"),
-    bars=Counter("hrmcond_bars", "Bars closed and emitted"),
     contexts=Counter("hrmcond_contexts", "Context records emitted, by regime", ["regime"]),
-    rag_status=Counter("hrmcond_rag_status", "RAG outcome per context (timeout, error, unavailable = fail-open)",
-                       ["status"]),
+    rag_status=Counter(
+        "hrmcond_rag_status", "RAG outcome per context (timeout, error, unavailable = fail-open)", ["status"]
+    ),
     rag_breaker_open=Gauge("hrmcond_rag_breaker_open", "1 while retrieval is skipped after repeated timeouts"),
     context_latency_ms=Histogram(
-        "hrmcond_context_latency_ms", "Model time per context batch (features to context), ms",
+        "hrmcond_context_latency_ms",
+        "Model time per context batch (features to context), ms",
         buckets=_LATENCY_BUCKETS_MS,
     ),
     consumer_errors=Counter("hrmcond_consumer_errors", "librdkafka consumer errors, by code", ["code"]),

@@ -11,8 +11,8 @@ import pydantic
 
 from flows.kafka import CheckedProducer, ensure_topics
 from flows.sources.table import reference_tick, row_tick
-from schemas.canonical import ReferenceRow
 from schemas.errors import HrmcondError
+from schemas.reference import ReferenceRow
 from schemas.ticks import Quote, Reference, Trade
 
 

@@ -14,7 +14,7 @@ from flows.contexts import ContextEngine, load_engine
 from flows.dataflow import Sinks, build_flow
 from flows.sinks import JsonlPartSink, merge_parts
 from flows.sources.table import ReplayInput, TableSource
-from schemas.canonical import ReferenceRow
+from schemas.reference import ReferenceRow
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class ReplayOutputs:
     @property
     def dead_letters_path(self) -> Path:
         main = self.contexts or self.features
+        assert main is not None, "a replay writes contexts or features"
         return self.dead_letters or main.with_name(main.stem + ".dead-letters.jsonl")
 
     def paths(self) -> list[Path]:
@@ -45,8 +46,14 @@ def build_replay_flow(
     for path in outputs.paths():
         path.parent.mkdir(parents=True, exist_ok=True)
     evict = cfg.pipeline.evict_idle_s
-    inp = ReplayInput(ticks, tuple(reference), cfg.pipeline.bar_ms * 1_000_000, source_name=source_name,
-                      limits=cfg.pipeline.wire, evict_after_ns=None if evict is None else evict * 10**9)
+    inp = ReplayInput(
+        ticks,
+        tuple(reference),
+        cfg.pipeline.bar_ms * 1_000_000,
+        source_name=source_name,
+        limits=cfg.pipeline.wire,
+        evict_after_ns=None if evict is None else evict * 10**9,
+    )
     sinks = Sinks(
         contexts=JsonlPartSink(outputs.contexts) if outputs.contexts else None,
         features=JsonlPartSink(outputs.features) if outputs.features else None,

@@ -57,8 +57,10 @@ def spawn_cluster(argv: list[str], processes: int) -> None:
     """
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     children = [
-        subprocess.Popen([sys.executable, "-m", "flows.cli", *argv, "--process-id", str(i), "--addresses", addresses],
-                         env=os.environ.copy())
+        subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", *argv, "--process-id", str(i), "--addresses", addresses],
+            env=os.environ.copy(),
+        )
         for i in range(processes)
     ]
 

@@ -68,9 +68,8 @@ class _JsonlPartition(StatelessSinkPartition):
 class JsonlPartSink(DynamicSink):
     """Each worker writes ``<path>.part-<worker>`` with a sort key per line; :func:`merge_parts` orders them."""
 
-    def __init__(self, path: Path, process_id: int = 0):
+    def __init__(self, path: Path):
         self.path = Path(path)
-        self.process_id = process_id
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _JsonlPartition:
         return _JsonlPartition(part_path(self.path, worker_index))

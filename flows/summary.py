@@ -4,23 +4,18 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from schemas.records import ContextRecord, DeadLetter
-
-EASTERN = ZoneInfo("America/New_York")
-#: RAG statuses whose context went out without the RAG part because retrieval did not answer.
-FAILED_OPEN = ("timeout", "error", "unavailable")
+from schemas.records import FAILED_OPEN, ContextRecord, DeadLetter
+from schemas.session import NEW_YORK
 
 
 def _et(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / 1e9, tz=EASTERN).strftime("%Y-%m-%d %H:%M")
+    return datetime.fromtimestamp(ts_ns / 1e9, tz=NEW_YORK).strftime("%Y-%m-%d %H:%M")
 
 
-def summarise(title: str, n_ticks: int, wall_s: float, contexts: list[ContextRecord],
-              dead: list[DeadLetter]) -> str:
+def summarise(title: str, n_ticks: int, wall_s: float, contexts: list[ContextRecord], dead: list[DeadLetter]) -> str:
     by_symbol: dict[str, list[ContextRecord]] = {}
     for c in sorted(contexts, key=lambda c: (c.symbol, c.window_end_ns)):
         by_symbol.setdefault(c.symbol, []).append(c)
@@ -44,12 +39,13 @@ def summarise(title: str, n_ticks: int, wall_s: float, contexts: list[ContextRec
         lines.append("regime time shares  " + ", ".join(f"{k} {v / n:.1%}" for k, v in regimes.most_common()))
         rates = []
         for recs in by_symbol.values():
-            days: dict[str, list[str]] = {}
+            days: dict[str, list[str | None]] = {}
             for c in recs:
                 days.setdefault(_et(c.window_end_ns)[:10], []).append(c.regime)
             rates += [sum(a != b for a, b in zip(r, r[1:], strict=False)) / len(r) for r in days.values()]
-        lines.append(f"regime changes      max {max(rates):.1%} of bars per symbol-day (budget 5%), "
-                     f"mean {np.mean(rates):.1%}")
+        lines.append(
+            f"regime changes      max {max(rates):.1%} of bars per symbol-day (budget 5%), mean {np.mean(rates):.1%}"
+        )
     lines.append("SSR/LULD events:")
     events = 0
     for symbol, recs in by_symbol.items():

@@ -20,5 +20,9 @@ class TickDecodeError(HrmcondError):
         self.detail = detail
 
 
+class TickFileError(HrmcondError, ValueError):
+    """A tick, reference or vendor file cannot be read; the message names the file, row, column and value."""
+
+
 class DeliveryError(HrmcondError):
     """Kafka did not acknowledge a produced record (wraps librdkafka's error code and description)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from pydantic import TypeAdapter
 
@@ -12,7 +13,7 @@ from schemas.ticks import TICK_ADAPTER, Quote, Reference, Status, Trade
 
 SCHEMA_DIR = Path(__file__).parent / "json"
 
-_MODELS = {
+_MODELS: dict[str, TypeAdapter[Any]] = {
     "tick": TICK_ADAPTER,
     "trade": TypeAdapter(Trade),
     "quote": TypeAdapter(Quote),

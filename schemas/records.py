@@ -9,48 +9,49 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-from collections.abc import Sequence
-from typing import Annotated, Literal
+from collections.abc import Iterable
+from typing import Annotated, Final, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from conditioning.features.types import (
+from schemas.layout import (
+    CONTEXT_DIM,
     FEATURE_LAYOUT_VERSION,
+    NUM_REGIMES,
     OUTCOME_DIM,
     PATTERN_DIM,
     REGIME_FEATURE_DIM,
     SsrLuldState,
 )
+from schemas.strict import Strict
 
-RECORD_SCHEMA_VERSION = 1
-CONTEXT_DIM = 256
-NUM_REGIMES = 8
+RECORD_SCHEMA_VERSION: Final = 1
 
 SsrLuldName = Literal["NORMAL", "SSR_ACTIVE", "LULD_LIMIT", "HALTED"]
-assert set(SsrLuldName.__args__) == {s.name for s in SsrLuldState}
+assert set(get_args(SsrLuldName)) == {s.name for s in SsrLuldState}
 RagStatus = Literal["ok", "timeout", "disabled", "empty", "error", "unavailable"]
+#: Statuses whose context went out without the RAG part because retrieval did not answer (fail-open).
+FAILED_OPEN: frozenset[RagStatus] = frozenset({"timeout", "error", "unavailable"})
 OptFloat = float | None
 
 
-def finite_or_none(values: Sequence[float]) -> list[float | None]:
+def finite_or_none(values: Iterable[float]) -> list[float | None]:
     """NaN/inf -> None, so the JSON carries ``null`` instead of a non-standard token."""
     return [float(v) if math.isfinite(v) else None for v in values]
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Record(Strict):
     schema_version: Literal[1] = RECORD_SCHEMA_VERSION
 
 
-class MaturedPattern(BaseModel):
+class MaturedPattern(Strict):
     """The outcome of an earlier bar's pattern, known as of this bar (point in time): the pattern vector is
     the ``pattern`` of this symbol's feature record with ``window_end_ns == end_ns``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     start_ns: int
     end_ns: int
     outcome_end_ns: int
-    #: ``conditioning.features.types.OUTCOME_NAMES``: forward log return, forward log realised variance.
+    #: ``schemas.layout.OUTCOME_NAMES``: forward log return, forward log realised variance.
     outcome: Annotated[list[float], Field(min_length=OUTCOME_DIM, max_length=OUTCOME_DIM)]
 
 
@@ -69,7 +70,7 @@ class FeatureRecord(_Record):
     ssr_luld_state: SsrLuldName
     volume_profile: Annotated[list[OptFloat], Field(min_length=10, max_length=10)]
     spread: Annotated[list[OptFloat], Field(min_length=3, max_length=3)]
-    #: The 20-d regime features before normalisation, layout ``conditioning.features.types.REGIME_FEATURE_NAMES``
+    #: The 20-d regime features before normalisation, layout ``schemas.layout.REGIME_FEATURE_NAMES``
     #: (level features as log ratios to the symbol's trailing baseline; the raw levels are the fields above).
     regime_features: Annotated[list[OptFloat], Field(min_length=REGIME_FEATURE_DIM, max_length=REGIME_FEATURE_DIM)]
     pattern: Annotated[list[float], Field(min_length=PATTERN_DIM, max_length=PATTERN_DIM)]
@@ -79,18 +80,16 @@ class FeatureRecord(_Record):
     feature_layout_version: int = FEATURE_LAYOUT_VERSION
 
 
-class ConditioningFlags(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class ConditioningFlags(Strict):
     enable_regime: bool
     enable_rag: bool
     enable_hybrid: bool
     fail_open: bool
 
 
-class StageLatencies(BaseModel):
+class StageLatencies(Strict):
     """Wall-clock milliseconds spent per stage for this record's batch (live runs only)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     features_ms: float
     regime_ms: float
     rag_ms: float
@@ -154,8 +153,9 @@ class DeadLetter(_Record):
     received_at_ns: int
 
     @classmethod
-    def of(cls, raw: bytes, reason: str, detail: str, received_at_ns: int, *, key: str | None = None,
-           **where: object) -> DeadLetter:
+    def of(
+        cls, raw: bytes, reason: str, detail: str, received_at_ns: int, *, key: str | None = None, **where: object
+    ) -> DeadLetter:
         return cls(
             raw_b64=base64.b64encode(raw).decode(),
             raw_size=len(raw),

@@ -30,15 +30,16 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import pydantic
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 from schemas.errors import TickDecodeError
+from schemas.strict import Strict
 
-TICK_SCHEMA_VERSION = 1
+TICK_SCHEMA_VERSION: Final = 1
 
 #: Plausible event times: 2000-01-01 .. 2100-01-01 UTC, in ns. Seconds or milliseconds since the epoch
 #: (a common producer bug) fall far below the lower bound and are rejected instead of landing in 1970.
@@ -46,12 +47,10 @@ MIN_TS_NS = int(dt.datetime(2000, 1, 1, tzinfo=dt.UTC).timestamp()) * 1_000_000_
 MAX_TS_NS = int(dt.datetime(2100, 1, 1, tzinfo=dt.UTC).timestamp()) * 1_000_000_000
 
 
-class WireLimits(BaseModel):
+class WireLimits(Strict):
     """Plausibility bounds on tick values (configured as ``pipeline.wire``). A value outside them is a corrupt
     or mis-scaled message, not a market event: a trade at 1e-300 USD would trigger SSR, one at 1e300 a LULD
     halt. It is rejected with reason ``out_of_range`` before it reaches any state."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     #: USD; applies to every price (trade, bid, ask, prior close, LULD bands). Sub-penny stocks trade near
     #: 1e-4, BRK.A near 7e5.
@@ -85,16 +84,20 @@ def _limits(info: ValidationInfo) -> WireLimits:
 def _price_in_range(x: float, info: ValidationInfo) -> float:
     lim = _limits(info)
     if not lim.min_price <= x <= lim.max_price:
-        raise PydanticCustomError("out_of_range", "price {x} USD is outside {lo}..{hi} (pipeline.wire)",
-                                  {"x": x, "lo": lim.min_price, "hi": lim.max_price})
+        raise PydanticCustomError(
+            "out_of_range",
+            "price {x} USD is outside {lo}..{hi} (pipeline.wire)",
+            {"x": x, "lo": lim.min_price, "hi": lim.max_price},
+        )
     return x
 
 
 def _size_in_range(x: float, info: ValidationInfo) -> float:
     lim = _limits(info)
     if x > lim.max_size:
-        raise PydanticCustomError("out_of_range", "size {x} is above {hi} (pipeline.wire.max_size)",
-                                  {"x": x, "hi": lim.max_size})
+        raise PydanticCustomError(
+            "out_of_range", "size {x} is above {hi} (pipeline.wire.max_size)", {"x": x, "hi": lim.max_size}
+        )
     return x
 
 
@@ -207,9 +210,7 @@ def decode_tick(raw: bytes | str, limits: WireLimits = DEFAULT_LIMITS) -> Tick:
     try:
         return TICK_ADAPTER.validate_json(raw, context=limits)
     except pydantic.ValidationError as err:
-        detail = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<message>'}: {e['msg']}" for e in err.errors()[:5]
-        )
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<message>'}: {e['msg']}" for e in err.errors()[:5])
         raise TickDecodeError(reason_of(err), detail) from err
 
 

@@ -156,8 +156,11 @@ def _broker_container():
     try:
         docker.from_env(timeout=10).images.get(image)
     except docker.errors.ImageNotFound:
-        pytest.fail(f"broker image {image} is not in the container engine: `make test` builds it "
-                    "(tests/with_container_api.sh); the README has the recipe", pytrace=False)
+        pytest.fail(
+            f"broker image {image} is not in the container engine: `make test` builds it "
+            "(tests/with_container_api.sh); the README has the recipe",
+            pytrace=False,
+        )
     # Tansu advertises the address it is given: it must be the mapped host port, which is therefore chosen here
     # rather than by the engine.
     port = free_port()

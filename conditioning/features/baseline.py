@@ -2,9 +2,9 @@
 
 Why: volatility, illiquidity and relative spreads have persistent, stock-specific levels (a $5 stock's one-tick
 spread is 20 bp, a $500 stock's 0.2 bp). Fed as levels, they tell the model *which stock* it is looking at, and
-the conditioning would carry the identity HRM's puzzle id carried (the leakage audit measured 0.4 bits on the
-simulated market). As ratios to the symbol's own trailing baseline they say how calm, volatile or illiquid the
-symbol is *now compared with its normal*, which is the regime.
+the conditioning would carry the identity HRM's puzzle id carried (the leakage audit's figures on the simulated
+market: docs/models.md, "Leakage audit"). As ratios to the symbol's own trailing baseline they say how calm,
+volatile or illiquid the symbol is *now compared with its normal*, which is the regime.
 
 For each level feature ``x_t`` (> 0) at bar ``t``:
 

@@ -1,6 +1,6 @@
 """Intraday Amihud (2002) illiquidity over a window of bars.
 
-Definition used here (one of the intraday variants listed in REFERENCE.md):
+Definition used here (one of the intraday variants in docs/reference.md):
 
     ILLIQ = 1e6 * mean_{b in bars with volume} |r_b| / DV_b
 

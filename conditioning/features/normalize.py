@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from conditioning.features.types import FEATURE_LAYOUT_VERSION, REGIME_FEATURE_DIM, REGIME_FEATURE_NAMES
+from schemas.layout import FEATURE_LAYOUT_VERSION, REGIME_FEATURE_DIM, REGIME_FEATURE_NAMES
 
 PASSTHROUGH_FEATURES: frozenset[str] = frozenset(n for n in REGIME_FEATURE_NAMES if n.startswith("ssr_luld_"))
 

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from conditioning.features.types import PATTERN_DIM
+from schemas.layout import PATTERN_DIM
 
 N_CHANNELS = 4
 PATTERN_BARS = PATTERN_DIM // N_CHANNELS

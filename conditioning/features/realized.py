@@ -27,8 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: ``mu_1 = E|Z| = sqrt(2/pi)`` for standard normal Z; BPV is scaled by ``mu_1^-2 = pi/2``.
-MU1 = math.sqrt(2.0 / math.pi)
 #: ``mu_{4/3} = E|Z|^{4/3} = 2^{2/3} Gamma(7/6) / Gamma(1/2)``, used by tripower quarticity.
 MU43 = 2.0 ** (2.0 / 3.0) * math.gamma(7.0 / 6.0) / math.gamma(0.5)
 #: Asymptotic variance constant of the Huang-Tauchen ratio statistic: ``(pi/2)^2 + pi - 5``.

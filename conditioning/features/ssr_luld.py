@@ -7,9 +7,9 @@ Pure Python (no numpy needed, no Bytewax/Kafka/torch). Two layers:
   :mod:`zoneinfo`, so DST is the tz database's business, not ours);
 * :class:`SsrLuldTracker`, an event-time state machine fed with reference data, consolidated last sales, NBBO
   quotes and feed status messages, whose :meth:`SsrLuldTracker.state_at` yields the 4-state categorical
-  :class:`~conditioning.features.types.SsrLuldState` used in the regime feature vector.
+  :class:`~schemas.layout.SsrLuldState` used in the regime feature vector.
 
-Rules (sources: ``../shared/docs/REFERENCE.md`` section 2; SEC Rule 201, 17 CFR 242.201; the NMS Plan to
+Rules (sources: ``docs/reference.md``, "SSR and LULD"; SEC Rule 201, 17 CFR 242.201; the NMS Plan to
 Address Extraordinary Market Volatility, "LULD Plan", luldplan.com):
 
 * **SSR** is triggered by a consolidated last sale during regular hours at or below 90% of the prior close
@@ -34,13 +34,13 @@ import functools
 import math
 import operator
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import date, datetime, time, timedelta
 from typing import Literal, NamedTuple
-from zoneinfo import ZoneInfo
 
-from conditioning.features.types import SsrLuldState
 from schemas.errors import HrmcondError
+from schemas.layout import SsrLuldState
+from schemas.session import NEW_YORK, REGULAR_CLOSE, REGULAR_OPEN
 
 __all__ = [
     "BAND_TOLERANCE_USD",
@@ -63,7 +63,6 @@ __all__ = [
     "trading_date",
 ]
 
-EASTERN = ZoneInfo("America/New_York")
 _NS_PER_S = 1_000_000_000
 
 #: Rule 201 trigger: a last sale at or below this fraction of the prior close.
@@ -84,13 +83,11 @@ TRADING_PAUSE_NS = 300 * _NS_PER_S
 LULD_REFERENCE_WINDOW_NS = 300 * _NS_PER_S
 _WINDOW_S = LULD_REFERENCE_WINDOW_NS // _NS_PER_S
 #: Bands move only when the new reference differs from the one in effect by at least 1% (unconfirmed, per
-#: REFERENCE.md: the Plan's "pro-forma reference price" rule as commonly described).
+#: docs/reference.md: the Plan's "pro-forma reference price" rule as commonly described).
 REFERENCE_MOVE_THRESHOLD = 0.01
 
-_OPEN = time(9, 30)
 _OPEN_DOUBLING_END = time(9, 45)
 _CLOSE_DOUBLING_START = time(15, 35)
-_CLOSE = time(16, 0)
 _NEVER = 2**63  # "no deadline": later than any int64 ns timestamp
 
 SsrLuldEventKind = Literal[
@@ -114,7 +111,8 @@ class OutOfOrderError(SsrLuldInputError):
 
 
 class SsrLuldEvent(NamedTuple):
-    """A state transition, for summaries and logs. ``ts_ns`` is when it took effect (event time)."""
+    """A state transition, for an observer (``SsrLuldTracker(on_event=...)``). ``ts_ns`` is when it took effect
+    (event time)."""
 
     ts_ns: int
     symbol: str
@@ -141,7 +139,7 @@ class SessionDay(NamedTuple):
 
 
 def _ns_at(day: date, wall: time) -> int:
-    return int(datetime.combine(day, wall, tzinfo=EASTERN).timestamp()) * _NS_PER_S
+    return int(datetime.combine(day, wall, tzinfo=NEW_YORK).timestamp()) * _NS_PER_S
 
 
 def _is_trading_day(day: date, holidays: Collection[date]) -> bool:
@@ -158,10 +156,10 @@ def _session_day_cached(day: date, holidays: frozenset[date]) -> SessionDay:
         day,
         start,
         end,
-        _ns_at(day, _OPEN),
+        _ns_at(day, REGULAR_OPEN),
         _ns_at(day, _OPEN_DOUBLING_END),
         _ns_at(day, _CLOSE_DOUBLING_START),
-        _ns_at(day, _CLOSE),
+        _ns_at(day, REGULAR_CLOSE),
     )
 
 
@@ -177,7 +175,7 @@ def session_day(day: date, holidays: Collection[date] = frozenset()) -> SessionD
 def trading_date(ts_ns: int) -> date:
     """The US/Eastern calendar date of ``ts_ns`` (ns since the epoch), on which SSR and reference data key."""
     seconds = _check_ts(ts_ns) // _NS_PER_S
-    return datetime.fromtimestamp(seconds, tz=EASTERN).date()
+    return datetime.fromtimestamp(seconds, tz=NEW_YORK).date()
 
 
 def regular_session(ts_ns: int, holidays: Collection[date] = frozenset()) -> bool:
@@ -209,9 +207,7 @@ def _check_ts(ts_ns: int, symbol: str = "") -> int:
         return operator.index(ts_ns)
     except TypeError:
         where = f" for {symbol}" if symbol else ""
-        raise SsrLuldInputError(
-            f"ts_ns{where} must be an int (ns since the Unix epoch), got {ts_ns!r}"
-        ) from None
+        raise SsrLuldInputError(f"ts_ns{where} must be an int (ns since the Unix epoch), got {ts_ns!r}") from None
 
 
 def _check_tier(tier: int) -> int:
@@ -271,7 +267,7 @@ def luld_bands(reference_price: float, prev_close: float, tier: int, ts_ns: int)
     * 09:30 <= t < 09:45 ET for every stock (opening doubling);
     * 15:35 <= t < 16:00 ET for Tier 1 and for Tier 2 stocks with a prior close <= $3.00, but *not* for Tier 2
       stocks above $3.00. This follows the Plan as amended in 2013 (we believe the Fifth Amendment, SEC
-      Release 34-70530); REFERENCE.md marks the amendment as unconfirmed, so treat this branch as unconfirmed.
+      Release 34-70530); docs/reference.md marks the amendment as unconfirmed, so treat this branch as unconfirmed.
 
     The lower band is clamped at 0. Bands are not rounded to the penny (the SIP does; see
     :data:`BAND_TOLERANCE_USD`). Raises :class:`SsrLuldInputError` outside the regular session, where LULD
@@ -335,20 +331,24 @@ class SsrLuldTracker:
       or halt starts, or the date rolls. Leaving a halt also restarts LULD from the reopening trade.
 
     Memory is bounded: at most 301 one-second buckets, a handful of scalars, reference data for the current
-    and future dates, and at most :attr:`MAX_PENDING_EVENTS` undrained events (older ones are dropped and
-    counted in :attr:`events_dropped`). Instances pickle (for Bytewax state snapshots).
+    and future dates. Instances pickle (for Bytewax state snapshots). Transitions are not kept: ``on_event``,
+    if given, is called with each as it happens (tests, logs); the dataflow passes none, so a snapshot carries
+    no event log.
     """
 
-    MAX_PENDING_EVENTS = 1024
-
-    def __init__(self, symbol: str, *, holidays: Collection[date] = frozenset()) -> None:
+    def __init__(
+        self,
+        symbol: str,
+        *,
+        holidays: Collection[date] = frozenset(),
+        on_event: Callable[[SsrLuldEvent], None] | None = None,
+    ) -> None:
         if not isinstance(symbol, str) or not symbol:
             raise SsrLuldInputError(f"symbol must be a non-empty str, got {symbol!r}")
         self.symbol = symbol
         self._holidays = frozenset(holidays)
         self._references: dict[date, _Reference] = {}
-        self._events: deque[SsrLuldEvent] = deque(maxlen=self.MAX_PENDING_EVENTS)
-        self.events_dropped = 0
+        self._on_event = on_event
         self._last_ts = -_NEVER
         self._day: SessionDay | None = None
         self._next_deadline_ns = _NEVER
@@ -405,12 +405,6 @@ class SsrLuldTracker:
             return None
         return self._effective_bands(self._last_ts)
 
-    def drain_events(self) -> list[SsrLuldEvent]:
-        """Return and forget the transitions recorded since the last call, oldest first."""
-        events = list(self._events)
-        self._events.clear()
-        return events
-
     def on_reference(self, trading_date: date, prev_close: float, tier: int) -> None:
         """Reference data for ``trading_date``: the prior regular-session close (USD) and the LULD tier (1/2).
 
@@ -418,9 +412,7 @@ class SsrLuldTracker:
         the same date replaces the earlier values). A date already in the past is an error.
         """
         if not isinstance(trading_date, date) or isinstance(trading_date, datetime):
-            raise SsrLuldInputError(
-                f"trading_date for {self.symbol} must be a datetime.date, got {trading_date!r}"
-            )
+            raise SsrLuldInputError(f"trading_date for {self.symbol} must be a datetime.date, got {trading_date!r}")
         reference = _Reference(_check_price("prev_close", prev_close, self.symbol), _check_tier(tier))
         if self._day is not None and trading_date < self._day.day:
             raise SsrLuldInputError(
@@ -436,11 +428,10 @@ class SsrLuldTracker:
         if not (0.0 < price < math.inf):
             _check_price("trade price", price, self.symbol)
         if not (0.0 < size < math.inf):
-            raise SsrLuldInputError(
-                f"trade size for {self.symbol} must be finite and > 0 shares, got {size!r}"
-            )
+            raise SsrLuldInputError(f"trade size for {self.symbol} must be finite and > 0 shares, got {size!r}")
         ts_ns = self._advance(ts_ns)
         day = self._day
+        assert day is not None  # the first event rolled to its date
         if not day.open_ns <= ts_ns < day.close_ns:
             return
         if not self._ssr_triggered_today and price <= self._ssr_threshold:
@@ -480,19 +471,16 @@ class SsrLuldTracker:
         """
         if (band_low is None) != (band_high is None):
             raise SsrLuldInputError(
-                f"feed bands for {self.symbol} need both band_low and band_high, "
-                f"got {band_low!r}, {band_high!r}"
+                f"feed bands for {self.symbol} need both band_low and band_high, got {band_low!r}, {band_high!r}"
             )
-        if band_low is not None and not (0.0 <= band_low < band_high < math.inf):
+        if band_low is not None and band_high is not None and not (0.0 <= band_low < band_high < math.inf):
             raise SsrLuldInputError(
                 f"feed bands for {self.symbol} must satisfy 0 <= band_low < band_high < inf, "
                 f"got {band_low!r}, {band_high!r}"
             )
         for name, flag in (("halted", halted), ("luld_pause", luld_pause), ("ssr", ssr)):
             if flag is not None and not isinstance(flag, bool):
-                raise SsrLuldInputError(
-                    f"feed status {name} for {self.symbol} must be bool or None, got {flag!r}"
-                )
+                raise SsrLuldInputError(f"feed status {name} for {self.symbol} must be bool or None, got {flag!r}")
         ts_ns = self._advance(ts_ns)
         given = {
             "halted": halted,
@@ -516,7 +504,8 @@ class SsrLuldTracker:
             self._pause_end_ns = _NEVER
         elif luld_pause is False and self._pause_end_ns is not None:
             self._end_pause(ts_ns, "released by feed")
-        if band_low is not None:  # kept even while halted: a SIP may announce bands just before reopening
+        # Both or neither (checked above). Kept even while halted: a SIP may announce bands just before reopening.
+        if band_low is not None and band_high is not None:
             self._feed_bands = (band_low, band_high)
             self._evaluate_limit(ts_ns)
         self._reschedule()
@@ -555,6 +544,7 @@ class SsrLuldTracker:
 
     def _reschedule(self) -> None:
         day = self._day
+        assert day is not None  # the first event rolled to its date
         deadline = day.end_ns
         if not self._luld_closed_today and day.close_ns > day.open_ns:
             deadline = min(deadline, day.close_ns)
@@ -568,6 +558,7 @@ class SsrLuldTracker:
         """Apply the earliest due time-driven transition, stamped with the time it fell due."""
         due = self._next_deadline_ns
         day = self._day
+        assert day is not None  # the first event rolled to its date
         if self._limit_since_ns is not None and due == self._limit_since_ns + LIMIT_STATE_TIMEOUT_NS:
             self._limit_since_ns = None
             self._emit(due, "pause_start", "limit state not left within 15 s")
@@ -603,6 +594,7 @@ class SsrLuldTracker:
         if self._ssr_computed_today:
             self._emit(self._day.start_ns, "ssr_carryover", f"in effect through {self._ssr_until}")
         elif was_in_effect and previous is not None:
+            assert self._ssr_until is not None  # the computed restriction was in effect until it
             expired_at = session_day(self._ssr_until + timedelta(days=1), self._holidays).start_ns
             self._emit(expired_at, "ssr_expire", f"was in effect through {self._ssr_until}")
         if self._pause_end_ns is not None:  # only a feed pause can still hold here
@@ -622,6 +614,7 @@ class SsrLuldTracker:
             self._update_computed_bands(self._last_ts)
 
     def _trigger_ssr(self, ts_ns: int, price: float) -> None:
+        assert self._day is not None and self._reference is not None  # a trigger needs the day's reference data
         today = self._day.day
         until = next_trading_day(today, self._holidays)
         retrigger = self._ssr_computed_today
@@ -641,6 +634,7 @@ class SsrLuldTracker:
         return self._feed_halted or self._pause_end_ns is not None
 
     def _in_session(self, ts_ns: int) -> bool:
+        assert self._day is not None  # the first event rolled to its date
         return self._day.open_ns <= ts_ns < self._day.close_ns and not self._luld_closed_today
 
     def _add_to_window(self, ts_ns: int, price: float) -> None:
@@ -673,18 +667,17 @@ class SsrLuldTracker:
 
     def _doubled(self, ts_ns: int) -> bool:
         day = self._day
+        assert day is not None  # the first event rolled to its date
         if ts_ns < day.open_doubling_end_ns:
             return True
         reference = self._reference
-        return ts_ns >= day.close_doubling_start_ns and _closing_doubling_applies(
-            reference.prev_close, reference.tier
-        )
+        assert reference is not None  # computed bands exist only with the day's reference data
+        return ts_ns >= day.close_doubling_start_ns and _closing_doubling_applies(reference.prev_close, reference.tier)
 
     def _update_computed_bands(self, ts_ns: int) -> None:
+        assert self._ref_price is not None  # called once a (re)opening trade set it
         self._bands_doubled = self._doubled(ts_ns)
-        self._bands_computed = _band_pair(
-            self._ref_price, self._luld_fraction, self._luld_cap, self._bands_doubled
-        )
+        self._bands_computed = _band_pair(self._ref_price, self._luld_fraction, self._luld_cap, self._bands_doubled)
 
     def _effective_bands(self, ts_ns: int) -> tuple[float, float] | None:
         if self._feed_bands is not None:
@@ -709,11 +702,7 @@ class SsrLuldTracker:
         if at_upper or at_lower:
             if self._limit_since_ns is None:
                 self._limit_since_ns = ts_ns
-                side = (
-                    f"NBB {bid} at upper band {upper:.4f}"
-                    if at_upper
-                    else f"NBO {ask} at lower band {lower:.4f}"
-                )
+                side = f"NBB {bid} at upper band {upper:.4f}" if at_upper else f"NBO {ask} at lower band {lower:.4f}"
                 self._emit(ts_ns, "limit_enter", side)
                 self._reschedule()
         elif self._limit_since_ns is not None:
@@ -740,13 +729,11 @@ class SsrLuldTracker:
     # ------------------------------------------------------------------------------------------ events
 
     def _emit(self, ts_ns: int, kind: SsrLuldEventKind, detail: str) -> None:
-        if len(self._events) == self.MAX_PENDING_EVENTS:
-            self.events_dropped += 1
-        self._events.append(SsrLuldEvent(ts_ns, self.symbol, kind, detail))
+        if self._on_event is not None:
+            self._on_event(SsrLuldEvent(ts_ns, self.symbol, kind, detail))
 
     def _check_quote_side(self, name: str, value: float) -> None:
         if value < 0.0 or value == math.inf:
             raise SsrLuldInputError(
-                f"NBBO {name} for {self.symbol} must be a finite price >= 0 USD (0 or NaN = no quote), "
-                f"got {value!r}"
+                f"NBBO {name} for {self.symbol} must be a finite price >= 0 USD (0 or NaN = no quote), got {value!r}"
             )

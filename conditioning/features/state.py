@@ -52,8 +52,9 @@ from conditioning.features.pattern import PATTERN_BARS, pattern_outcome, pattern
 from conditioning.features.realized import DEFAULT_MIN_RETURNS, RealizedMeasures, realized_measures
 from conditioning.features.spreads import is_valid_quote, mid_quote_volatility
 from conditioning.features.ssr_luld import SsrLuldTracker
-from conditioning.features.types import LEVEL_FEATURES, PATTERN_DIM, Pattern, SsrLuldState
+from conditioning.features.types import Pattern
 from conditioning.features.volume_profile import volume_at_price
+from schemas.layout import LEVEL_FEATURES, PATTERN_DIM, SsrLuldState
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +244,7 @@ class _LastRows:
 
     def append(self, row: tuple[float, ...]) -> None:
         i, n = self._next, self._data.shape[0] // 2
-        self._data[i :: n] = row  # rows i and i + n
+        self._data[i::n] = row  # rows i and i + n
         self._next = (i + 1) % n
 
     def view(self) -> np.ndarray:
@@ -270,6 +271,8 @@ _PRICE, _SIZE, _LOG_PRICE = range(3)
 ) = range(11)
 _BAR_WIDTH = 11
 _ADDITIVE = slice(_N_QUOTES, _QUOTED_TIME + 1)
+#: ``_bar_end`` before the first bar: earlier than any tick, so the first tick or close opens a bar.
+_BEFORE_FIRST_BAR = -(2**63)
 #: The row of a bar without ticks and without quote time: what an idle bar adds to the per-bar table.
 _IDLE_ROW = (0.0,) * _END_LOG_MID + (math.nan, 0.0, 0.0)
 
@@ -295,7 +298,7 @@ class SymbolFeatures:
         self._ssr = SsrLuldTracker(symbol)
         self._baseline = LevelBaseline(len(LEVEL_FEATURES), params.baseline_halflife_bars)
         self._bar: _OpenBar | None = None
-        self._bar_end = -math.inf  # first tick or close opens the first bar
+        self._bar_end = _BEFORE_FIRST_BAR  # first tick or close opens the first bar
         self._floor = -math.inf  # earliest admissible tick time
         # prevailing quote
         self._q_valid = False
@@ -334,6 +337,7 @@ class SymbolFeatures:
             self._admit(ts_ns)
         self._floor = ts_ns
         bar = self._bar
+        assert bar is not None  # opened by the first tick or close
         bar.prices.append(price)
         bar.sizes.append(size)
         if self._q_valid and ts_ns - self._q_ts <= self._stale_ns:
@@ -352,6 +356,7 @@ class SymbolFeatures:
         self._floor = ts_ns
         self._accrue(ts_ns)
         bar = self._bar
+        assert bar is not None  # opened by the first tick or close
         bar.n_quotes += 1
         if is_valid_quote(bid, ask):
             mid = 0.5 * (bid + ask)
@@ -369,12 +374,23 @@ class SymbolFeatures:
         """Reference data for the SSR/LULD tracker (prior close USD, LULD tier 1/2)."""
         self._ssr.on_reference(trading_date, prev_close, tier)
 
-    def on_status(self, ts_ns: int, **status: bool | float | None) -> None:
-        """Feed status (halted, luld_pause, ssr, band_low, band_high), forwarded to the SSR/LULD tracker."""
+    def on_status(
+        self,
+        ts_ns: int,
+        *,
+        halted: bool | None = None,
+        luld_pause: bool | None = None,
+        ssr: bool | None = None,
+        band_low: float | None = None,
+        band_high: float | None = None,
+    ) -> None:
+        """Feed status, forwarded to the SSR/LULD tracker (:meth:`SsrLuldTracker.on_status`)."""
         if not self._floor <= ts_ns < self._bar_end:
             self._admit(ts_ns)
         self._floor = ts_ns
-        self._ssr.on_status(ts_ns, **status)
+        self._ssr.on_status(
+            ts_ns, halted=halted, luld_pause=luld_pause, ssr=ssr, band_low=band_low, band_high=band_high
+        )
 
     def _check_quote(self, ts_ns: int, bid: float, bid_size: float, ask: float, ask_size: float) -> None:
         """Slow path of the quote check (a NaN side, an absent one, gets here too and passes): name the value
@@ -408,8 +424,10 @@ class SymbolFeatures:
             end = min(until_ns, self._q_ts + self._stale_ns)
             if end > self._accrued_to:
                 dt = end - self._accrued_to
-                self._bar.quoted_rel_time += self._q_rel * dt
-                self._bar.quoted_time += dt
+                bar = self._bar
+                assert bar is not None  # a valid quote came with a tick, which opened it
+                bar.quoted_rel_time += self._q_rel * dt
+                bar.quoted_time += dt
                 self._accrued_to = end
 
     # ------------------------------------------------------------------------------------------ bars
@@ -445,12 +463,14 @@ class SymbolFeatures:
         """No tick in the open bar, and the prevailing quote (if any) went stale by the bar's start, so neither
         this bar nor any later one accrues quote time or has a fresh end-of-bar mid until the next tick."""
         bar = self._bar
+        assert bar is not None  # opened by the first tick or close
         return (
             not bar.n_quotes and not bar.prices and (not self._q_valid or self._q_ts + self._stale_ns <= bar.start_ns)
         )
 
     def _close_open_bar(self) -> None:
         bar, end = self._bar, self._bar_end
+        assert bar is not None  # opened by the first tick or close
         self._accrue(end)
         n = len(bar.prices)
         if n:

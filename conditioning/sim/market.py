@@ -39,28 +39,21 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from conditioning.features.ssr_luld import SsrLuldTracker, luld_bands, next_trading_day
-from schemas.canonical import (
-    CANONICAL_SCHEMA,
-    QUOTE,
-    TRADE,
-    ReferenceRow,
-    new_york_ns,
-    sort_ticks,
-    write_reference,
-    write_ticks,
-)
+from schemas.canonical import CANONICAL_SCHEMA, QUOTE, TRADE, sort_ticks, write_ticks
+from schemas.reference import ReferenceRow, write_reference
+from schemas.session import new_york_ns
 
 NS = 1_000_000_000
 SESSION_S = 23_400  # 09:30-16:00 ET
-REGIMES = ("calm", "volatile", "trending", "mean_reverting", "illiquid")
 Regime = Literal["calm", "volatile", "trending", "mean_reverting", "illiquid"]
+REGIMES: tuple[Regime, ...] = get_args(Regime)
 _CALM, _VOLATILE, _TRENDING, _MEAN_REVERTING, _ILLIQUID = range(len(REGIMES))
 
 #: Per-second log-price volatility of a calm stretch: ~15% a year (0.15 / sqrt(252 x 23,400)).
@@ -289,7 +282,7 @@ class _Scenario:
         if s0 == self.selloff[0]:
             prev_close = float(day.prev_close[0])
             rate = (np.log(SSR_TARGET * prev_close) - log_price[0]) / (self.selloff[1] - self.selloff[0])
-            day.drift_override[0] = (*self.selloff, float(rate))
+            day.drift_override[0] = (self.selloff[0], self.selloff[1], float(rate))
             return [
                 ScriptedEvent(
                     self.names[0], "ssr_selloff", self.ns(self.selloff[0]), self.ns(self.selloff[1]), 0.9 * prev_close
@@ -300,18 +293,16 @@ class _Scenario:
         if s0 == self.pause_end_s + 1:
             # Regular trades resume against the scripted post-reopening quote, not the pre-limit one.
             last = self.scripted.slice(self.scripted.num_rows - 1)
-            book.set(
-                1,
-                *(round(last[c][0].as_py() * 100) for c in ("bid", "ask")),
-                *(int(last[c][0].as_py()) for c in ("bid_size", "ask_size")),
-                100,
-            )
+            bid, ask = (round(last[c][0].as_py() * 100) for c in ("bid", "ask"))
+            bid_size, ask_size = (int(last[c][0].as_py()) for c in ("bid_size", "ask_size"))
+            book.set(1, bid, ask, bid_size, ask_size, 100)
         return []
 
     def _stage_limit_up(self, log_price: np.ndarray) -> list[ScriptedEvent]:
         """NBB on the upper band (to the cent) for LIMIT_STATE_S, silence, reopening at the band."""
         t0 = self.ns(self.limit_s)
         reference = self.tracker.reference_price
+        assert reference is not None  # the day's opening trade set it
         _, upper = luld_bands(reference, float(self.day.prev_close[1]), self.tier, t0)
         bid = round(upper, 2)
         name = self.names[1]
@@ -555,7 +546,8 @@ def _changed_quotes(quotes: dict[str, np.ndarray], book: _Book) -> dict[str, np.
     previous = np.where(first[:, None], carried[sym], np.roll(state, 1, axis=0))
     keep = (state != previous).any(axis=1)
     last = np.append(sym[1:] != sym[:-1], True)
-    book.set(sym[last], *state[last].T, quotes["scale"][last])
+    bid, ask, bid_size, ask_size = state[last].T
+    book.set(sym[last], bid, ask, bid_size, ask_size, quotes["scale"][last])
     return {k: v[keep] for k, v in quotes.items()}
 
 

@@ -1,6 +1,6 @@
 """Seeded simulator of the Zhang-Mykland-Ait-Sahalia (2005) Monte Carlo design, and the study it supports.
 
-Design (ZMA 2005, section 6; parameters as in ``REFERENCE.md``): Heston stochastic volatility in years,
+Design (ZMA 2005, section 6; parameters as in ``docs/reference.md``): Heston stochastic volatility in years,
 
     dX_t = (mu - v_t / 2) dt + sqrt(v_t) dB_t,
     dv_t = kappa (alpha - v_t) dt + gamma sqrt(v_t) dW_t,    corr(dB, dW) = rho,
@@ -27,7 +27,7 @@ import numpy as np
 
 from conditioning.features.realized import bipower_variation, realized_measures
 
-#: Third-party replication over 1,000 days quoted in REFERENCE.md (ZMA design, optimal K from the true
+#: Third-party replication over 1,000 days quoted in docs/reference.md (ZMA design, optimal K from the true
 #: parameters): estimator -> (bias, RMSE); None where the table gives no figure.
 REFERENCE_TABLE: dict[str, tuple[float, float | None]] = {
     "all-tick RV": (1.1697e-2, None),
@@ -90,11 +90,7 @@ def simulate_days(design: ZmaDesign, n_days: int, rng: np.random.Generator) -> S
         sd = np.sqrt(vp) * sqrt_dt
         iv += vp * dt
         x[:, t + 1] = x[:, t] + (design.mu - 0.5 * vp) * dt + sd * z[0]
-        v = (
-            v
-            + design.kappa * (design.alpha - vp) * dt
-            + design.gamma * sd * (design.rho * z[0] + rho_perp * z[1])
-        )
+        v = v + design.kappa * (design.alpha - vp) * dt + design.gamma * sd * (design.rho * z[0] + rho_perp * z[1])
     jump_qv = np.zeros(n_days)
     if design.jumps_per_day > 0.0:
         counts = rng.poisson(design.jumps_per_day, size=n_days)
@@ -120,9 +116,7 @@ class EstimatorError:
     @classmethod
     def of(cls, estimates: np.ndarray, target: np.ndarray) -> EstimatorError:
         err = estimates - target
-        return cls(
-            float(err.mean()), float(np.sqrt(np.mean(err**2))), float(err.std(ddof=1) / math.sqrt(err.size))
-        )
+        return cls(float(err.mean()), float(np.sqrt(np.mean(err**2))), float(err.std(ddof=1) / math.sqrt(err.size)))
 
 
 def _rv(y: np.ndarray, step: int) -> np.ndarray:

@@ -41,16 +41,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from schemas.canonical import (
-    CANONICAL_SCHEMA,
-    QUOTE,
-    TRADE,
-    TickFileError,
-    bad_rows_error,
-    new_york_ns,
-    read_csv_columns,
-    row_problems,
-)
+from schemas.canonical import CANONICAL_SCHEMA, QUOTE, TRADE
+from schemas.csvfile import bad_rows_error, read_csv_columns, row_problems
+from schemas.errors import TickFileError
+from schemas.session import new_york_ns
 
 PRICE_SCALE = 10_000  # LOBSTER prices are USD x 10,000
 DUMMY_ASK = 9_999_999_999

@@ -22,17 +22,23 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from tqdm import tqdm
 
 from conditioning.features.ssr_luld import session_day
+from flows.bars import Heartbeat
 from flows.clock import EventClock
-from schemas.canonical import ReferenceRow
 from schemas.records import DeadLetter
+from schemas.reference import ReferenceRow
 from schemas.ticks import DEFAULT_LIMITS, Quote, Reference, Trade, WireLimits, reason_of
 
 
 def reference_tick(row: ReferenceRow, limits: WireLimits = DEFAULT_LIMITS) -> Reference:
     """A reference row as the wire tick, stamped at the start (00:00 ET) of its trading date; raises
     ``pydantic.ValidationError`` for a row the wire format refuses (a prior close outside ``limits``)."""
-    fields = {"symbol": row.symbol, "ts_ns": session_day(row.date).start_ns, "prev_close": row.prev_close,
-              "tier": row.tier, "date": row.date}
+    fields = {
+        "symbol": row.symbol,
+        "ts_ns": session_day(row.date).start_ns,
+        "prev_close": row.prev_close,
+        "tier": row.tier,
+        "date": row.date,
+    }
     return Reference.model_validate(fields, context=limits)
 
 
@@ -44,8 +50,14 @@ def row_tick(columns: dict[str, list], i: int, limits: WireLimits = DEFAULT_LIMI
     if c["kind"][i] == "trade":
         fields = {"symbol": c["symbol"][i], "ts_ns": c["ts_ns"][i], "price": c["price"][i], "size": c["size"][i]}
         return Trade.model_validate(fields, context=limits)
-    fields = {"symbol": c["symbol"][i], "ts_ns": c["ts_ns"][i], "bid": c["bid"][i], "bid_size": c["bid_size"][i],
-              "ask": c["ask"][i], "ask_size": c["ask_size"][i]}
+    fields = {
+        "symbol": c["symbol"][i],
+        "ts_ns": c["ts_ns"][i],
+        "bid": c["bid"][i],
+        "bid_size": c["bid_size"][i],
+        "ask": c["ask"][i],
+        "ask_size": c["ask_size"][i],
+    }
     return Quote.model_validate(fields, context=limits)
 
 
@@ -65,8 +77,10 @@ class ReplayInput:
         ts = self.ticks.column("ts_ns").to_numpy()
         if ts.size and (np.diff(ts) < 0).any():
             first = int(np.flatnonzero(np.diff(ts) < 0)[0]) + 1
-            raise ValueError(f"{self.source_name}: replay needs ticks sorted by ts_ns, row {first} is earlier than "
-                             "the row before it (schemas.canonical.sort_ticks sorts a table)")
+            raise ValueError(
+                f"{self.source_name}: replay needs ticks sorted by ts_ns, row {first} is earlier than "
+                "the row before it (schemas.canonical.sort_ticks sorts a table)"
+            )
 
 
 class _TablePartition(StatefulSourcePartition):
@@ -74,16 +88,25 @@ class _TablePartition(StatefulSourcePartition):
         self.inp = inp
         self.cols = {name: inp.ticks.column(name).to_pylist() for name in inp.ticks.column_names}
         self.n = inp.ticks.num_rows
-        self.row, self.clock = resume or (-1, EventClock(TableSource.PART, 1, inp.bar_ns,
-                                                         evict_after_ns=inp.evict_after_ns))
+        self.row, self.clock = resume or (
+            -1,
+            EventClock(TableSource.PART, 1, inp.bar_ns, evict_after_ns=inp.evict_after_ns),
+        )
         # Progress on a terminal only (disable=None): logs and CI stay clean.
-        self.progress = tqdm(total=self.n, initial=max(self.row, 0), unit="tick", unit_scale=True, desc="replay",
-                             disable=None, leave=False)
+        self.progress = tqdm(
+            total=self.n,
+            initial=max(self.row, 0),
+            unit="tick",
+            unit_scale=True,
+            desc="replay",
+            disable=None,
+            leave=False,
+        )
 
-    def next_batch(self) -> list:
+    def next_batch(self) -> list[Trade | Quote | Reference | DeadLetter | Heartbeat]:
+        out: list[Trade | Quote | Reference | DeadLetter | Heartbeat] = []
         if self.row == -1:
             self.row = 0
-            out = []
             for r in self.inp.reference:
                 try:
                     out.append(reference_tick(r, self.inp.limits))
@@ -93,7 +116,7 @@ class _TablePartition(StatefulSourcePartition):
         if self.row >= self.n:
             self.progress.close()
             raise StopIteration
-        c, out = self.cols, []
+        c = self.cols
         stop = min(self.n, self.row + self.inp.batch_size)
         for i in range(self.row, stop):
             try:
@@ -112,8 +135,9 @@ class _TablePartition(StatefulSourcePartition):
 
 
 def _dead(row: object, err: pydantic.ValidationError, source: str) -> DeadLetter:
-    return DeadLetter.of(repr(row).encode(), reason_of(err), "; ".join(str(err).splitlines()[:3]), time.time_ns(),
-                         source=source)
+    return DeadLetter.of(
+        repr(row).encode(), reason_of(err), "; ".join(str(err).splitlines()[:3]), time.time_ns(), source=source
+    )
 
 
 class TableSource(FixedPartitionedSource):

@@ -1,6 +1,6 @@
 """NYSE TAQ trades and per-venue quotes (CSV or gzip CSV) -> canonical tick table.
 
-Input layout (as in ``shared/data/SOURCES.md``, the R package ``highfrequency``'s raw samples):
+Input layout (``docs/reference.md``, "The real samples": the R package ``highfrequency``'s raw samples):
 
 - trades ``DT, EX, SYMBOL, COND, SIZE, PRICE, CORR``;
 - quotes ``DT, EX, BID, BIDSIZ, OFR, OFRSIZ, SYMBOL``;
@@ -19,7 +19,7 @@ Trades
     contingent, ``O``/``Q``/``M``/``6`` auction and official open/close reports, ``P`` prior reference.
     Odd lots (``I``) are kept: since 2013 they are on the consolidated tape, and here they are about half of
     all prints. Pass ``eligible_conditions=None`` to keep every uncancelled print (the tape's volume: this is
-    how the sanity figures in SOURCES.md are computed), or another set to be stricter. The canonical format
+    how the sanity figures in docs/reference.md are computed), or another set to be stricter. The canonical format
     has no condition column, so the choice is made here, once, for every downstream feature.
 
 Quotes -> NBBO
@@ -33,7 +33,7 @@ Quotes -> NBBO
     with neither side (no venue quoting at all) has no canonical form and emits nothing until a side
     returns. Crossed or locked NBBOs are kept (the estimators filter them).
 
-Regular-session filtering is left to the consumer (:func:`schemas.canonical.session_mask` for batch use).
+Regular-session filtering is left to the consumer (:func:`schemas.session.session_mask` for batch use).
 """
 
 from __future__ import annotations
@@ -44,15 +44,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.canonical import (
-    CANONICAL_SCHEMA,
-    QUOTE,
-    TRADE,
-    bad_rows_error,
-    read_csv_columns,
-    row_problems,
-    sort_ticks,
-)
+from schemas.canonical import CANONICAL_SCHEMA, QUOTE, TRADE, sort_ticks
+from schemas.csvfile import bad_rows_error, read_csv_columns, row_problems
 
 #: Sale-condition codes whose prints carry a regular-way current price (BNHLS 2009 rule T3; see module doc).
 REGULAR_SALE_CONDITIONS = frozenset({"@", "E", "F", "I"})

@@ -69,14 +69,18 @@ def test_alert_rules_check():
 
 
 def test_alert_rules_unit_tests():
-    out = subprocess.run([_binary("promtool"), "test", "rules", "alerts_test.yml"], cwd=PROM, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [_binary("promtool"), "test", "rules", "alerts_test.yml"], cwd=PROM, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_every_alert_is_tested_firing_and_not_firing():
-    cases = [case for test in yaml.safe_load((PROM / "alerts_test.yml").read_text())["tests"]
-             for case in test["alert_rule_test"]]
+    cases = [
+        case
+        for test in yaml.safe_load((PROM / "alerts_test.yml").read_text())["tests"]
+        for case in test["alert_rule_test"]
+    ]
     for rule in alert_rules():
         mine = [case for case in cases if case["alertname"] == rule["alert"]]
         assert any(case["exp_alerts"] for case in mine), f"{rule['alert']}: no test where it fires"
@@ -141,8 +145,11 @@ def _endpoint(port: int) -> dict[str, float]:
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    return {f"{s.name}{sorted(s.labels.items())}": s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        f"{s.name}{sorted(s.labels.items())}": s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def _wait(what: str, check, timeout_s: float, *procs: subprocess.Popen):
@@ -228,23 +235,45 @@ def test_prometheus_scrapes_a_live_run(tmp_path, kafka_cluster, kafka_topics):
     targets = [f"127.0.0.1:{metrics_port + i}" for i in range(2)]
     base = yaml.safe_load((REPO / "deploy" / "local.yaml").read_text())
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        **base, "kafka": {"bootstrap_servers": kafka_cluster.bootstrap_servers, "topics": {**topics, "partitions": 3}},
-        "metrics": {"host": "127.0.0.1", "port": metrics_port}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                **base,
+                "kafka": {"bootstrap_servers": kafka_cluster.bootstrap_servers, "topics": {**topics, "partitions": 3}},
+                "metrics": {"host": "127.0.0.1", "port": metrics_port},
+            }
+        )
+    )
     # The scrape of deploy/prometheus/prometheus.yml, on this test's targets, every second.
     scrape = tmp_path / "prometheus.yml"
-    scrape.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(ALERTS)],
-        "scrape_configs": [{"job_name": "hrmcond", "static_configs": [{"targets": targets}]}],
-    }))
+    scrape.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(ALERTS)],
+                "scrape_configs": [{"job_name": "hrmcond", "static_configs": [{"targets": targets}]}],
+            }
+        )
+    )
     api = f"http://127.0.0.1:{prom_port}"
     with open(tmp_path / "prometheus.log", "w") as prom_log, open(tmp_path / "run.log", "w") as run_log:
-        server = subprocess.Popen([prometheus, f"--config.file={scrape}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                   f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=prom_log, stderr=prom_log)
-        run = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--processes", "2"],
-                               stdout=run_log, stderr=run_log)
+        server = subprocess.Popen(
+            [
+                prometheus,
+                f"--config.file={scrape}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            stdout=prom_log,
+            stderr=prom_log,
+        )
+        run = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--processes", "2"],
+            stdout=run_log,
+            stderr=run_log,
+        )
         try:
+
             def ticks_seen():  # the workers' own counts, by kind, once they have read the whole topic
                 got = Counter()
                 for i in range(2):
@@ -262,14 +291,17 @@ def test_prometheus_scrapes_a_live_run(tmp_path, kafka_cluster, kafka_topics):
             contexts = _wait("the contexts topic to stop growing", settled, 60, run)
 
             def scraped():
-                ticks = {r["metric"]["kind"]: float(r["value"][1])
-                         for r in _query(api, 'sum by (kind) (hrmcond_ticks_total{job="hrmcond"})')}
+                ticks = {
+                    r["metric"]["kind"]: float(r["value"][1])
+                    for r in _query(api, 'sum by (kind) (hrmcond_ticks_total{job="hrmcond"})')
+                }
                 ctx = _query(api, 'sum(hrmcond_contexts_total{job="hrmcond"})')
                 return ticks == produced and ctx and float(ctx[0]["value"][1]) == contexts
 
             _wait("Prometheus to store the run's final counts", scraped, 30, server, run)
             assert {r["metric"]["instance"]: r["value"][1] for r in _query(api, 'up{job="hrmcond"}')} == dict.fromkeys(
-                targets, "1")
+                targets, "1"
+            )
 
             def evaluated():
                 groups = _get(f"{api}/api/v1/rules")["data"]["groups"]

@@ -26,21 +26,31 @@ def run(clock: EventClock, ticks) -> list:
 
 
 def new_clock(**over) -> EventClock:
-    return EventClock(**({"name": "ticks[0]", "clocks": 3, "bar_ns": MIN, "lateness_ns": 2 * S,
-                          "max_ahead_ns": 5 * MIN} | over))
+    return EventClock(
+        **({"name": "ticks[0]", "clocks": 3, "bar_ns": MIN, "lateness_ns": 2 * S, "max_ahead_ns": 5 * MIN} | over)
+    )
 
 
 def test_heartbeats_follow_the_watermark_to_every_symbol_and_the_clock_key():
     clock = new_clock()
-    ticks = [trade("AAA", OPEN + 10 * S), trade("BBB", OPEN + 30 * S), trade("AAA", OPEN + MIN + 1 * S),
-             trade("AAA", OPEN + MIN + 2 * S), trade("BBB", OPEN + 3 * MIN + 5 * S)]
+    ticks = [
+        trade("AAA", OPEN + 10 * S),
+        trade("BBB", OPEN + 30 * S),
+        trade("AAA", OPEN + MIN + 1 * S),
+        trade("AAA", OPEN + MIN + 2 * S),
+        trade("BBB", OPEN + 3 * MIN + 5 * S),
+    ]
     out = run(clock, ticks)
     beats = [x for x in out if isinstance(x, Heartbeat)]
     # the watermark (newest - 2 s) reaches 09:31 only with the tick at 09:31:02, and 09:33 with the last
     assert [(b.symbol, b.ts_ns) for b in beats] == [
         ("@ticks[0]", OPEN),  # the first tick: only the clock's own key is known yet
-        ("AAA", OPEN + MIN), ("BBB", OPEN + MIN), ("@ticks[0]", OPEN + MIN),
-        ("AAA", OPEN + 3 * MIN), ("BBB", OPEN + 3 * MIN), ("@ticks[0]", OPEN + 3 * MIN),
+        ("AAA", OPEN + MIN),
+        ("BBB", OPEN + MIN),
+        ("@ticks[0]", OPEN + MIN),
+        ("AAA", OPEN + 3 * MIN),
+        ("BBB", OPEN + 3 * MIN),
+        ("@ticks[0]", OPEN + 3 * MIN),
     ]
     assert out.index(beats[1]) == out.index(ticks[3]) - 3, "sent where the watermark crossed, before that tick"
     assert {(b.fanout, b.clock, b.clocks) for b in beats[1:]} == {(3, "ticks[0]", 3)}

@@ -60,6 +60,13 @@ def test_shipped_configs_load(path):
         ("pipeline: {session: {holidays: [2018-13-01]}}", "not valid YAML"),
         ("pipeline: {session: {holidays: [yesterday]}}", "pipeline.session.holidays"),
         ("nonsense: 1", "nonsense"),
+        # Values that look adjustable but that the layout or the model fixes: rejected at load, not later.
+        ("conditioning: {regime: {num_regimes: 4}}", "conditioning.regime.num_regimes"),
+        ("conditioning: {rag: {pattern_dim: 64}}", "conditioning.rag.pattern_dim"),
+        ("conditioning: {film: {context_dim: 128}}", "conditioning.film.context_dim"),
+        ("pipeline: {pattern_bars: 16}", "pipeline.pattern_bars"),
+        ("pipeline: {tsrv_k: 1}", "pipeline.tsrv_k"),
+        ("pipeline: {lookback_s: 90, bar_ms: 60000}", "pipeline"),
     ],
 )
 def test_wrong_key_type_value_names_the_key(tmp_path, text, key):
@@ -162,12 +169,23 @@ QUOTED_SECRET = password_file(single_quoted(SECRETS[0]))
         # Of a wrong type: a librdkafka value is never shown.
         ("kafka: {librdkafka: {sasl.password: [Zq9SeCrEt]}}\n", {}, r"kafka\.librdkafka\.sasl\.password"),
         # Through the environment, under a key outside kafka.librdkafka: parsed as YAML, and unparsable.
-        (None, {"HRMCOND__KAFKA__SASL_PASSWORD": SECRETS[0]},
-         r"HRMCOND__KAFKA__SASL_PASSWORD: not a YAML value: line 1, column 18"),
+        (
+            None,
+            {"HRMCOND__KAFKA__SASL_PASSWORD": SECRETS[0]},
+            r"HRMCOND__KAFKA__SASL_PASSWORD: not a YAML value: line 1, column 18",
+        ),
         (None, {"HRMCOND__KAFKA__SASL_PASSWORD": SECRETS[1].split()[0]}, r"kafka\.sasl_password: Extra inputs"),
     ],
-    ids=["unquoted", "tag", "syntax-elsewhere", "invalid-elsewhere", "unknown-key", "wrong-type", "env-unparsable",
-         "env-unknown-key"],
+    ids=[
+        "unquoted",
+        "tag",
+        "syntax-elsewhere",
+        "invalid-elsewhere",
+        "unknown-key",
+        "wrong-type",
+        "env-unparsable",
+        "env-unknown-key",
+    ],
 )
 def test_no_error_shows_a_secret(tmp_path, text, env, expect):
     path = None if text is None else write(tmp_path, text)

@@ -69,8 +69,9 @@ def partition(monkeypatch):
     monkeypatch.setattr(source, "Consumer", FakeConsumer)
     clock = [1000.0]
     monkeypatch.setattr(source.time, "monotonic", lambda: clock[0])
-    cfg = load_config("deploy/local.yaml", env={"HRMCOND__KAFKA__STALL_WARNING_S": "5",
-                                                "HRMCOND__KAFKA__UNAVAILABLE_AFTER_S": "30"})
+    cfg = load_config(
+        "deploy/local.yaml", env={"HRMCOND__KAFKA__STALL_WARNING_S": "5", "HRMCOND__KAFKA__UNAVAILABLE_AFTER_S": "30"}
+    )
     part = source._TickPartition(cfg, "ticks", 0, 1, until_eof=False, resume=None)
     trades = [b'{"kind":"trade","symbol":"AAA","ts_ns":%d,"price":10,"size":1}' % (OPEN + i * S) for i in range(3)]
     part.consumer.batches = [[FakeMessage(i, raw) for i, raw in enumerate(trades)] + [FakeMessage(3, None, eof=True)]]

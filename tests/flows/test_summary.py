@@ -9,9 +9,18 @@ FLAGS = ConditioningFlags(enable_regime=True, enable_rag=True, enable_hybrid=Tru
 
 
 def context(i: int, status: str) -> ContextRecord:
-    return ContextRecord(symbol="AAA", window_end_ns=1_709_562_660_000_000_000 + i * 60 * 10**9,
-                         context=[0.0] * 256, regime="normal", regime_probs=[0.125] * 8, ssr_luld_state="NORMAL",
-                         rag_status=status, flags=FLAGS, model_version="m@0", latency=None)
+    return ContextRecord(
+        symbol="AAA",
+        window_end_ns=1_709_562_660_000_000_000 + i * 60 * 10**9,
+        context=[0.0] * 256,
+        regime="normal",
+        regime_probs=[0.125] * 8,
+        ssr_luld_state="NORMAL",
+        rag_status=status,
+        flags=FLAGS,
+        model_version="m@0",
+        latency=None,
+    )
 
 
 def test_fail_open_rate_counts_timeouts_errors_and_skipped_retrieval():

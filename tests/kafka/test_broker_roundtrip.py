@@ -86,8 +86,11 @@ def test_broker_command_serves_the_configured_topics_and_stops_on_sigterm(tmp_pa
 
     port = free_port()
     config = Path(__file__).resolve().parents[2] / "deploy" / "local.yaml"
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "broker", "--port", str(port), "--config",
-                             str(config)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "broker", "--port", str(port), "--config", str(config)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = proc.stdout.readline()
         assert f"127.0.0.1:{port}" in first, first

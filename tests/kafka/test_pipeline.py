@@ -55,8 +55,7 @@ def make_config(tmp_path: Path, kafka_cluster, topics: dict[str, str], **pipelin
         **BASE,
         "conditioning": {**BASE["conditioning"], "rag": {**BASE["conditioning"]["rag"], "timeout_ms": 5000}},
         "pipeline": {**BASE["pipeline"], "rag_online_updates": False, **pipeline},
-        "kafka": {"bootstrap_servers": kafka_cluster.bootstrap_servers,
-                  "topics": {**topics, "partitions": 3}},
+        "kafka": {"bootstrap_servers": kafka_cluster.bootstrap_servers, "topics": {**topics, "partitions": 3}},
         "recovery": {"snapshot_interval_s": 0.5},
     }
     path = tmp_path / f"config-{uuid.uuid4().hex[:6]}.yaml"
@@ -105,7 +104,12 @@ def assert_same_contexts(live: dict, oracle: dict) -> None:
     for key, rec in live.items():
         ref = oracle[key]
         assert (rec.context, rec.regime, rec.regime_probs, rec.ssr_luld_state, rec.rag_status) == (
-            ref.context, ref.regime, ref.regime_probs, ref.ssr_luld_state, ref.rag_status), key
+            ref.context,
+            ref.regime,
+            ref.regime_probs,
+            ref.ssr_luld_state,
+            ref.rag_status,
+        ), key
 
 
 def hrmcond(*args: str) -> list[str]:
@@ -116,8 +120,9 @@ def hrmcond(*args: str) -> list[str]:
 def test_real_sample_end_to_end(tmp_path, kafka_cluster, kafka_topics, shared_data):
     from flows.sources.taq import read_taq
 
-    ticks = read_taq(shared_data / "taq_XXX_20180102-03_trades.csv.gz",
-                     shared_data / "taq_XXX_20180102-03_quotes.csv.gz")
+    ticks = read_taq(
+        shared_data / "taq_XXX_20180102-03_trades.csv.gz", shared_data / "taq_XXX_20180102-03_quotes.csv.gz"
+    )
     cfg, _ = make_config(tmp_path, kafka_cluster, new_topics(kafka_topics))
     conf = cfg.kafka.client_config()
     assert produce_table(conf, cfg.kafka.topics.ticks, ticks) == ticks.num_rows
@@ -163,14 +168,22 @@ def test_every_class_of_bad_input_is_dead_lettered_nothing_lost(tmp_path, kafka_
         # valid, but without the key: it would land on any partition, out of order with its symbol's ticks
         "missing_key": ("missing_key", tick(price=1, size=1)),
         # yesterday's reference data, re-sent: the SSR/LULD rules refuse a past date (it stopped the process)
-        "stale_reference": ("stale_reference", tick("reference", ts_ns=session_day(yesterday).start_ns,
-                                                    prev_close=58.5, tier=1, date=yesterday.isoformat())),
+        "stale_reference": (
+            "stale_reference",
+            tick(
+                "reference", ts_ns=session_day(yesterday).start_ns, prev_close=58.5, tier=1, date=yesterday.isoformat()
+            ),
+        ),
         # plausible timestamps in the future: each would move the symbol's clock and make its later ticks late
         "future_day": ("future", tick(ts_ns=t0 + 86_400 * 10**9, price=10, size=1)),
         "future_2099": ("future", tick(ts_ns=4_070_000_000 * 10**9, price=10, size=1)),
         # the symbol's last tick again, as produced (same seq): a re-sent message counts once
-        "duplicate": ("duplicate", [t for t in table_ticks(market.ticks, market.reference) if t.symbol == sym][-1]
-                      .model_dump_json(exclude_none=True).encode()),
+        "duplicate": (
+            "duplicate",
+            [t for t in table_ticks(market.ticks, market.reference) if t.symbol == sym][-1]
+            .model_dump_json(exclude_none=True)
+            .encode(),
+        ),
         # 2 MB: its dead letter, whole, would be 2.7 MB, far above the broker's and librdkafka's 1 MB
         "oversized": ("invalid_json", b"x" * 2_000_000),
     }
@@ -205,9 +218,11 @@ def test_every_class_of_bad_input_is_dead_lettered_nothing_lost(tmp_path, kafka_
 
 def default_config(tmp_path: Path, kafka_cluster, topics: dict[str, str], **kafka) -> Path:
     """deploy/local.yaml as shipped (online library on, the 60 ms retrieval deadline), on the test broker."""
-    data = {**BASE, "kafka": {"bootstrap_servers": kafka_cluster.bootstrap_servers,
-                              "topics": {**topics, "partitions": 3}, **kafka},
-            "recovery": {"snapshot_interval_s": 0.5}}
+    data = {
+        **BASE,
+        "kafka": {"bootstrap_servers": kafka_cluster.bootstrap_servers, "topics": {**topics, "partitions": 3}, **kafka},
+        "recovery": {"snapshot_interval_s": 0.5},
+    }
     path = tmp_path / f"default-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -231,8 +246,9 @@ def assert_every_delivery_equals(got: dict, clean: dict) -> None:
             assert have == want, (key, [f for f in want if have[f] != want[f]], have["rag_status"], want["rag_status"])
 
 
-def count_until(conf, topic: str, target: float, proc: subprocess.Popen, seen: int = 0,
-                consumer: Consumer | None = None) -> int:
+def count_until(
+    conf, topic: str, target: float, proc: subprocess.Popen, seen: int = 0, consumer: Consumer | None = None
+) -> int:
     """Read ``topic`` until ``target`` records were seen (``seen`` so far) or ``proc`` ended."""
     own = consumer is None
     if own:
@@ -291,8 +307,9 @@ def test_broker_paused_then_resumed_loses_nothing(tmp_path, kafka_cluster, kafka
     subprocess.run(hrmcond("run", "--config", str(clean_path), "--until-eof"), check=True, timeout=300)
     clean = records_by_key(conf, clean_topics["contexts"])
 
-    proc = subprocess.Popen(hrmcond("run", "--config", str(paused_path), "--until-eof"), stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        hrmcond("run", "--config", str(paused_path), "--until-eof"), stderr=subprocess.PIPE, text=True
+    )
     seen = count_until(conf, paused_topics["contexts"], 10, proc)  # early: the run must still have work
     kafka_cluster.broker.pause()
     try:
@@ -343,17 +360,24 @@ def test_one_and_two_worker_processes_give_the_same_records(tmp_path, kafka_clus
     subprocess.run(hrmcond("run", "--config", str(one_path), "--until-eof"), check=True, timeout=300)
     # with a metrics endpoint: each worker serves its own (port + process id); one port for both hung the run
     two_path.write_text(yaml.safe_dump({**yaml.safe_load(two_path.read_text()), "metrics": {"port": free_port()}}))
-    subprocess.run(hrmcond("run", "--config", str(two_path), "--until-eof", "--processes", "2"),
-                   check=True, timeout=300)
-    assert_same_contexts(contexts_of(conf, two_cfg.kafka.topics.contexts),
-                         contexts_of(conf, one_cfg.kafka.topics.contexts))
+    subprocess.run(
+        hrmcond("run", "--config", str(two_path), "--until-eof", "--processes", "2"), check=True, timeout=300
+    )
+    assert_same_contexts(
+        contexts_of(conf, two_cfg.kafka.topics.contexts), contexts_of(conf, one_cfg.kafka.topics.contexts)
+    )
 
 
 def test_fail_open_under_a_slow_rag(tmp_path, kafka_cluster, kafka_topics, market, monkeypatch):
     cfg, _ = make_config(tmp_path, kafka_cluster, new_topics(kafka_topics))
     expected = replayed(tmp_path, cfg, market).keys()
-    cfg = cfg.model_copy(update={"conditioning": cfg.conditioning.model_copy(
-        update={"rag": cfg.conditioning.rag.model_copy(update={"timeout_ms": 60})})})
+    cfg = cfg.model_copy(
+        update={
+            "conditioning": cfg.conditioning.model_copy(
+                update={"rag": cfg.conditioning.rag.model_copy(update={"timeout_ms": 60})}
+            )
+        }
+    )
     original = PatternRAG._knn
     calls = []
 
@@ -405,7 +429,8 @@ def test_sigterm_stops_gracefully(tmp_path, kafka_cluster, kafka_topics, market)
 
 def test_produce_command_replays_a_file_into_a_topic(tmp_path, kafka_cluster, kafka_topics, market):
     from flows.cli import main
-    from schemas.canonical import write_reference, write_ticks
+    from schemas.canonical import write_ticks
+    from schemas.reference import write_reference
 
     cfg, path = make_config(tmp_path, kafka_cluster, new_topics(kafka_topics))
     ticks, ref = tmp_path / "t.parquet", tmp_path / "r.csv"
@@ -427,16 +452,31 @@ def test_hrm_feed_keeps_the_latest_context_and_falls_back_to_the_identity(tmp_pa
     flags = ConditioningFlags(enable_regime=True, enable_rag=False, enable_hybrid=False, fail_open=True)
 
     def record(symbol: str, end_ns: int, value: float) -> bytes:
-        return ContextRecord(symbol=symbol, window_end_ns=end_ns, context=[value] * 256, regime="normal",
-                             regime_probs=[0.125] * 8, ssr_luld_state="NORMAL", rag_status="disabled",
-                             flags=flags, model_version="t").model_dump_json().encode()
+        return (
+            ContextRecord(
+                symbol=symbol,
+                window_end_ns=end_ns,
+                context=[value] * 256,
+                regime="normal",
+                regime_probs=[0.125] * 8,
+                ssr_luld_state="NORMAL",
+                rag_status="disabled",
+                flags=flags,
+                model_version="t",
+            )
+            .model_dump_json()
+            .encode()
+        )
 
     t = 1_709_562_660_000_000_000
     producer = CheckedProducer(conf)
-    for key, raw in [("AAA", record("AAA", t, 0.1)), ("AAA", record("AAA", t + 60 * 10**9, 0.2)),
-                     ("AAA", record("AAA", t, 0.1)),  # a redelivered, older record
-                     ("BBB", record("BBB", t - 3600 * 10**9, 0.3)),  # too old for max_age below
-                     ("CCC", b"not a record")]:
+    for key, raw in [
+        ("AAA", record("AAA", t, 0.1)),
+        ("AAA", record("AAA", t + 60 * 10**9, 0.2)),
+        ("AAA", record("AAA", t, 0.1)),  # a redelivered, older record
+        ("BBB", record("BBB", t - 3600 * 10**9, 0.3)),  # too old for max_age below
+        ("CCC", b"not a record"),
+    ]:
         producer.produce(topic, raw, key=key)
     producer.flush()
     feed = ContextFeed(conf, topic, max_age_ns=5 * 60 * 10**9)

@@ -52,8 +52,21 @@ def read_back(conf: dict[str, str], topic: str, expected: int, timeout_s: float 
 def test_speed_paces_event_time(kafka_cluster, kafka_topics, ticks_file, capsys):
     topic = kafka_topics("ticks")["ticks"]
     started = time.monotonic()
-    main(["produce", "--format", "canonical", "--ticks", str(ticks_file), "--bootstrap",
-          kafka_cluster.bootstrap_servers, "--topic", topic, "--speed", str(SPEED)])
+    main(
+        [
+            "produce",
+            "--format",
+            "canonical",
+            "--ticks",
+            str(ticks_file),
+            "--bootstrap",
+            kafka_cluster.bootstrap_servers,
+            "--topic",
+            topic,
+            "--speed",
+            str(SPEED),
+        ]
+    )
     wall_s = time.monotonic() - started
     n = int(capsys.readouterr().out.split()[1])  # "produced N messages"
     got = read_back(kafka_cluster.client_config, topic, n)
@@ -81,16 +94,19 @@ def test_runs_with_secrets_log_none(kafka_cluster, kafka_topics, ticks_file, tmp
     ``produce`` (text and JSON logs), then ``run`` over what it produced."""
     topics = kafka_topics("ticks", "contexts", "features", "dead_letter")
     config = tmp_path / "c.yaml"
-    config.write_text(f"kafka:\n  bootstrap_servers: {kafka_cluster.bootstrap_servers}\n  topics: {topics}\n"
-                      f"  librdkafka:\n    ssl.key.password: '{SECRET_FILE.replace(chr(39), chr(39) * 2)}'\n")
+    config.write_text(
+        f"kafka:\n  bootstrap_servers: {kafka_cluster.bootstrap_servers}\n  topics: {topics}\n"
+        f"  librdkafka:\n    ssl.key.password: '{SECRET_FILE.replace(chr(39), chr(39) * 2)}'\n"
+    )
     env = {**os.environ, "HRMCOND__KAFKA__LIBRDKAFKA__SASL.PASSWORD": SECRET_ENV}
     # The runs get both secrets intact (this is the configuration the commands load).
     conf = load_config(config, env=env).kafka.client_config()
     assert (conf["sasl.password"], conf["ssl.key.password"]) == (SECRET_ENV, SECRET_FILE)
 
     def hrmcond(*argv: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "flows.cli", "-v", *argv], env=env, capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "-v", *argv], env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr
         assert MARK not in done.stdout + done.stderr
         return done.stdout + done.stderr

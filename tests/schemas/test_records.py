@@ -62,9 +62,21 @@ def test_context_rejects_bad_shapes(over):
 def test_feature_record_nan_becomes_null():
     vec = finite_or_none([1.0, math.nan, math.inf] + [0.0] * 17)
     rec = FeatureRecord(
-        symbol="XXX", window_start_ns=0, window_end_ns=1, n_trades=0, n_quotes=3, rv=None, tsrv=None, bpv=None,
-        amihud=None, ssr_luld_state="HALTED", volume_profile=[0.1] * 10, spread=[None, 0.001, None],
-        regime_features=vec, pattern=[0.0] * 128, flags=["few_obs"],
+        symbol="XXX",
+        window_start_ns=0,
+        window_end_ns=1,
+        n_trades=0,
+        n_quotes=3,
+        rv=None,
+        tsrv=None,
+        bpv=None,
+        amihud=None,
+        ssr_luld_state="HALTED",
+        volume_profile=[0.1] * 10,
+        spread=[None, 0.001, None],
+        regime_features=vec,
+        pattern=[0.0] * 128,
+        flags=["few_obs"],
     )
     text = rec.model_dump_json()
     assert "NaN" not in text and "Infinity" not in text

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 
+import orjson
 import pydantic
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -78,7 +80,9 @@ INVALID = {
     # exact JSON types: a boolean or a string is not a number, a number or a string not a flag
     "bool price": ({"kind": "trade", "symbol": "A", "ts_ns": T0, "price": True, "size": 1}, "invalid_value"),
     "numeric string price": (
-        {"kind": "trade", "symbol": "A", "ts_ns": T0, "price": "101.5", "size": 1}, "invalid_value"),
+        {"kind": "trade", "symbol": "A", "ts_ns": T0, "price": "101.5", "size": 1},
+        "invalid_value",
+    ),
     "string size": ({"kind": "trade", "symbol": "A", "ts_ns": T0, "price": 1, "size": "100"}, "invalid_value"),
     "bool bid size": (
         {"kind": "quote", "symbol": "A", "ts_ns": T0, "bid": 1, "bid_size": True, "ask": 2, "ask_size": 1},
@@ -105,9 +109,10 @@ INVALID = {
         "out_of_range",
     ),
     "tiny prior close": (
-        {"kind": "reference", "symbol": "A", "ts_ns": T0, "prev_close": 1e-9, "tier": 1}, "out_of_range"),
-    "huge band": (
-        {"kind": "status", "symbol": "A", "ts_ns": T0, "band_low": 1.0, "band_high": 1e300}, "out_of_range"),
+        {"kind": "reference", "symbol": "A", "ts_ns": T0, "prev_close": 1e-9, "tier": 1},
+        "out_of_range",
+    ),
+    "huge band": ({"kind": "status", "symbol": "A", "ts_ns": T0, "band_low": 1.0, "band_high": 1e300}, "out_of_range"),
 }
 
 
@@ -143,17 +148,64 @@ def test_exact_types_where_pydantic_would_coerce():
 REASONS = {"invalid_json", "unknown_kind", "missing_field", "unknown_field", "invalid_value", "out_of_range"}
 
 
-@given(st.binary(max_size=200))
+def is_json(raw: bytes) -> bool:
+    """Whether the wire's parser reads ``raw`` as one JSON document, by independent parsers: orjson (strict JSON),
+    plus the non-finite numbers (``NaN``, ``Infinity``, ``1e400``) that the wire reads and then rejects as values."""
+    try:
+        orjson.loads(raw)
+        return True
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+    def non_finite(v) -> bool:
+        if isinstance(v, float):
+            return not math.isfinite(v)
+        if isinstance(v, list):
+            return any(non_finite(x) for x in v)
+        return isinstance(v, dict) and any(non_finite(x) for x in v.values())
+
+    return non_finite(value)
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["kind", "symbol", "ts_ns", "price", "size"]) | st.text(max_size=3), inner, max_size=4
+        )
+    ),
+    max_leaves=8,
+)
+
+
+@given(st.binary(max_size=200) | JSON_VALUES.map(lambda v: json.dumps(v).encode()))
 def test_arbitrary_bytes_never_crash(raw):
     try:
         decode_tick(raw)
     except TickDecodeError as err:
+        # Only bytes that are not JSON are reported as such: JSON of the wrong shape gets a more precise reason.
         assert err.reason in REASONS
+        assert (err.reason == "invalid_json") == (not is_json(raw)), (err.reason, raw)
+        assert err.detail
 
 
 HOSTILE = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
-    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
     st.sampled_from(["2024-03-01", 0, -1, 1, 2, T0, 2**64, 1e300, 1e-300, 1e-4, 1e7, -0.0, "101.5", "NaN"]),
 )
 TEMPLATES = [VALID[0], VALID[4], VALID[6], VALID[7], VALID[8]]  # trade, quote, reference (date), status x2

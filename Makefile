@@ -32,9 +32,11 @@ demo: $(VENV)/.installed-demo
 
 # The Kafka tests run through testcontainers: the wrapper sets up a container API (podman where no Docker engine
 # answers), stops it afterwards, and falls back to the embedded broker, saying why, where it cannot.
-# The day report's browser test needs chromium: installed from Debian's packages as root (at once when present).
+# System packages some tests need, from Debian's packages as root (at once when present): chromium for the day
+# report's browser test, promtool and the Prometheus server for tests/deploy.
 test: lint
 	bash tests/install_browser.sh
+	bash tests/install_prometheus.sh
 	bash tests/with_container_api.sh $(BIN)/python -m pytest
 
 # Lint, format, then types (mypy with the pydantic plugin; settings in pyproject.toml).

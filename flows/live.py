@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from flows.config import AppConfig
@@ -9,7 +10,7 @@ from flows.contexts import ContextEngine, load_engine
 from flows.dataflow import Sinks, build_flow
 from flows.kafka import ensure_topics
 from flows.sinks import KafkaRecordSink
-from flows.sources.kafka import TickSource
+from flows.sources.kafka import StopWatch, TickSource
 
 
 def build_live_flow(cfg: AppConfig, *, until_eof: bool, engine: ContextEngine | None = None) -> Dataflow:
@@ -25,6 +26,9 @@ def build_live_flow(cfg: AppConfig, *, until_eof: bool, engine: ContextEngine | 
         features=KafkaRecordSink(k, k.topics.features) if k.topics.features else None,
         dead_letters=KafkaRecordSink(k, k.topics.dead_letter),
     )
-    return build_flow(
+    flow = build_flow(
         cfg, TickSource(cfg, until_eof=until_eof), sinks, lambda: engine or load_engine(cfg, deterministic=False)
     )
+    if not until_eof:  # a tailing run ends only on a stop request, which every worker must see (StopWatch)
+        op.input("stop_watch", flow, StopWatch())
+    return flow

@@ -25,7 +25,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bytewax.inputs import AbortExecution, FixedPartitionedSource, StatefulSourcePartition
+from bytewax.inputs import (
+    AbortExecution,
+    DynamicSource,
+    FixedPartitionedSource,
+    StatefulSourcePartition,
+    StatelessSourcePartition,
+)
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
@@ -48,6 +54,8 @@ IDLE_POLL = timedelta(milliseconds=5)
 #: How often, at most, an idle partition asks the broker whether it is at the head, and for how long.
 HEAD_CHECK_S = 1.0
 HEAD_CHECK_TIMEOUT_S = 0.5
+#: How often a worker without tick partitions looks for a stop request.
+STOP_POLL = timedelta(milliseconds=100)
 
 
 def decode_message(msg: Message, limits: WireLimits = DEFAULT_LIMITS) -> list:
@@ -234,3 +242,22 @@ class TickSource(FixedPartitionedSource):
         return _TickPartition(
             self.cfg, self.cfg.kafka.topics.ticks, int(for_part), clocks, self.until_eof, resume_state
         )
+
+
+class _StopWatchPartition(StatelessSourcePartition):
+    def next_batch(self) -> list:
+        if STOP.requested.is_set():
+            raise AbortExecution()
+        return []
+
+    def next_awake(self) -> datetime:
+        return datetime.now(UTC) + STOP_POLL
+
+
+class StopWatch(DynamicSource):
+    """One idle input per worker that carries out a stop request (flows/lifecycle.py): a worker that owns no
+    partition of the ticks topic (more worker processes than partitions, or an uneven assignment) never polls
+    the tick source, and without it would wait for ever after the others stopped."""
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StopWatchPartition:
+        return _StopWatchPartition()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +18,10 @@ from bytewax.recovery import RecoveryConfig
 from flows.broker import free_port
 from flows.config import RecoveryConfig as RecoverySettings
 from schemas.errors import HrmcondError
+
+log = logging.getLogger(__name__)
+#: How long worker processes get to stop after a stop signal before they are ended.
+STOP_GRACE_S = 10.0
 
 
 def recovery_config(settings: RecoverySettings, processes: int) -> RecoveryConfig | None:
@@ -64,7 +69,10 @@ def spawn_cluster(argv: list[str], processes: int) -> None:
         for i in range(processes)
     ]
 
+    stop_at: list[float] = []  # when a stop signal came
+
     def forward(signum: int, frame) -> None:  # an orchestrator stops the parent: every worker stops the same way
+        stop_at.append(time.monotonic())
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
@@ -74,6 +82,14 @@ def spawn_cluster(argv: list[str], processes: int) -> None:
     try:
         # Watch every child, not the first: a worker that failed leaves the others waiting for it in the cluster.
         while None in (codes := [child.poll() for child in children]) and not any(codes):
+            if stop_at and time.monotonic() - stop_at[0] > STOP_GRACE_S:
+                # Seen in a tailing 2-process run: the workers took the stop request and never left Bytewax's
+                # loop. Ending them is a crash to recovery (it resumes from the last snapshot), and bounded.
+                log.warning("worker processes still running %.0f s after the stop signal: ending them", STOP_GRACE_S)
+                for child in children:
+                    if child.poll() is None:
+                        child.kill()
+                break
             time.sleep(0.1)
     finally:
         for child in children:
@@ -81,5 +97,7 @@ def spawn_cluster(argv: list[str], processes: int) -> None:
                 child.terminate()
                 child.wait()
     codes = [child.returncode for child in children]
+    if stop_at:
+        return  # stopped on request: a worker ended by its signal or by the grace period is not a failure
     if any(codes):
         raise HrmcondError(f"a worker process failed (exit codes {codes}); see its log above")

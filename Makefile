@@ -53,11 +53,11 @@ schemas: $(VENV)/.installed-demo
 model: $(VENV)/.installed-demo
 	mkdir -p $(MODEL_WORK)
 	$(BIN)/hrmcond simulate --symbols 24 --days 5 --seed 11 --start 2024-01-08 \
-	    --out $(MODEL_WORK)/ticks.parquet --reference $(MODEL_WORK)/reference.csv
+	    --out $(MODEL_WORK)/ticks.parquet --reference $(MODEL_WORK)/reference.csv --truth $(MODEL_WORK)/truth.json
 	$(BIN)/hrmcond replay --config deploy/local.yaml --format canonical --ticks $(MODEL_WORK)/ticks.parquet \
 	    --reference $(MODEL_WORK)/reference.csv --features-out $(MODEL_WORK)/features.jsonl
 	$(BIN)/hrmcond train-regime --config deploy/local.yaml --features $(MODEL_WORK)/features.jsonl \
-	    --out $(MODEL_DIR) --seed 0
+	    --truth $(MODEL_WORK)/truth.json --out $(MODEL_DIR) --seed 0
 	$(BIN)/hrmcond build-patterns --features $(MODEL_WORK)/features.jsonl --model $(MODEL_DIR)
 
 # Every benchmark writes its figures to benchmarks/results/<name>.json (minutes each; not part of `make test`).

@@ -1,7 +1,8 @@
-"""Training data from replayed history: feature-record JSON Lines -> arrays, patterns and trend scores.
+"""Training data from replayed history: feature-record JSON Lines -> arrays and patterns.
 
 The records come from ``hrmcond replay --features-out`` (the dataflow's own feature path), so a model is
-trained on exactly what it will see live.
+trained on exactly what it will see live. :func:`features_of_ticks` computes the same arrays in-process from a
+canonical tick table (evaluations on a simulated market, conditioning/regime_eval.py).
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
-from conditioning.features.pattern import N_CHANNELS, PATTERN_BARS
+from conditioning.features.batch import Ticks
+from conditioning.features.state import FeatureParams, SymbolFeatures
 from conditioning.features.types import Pattern
+from schemas.layout import SsrLuldState
 from schemas.records import FeatureRecord
+from schemas.reference import ReferenceRow
 
 
 @dataclass(frozen=True)
@@ -77,14 +82,36 @@ def feature_table(records: list[FeatureRecord]) -> FeatureTable:
     )
 
 
-def trend_score(pattern: np.ndarray) -> np.ndarray:
-    """Directional persistence of the last 32 bars: ``|sum r_b| / sqrt(sum r_b^2)`` over the pattern's
-    volatility-normalised bar returns (channel 0), in [0, sqrt(32)].
-
-    A driftless random walk gives about ``sqrt(2/pi) ~ 0.8``; a trend pushes it towards ``sqrt(32)``; mean
-    reversion (negatively autocorrelated returns) pulls it towards 0. Rows without returns score 0.
-    ``pattern [N, 128]`` -> ``[N]``.
+def features_of_ticks(
+    ticks: pa.Table, reference: Iterable[ReferenceRow], params: FeatureParams | None = None
+) -> FeatureTable:
+    """The feature table of a canonical tick table (``schemas.canonical``, time-ordered, regular session only,
+    as the simulator writes it) without the dataflow: one :class:`SymbolFeatures` per symbol fed its ticks and
+    every bar close, reference rows up front (the tracker keeps them until their date). Like the dataflow, a
+    bar is kept when it saw a tick or ends in a LULD limit state or halt. Matured patterns are not collected.
     """
-    r = np.asarray(pattern, dtype=np.float64).reshape(len(pattern), PATTERN_BARS, N_CHANNELS)[:, :, 0]
-    ss = np.sqrt((r * r).sum(axis=1))
-    return np.divide(np.abs(r.sum(axis=1)), ss, out=np.zeros(len(r)), where=ss > 0)
+    params = params or FeatureParams()
+    reference = list(reference)
+    rows: list[tuple[str, int, np.ndarray, np.ndarray]] = []
+    for symbol in sorted(set(ticks["symbol"].to_pylist())):
+        features = SymbolFeatures(symbol, params)
+        for r in reference:
+            if r.symbol == symbol:
+                features.on_reference(r.date, r.prev_close, r.tier)
+        own = Ticks.from_canonical(ticks, symbol)
+        bars = own.replay(features)
+        ends = np.array([b.window_end_ns for b in bars], dtype=np.int64)
+        ticks_in_bar = np.bincount(np.searchsorted(ends, own.ts_ns, side="right"), minlength=len(bars))
+        rows.extend(
+            (symbol, b.window_end_ns, b.regime_features, b.pattern)
+            for b, n in zip(bars, ticks_in_bar, strict=False)
+            if n > 0 or b.ssr_luld_state >= SsrLuldState.LULD_LIMIT
+        )
+    rows.sort(key=lambda r: (r[1], r[0]))
+    return FeatureTable(
+        symbol=np.array([r[0] for r in rows]),
+        window_end_ns=np.array([r[1] for r in rows], dtype=np.int64),
+        raw=np.array([r[2] for r in rows], dtype=np.float64).reshape(len(rows), -1),
+        pattern=np.array([r[3] for r in rows], dtype=np.float32).reshape(len(rows), -1),
+        patterns=[],
+    )

@@ -234,31 +234,79 @@ def cmd_train_regime(args: argparse.Namespace) -> None:
     import torch
 
     from conditioning.artifacts import save_model
-    from conditioning.datasets import trend_score
+    from conditioning.labels import DOMINANCE, EvidenceRules, truth_labels
     from conditioning.regime import REGIME_NAMES
+    from conditioning.sim.market import read_truth
     from conditioning.system import ConditioningSystem
     from conditioning.train import fit_regime_classifier
+    from flows.bars import feature_params
 
     cfg = _config(args)
     table = _feature_table(args.features)
-    usable = np.isfinite(table.raw).all(axis=1)
+    if args.truth is not None:
+        stretches, _ = read_truth(args.truth)
+        params = feature_params(cfg.pipeline)
+        labels = truth_labels(table.symbol, table.window_end_ns, table.raw, stretches, params)
+        source = {"source": "simulator truth", "truth": args.truth.name, "dominance": DOMINANCE}
+    else:
+        rules = EvidenceRules()
+        labels = rules.apply(table.raw, table.pattern)
+        source = {"source": "evidence rules", **rules.to_dict()}
+    shares = np.bincount(labels, minlength=len(REGIME_NAMES)) / len(labels)
     print(
-        f"{len(table):,} feature records, {usable.sum():,} with every regime feature defined (warm-up and "
-        "quote-less bars left out)"
+        f"{len(table):,} feature records, labels from {source['source']}: "
+        + ", ".join(f"{n} {s:.1%}" for n, s in zip(REGIME_NAMES, shares, strict=True))
     )
     torch.manual_seed(args.seed)  # the heads trained later with HRM start from a reproducible init
-    fit = fit_regime_classifier(
-        table.raw[usable], trend_score(table.pattern[usable]), epochs=args.epochs, seed=args.seed
-    )
+    fit = fit_regime_classifier(table.raw, labels, epochs=args.epochs, seed=args.seed)
     system = ConditioningSystem(cfg.conditioning)
     system.regime_classifier.load_state_dict(fit.model.state_dict())
-    save_model(args.out, system, fit.normalizer, training_fingerprint=fit.fingerprint, extra=fit.summary())
+    extra = {**fit.summary(), "labels": {**source, "shares": dict(zip(REGIME_NAMES, shares.tolist(), strict=True))}}
+    save_model(args.out, system, fit.normalizer, training_fingerprint=fit.fingerprint, extra=extra)
     width = max(map(len, REGIME_NAMES))
-    print(f"held-out accuracy {fit.accuracy:.3f}, Cohen's kappa {fit.kappa:.3f}; confusion (rows: weak label):")
+    print(f"held-out accuracy {fit.accuracy:.3f}, Cohen's kappa {fit.kappa:.3f}; confusion (rows: label):")
     print(" " * (width + 1) + " ".join(f"{n[:6]:>6}" for n in REGIME_NAMES))
     for name, row in zip(REGIME_NAMES, fit.confusion, strict=True):
         print(f"{name:>{width}} " + " ".join(f"{v:>6d}" for v in row))
     print(f"model written to {args.out}")
+
+
+def cmd_evaluate_regimes(args: argparse.Namespace) -> None:
+    import datetime as dt
+
+    from conditioning.regime_eval import evaluate_regimes, label_shares
+    from conditioning.sim.market import MarketConfig, simulate_market
+    from flows.bars import feature_params
+
+    cfg = _config(args)
+    params = feature_params(cfg.pipeline)
+    market = simulate_market(
+        MarketConfig(n_symbols=args.symbols, n_days=args.days, seed=args.seed, start=dt.date.fromisoformat(args.start))
+    )
+    report = evaluate_regimes(market, args.model, params=params)
+    print(
+        f"regime classifier {args.model} against the truth of a simulated market ({report.n_symbols} symbols x "
+        f"{report.n_days} days, seed {args.seed}; bars whose {report.lookback_bars}-bar lookback lies inside one "
+        f"regime, after a {report.warmup_bars}-bar warm-up):"
+    )
+    print(report.table())
+    doc: dict = {"simulated": report.model_dump()}
+    if args.features:
+        shares = label_shares(_feature_table(args.features), args.model)
+        doc["samples"] = {"features": [str(p) for p in args.features], **shares.model_dump()}
+        print(f"label shares on {', '.join(map(str, args.features))} ({shares.n_bars:,} bars):")
+        for name, values in (("classifier", shares.classifier), ("evidence rules", shares.evidence_rules)):
+            print(f"  {name:<15}" + ", ".join(f"{n} {v:.1%}" for n, v in values.items() if v > 0))
+        print(f"  agreement (Cohen's kappa) {shares.agreement_kappa:.3f}")
+    if args.out is not None:
+        import json
+
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"report written to {args.out}")
+    worst = min(r for r in report.recall.values() if r is not None)
+    if args.min_recall is not None and worst < args.min_recall:
+        raise HrmcondError(f"lowest per-class recall {worst:.3f} is below --min-recall {args.min_recall}")
 
 
 def cmd_build_patterns(args: argparse.Namespace) -> None:
@@ -411,9 +459,24 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_arg(p)
     p.add_argument("--features", type=Path, nargs="+", required=True, help="feature JSONL from hrmcond replay")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--truth", type=Path, help="simulator truth JSON (simulate --truth): label by the planted regimes")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_train_regime)
+
+    p = sub.add_parser(
+        "evaluate-regimes", help="the regime classifier against a simulated market's planted regimes (recall, MI)"
+    )
+    cfg_arg(p)
+    p.add_argument("--model", type=Path, required=True, help="model directory")
+    p.add_argument("--symbols", type=int, default=20)
+    p.add_argument("--days", type=int, default=4)
+    p.add_argument("--seed", type=int, default=2024, help="simulation seed (use one the model was not trained on)")
+    p.add_argument("--start", default="2024-03-04", help="first simulated day, YYYY-MM-DD")
+    p.add_argument("--features", type=Path, nargs="+", help="feature JSONL of real data: report label shares too")
+    p.add_argument("--out", type=Path, help="JSON report to write")
+    p.add_argument("--min-recall", type=float, help="exit 2 when a truth class's recall is below this")
+    p.set_defaults(fn=cmd_evaluate_regimes)
 
     p = sub.add_parser("build-patterns", help="point-in-time pattern library from feature records into a model")
     p.add_argument("--features", type=Path, nargs="+", required=True)

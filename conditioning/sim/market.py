@@ -27,7 +27,8 @@ Everything is drawn from one ``numpy.random.Generator`` seeded by ``seed``: equa
 output. Ticks come in time-ordered chunks (:func:`iter_simulated_ticks`; memory bounded by the chunk length
 x symbols), or as one table for small runs (:func:`simulate_market`, :func:`simulate_day`).
 
-Run ``python -m conditioning.sim.market --symbols 20 --seed 7 --out ticks.parquet --reference ref.csv``.
+Run ``python -m conditioning.sim.market --symbols 20 --seed 7 --out ticks.parquet --reference ref.csv``
+(``--truth truth.json`` also writes the stretches and events: :func:`write_truth`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
+import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -563,6 +565,18 @@ def _canonical(names: np.ndarray, sym: np.ndarray, ts: np.ndarray, kind: str, **
     return pa.table(columns, schema=CANONICAL_SCHEMA)
 
 
+def write_truth(market: SimulatedMarket, path: str | Path) -> None:
+    """The ground truth (stretches and scripted events) as JSON: ``{"stretches": [...], "events": [...]}``."""
+    doc = {"stretches": [s._asdict() for s in market.stretches], "events": [e._asdict() for e in market.events]}
+    Path(path).write_text(json.dumps(doc, indent=1))
+
+
+def read_truth(path: str | Path) -> tuple[list[Stretch], list[ScriptedEvent]]:
+    """Inverse of :func:`write_truth`."""
+    doc = json.loads(Path(path).read_text())
+    return [Stretch(**s) for s in doc["stretches"]], [ScriptedEvent(**e) for e in doc["events"]]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: simulate and write the canonical tick file and the reference CSV; print a one-line summary."""
     parser = argparse.ArgumentParser(prog="python -m conditioning.sim.market", description=__doc__.split("\n")[0])
@@ -575,6 +589,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-scenarios", action="store_true", help="no staged SSR trigger / LULD pause")
     parser.add_argument("--out", type=Path, required=True, help="tick file: .parquet, .csv or .csv.gz")
     parser.add_argument("--reference", type=Path, required=True, help="reference CSV symbol,date,prev_close,tier")
+    parser.add_argument("--truth", type=Path, help="also write the planted regimes and scripted events (JSON)")
     args = parser.parse_args(argv)
     try:
         config = MarketConfig(
@@ -591,6 +606,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     market = simulate_market(config)
     write_ticks(market.ticks, args.out)
     write_reference(market.reference, args.reference)
+    if args.truth is not None:
+        write_truth(market, args.truth)
     elapsed = time.perf_counter() - started
     print(
         f"{market.ticks.num_rows:,} ticks for {config.n_symbols} symbols x {config.n_days} day(s) in {elapsed:.1f} s "

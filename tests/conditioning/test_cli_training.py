@@ -17,9 +17,10 @@ import pytest
 
 from conditioning.artifacts import ArtifactMismatchError, load_model
 from conditioning.config import ConditioningConfig, FilmConfig
-from conditioning.datasets import feature_table, read_feature_records
+from conditioning.datasets import feature_table, features_of_ticks, read_feature_records
+from conditioning.labels import PLANTED
 from conditioning.regime import REGIME_NAMES
-from conditioning.sim.market import MarketConfig, simulate_market
+from conditioning.sim.market import MarketConfig, simulate_market, write_truth
 from flows.cli import main
 from flows.config import load_config
 from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
@@ -29,12 +30,17 @@ from schemas.records import ConditioningFlags, ContextRecord
 BAR_NS = 60_000_000_000
 
 
+MARKET = MarketConfig(n_symbols=3, n_days=2, seed=5, start=dt.date(2024, 2, 5))
+
+
 @pytest.fixture(scope="module")
 def features(tmp_path_factory):
-    market = simulate_market(MarketConfig(n_symbols=3, n_days=2, seed=5, start=dt.date(2024, 2, 5)))
-    outputs = ReplayOutputs(contexts=None, features=tmp_path_factory.mktemp("feat") / "features.jsonl")
+    market = simulate_market(MARKET)
+    out = tmp_path_factory.mktemp("feat")
+    outputs = ReplayOutputs(contexts=None, features=out / "features.jsonl")
     run_process(build_replay_flow(load_config(env={}), market.ticks, market.reference, outputs))
     finish_replay(outputs)
+    write_truth(market, out / "truth.json")
     return outputs.features
 
 
@@ -53,13 +59,38 @@ def test_train_regime_writes_a_loadable_model(features, model_dir, capsys) -> No
     extra = manifest["extra"]
     assert 0.0 <= extra["accuracy"] <= 1.0 and len(extra["confusion"]) == len(REGIME_NAMES)
     assert sum(map(sum, extra["confusion"])) > 0  # a held-out split was evaluated
-    # The classifier was trained, not left at its initialisation: it fits the weak labels above chance.
+    # The classifier was trained, not left at its initialisation: it fits the evidence-rule labels above chance.
     assert extra["kappa"] > 0.2, extra["kappa"]
     # The saved normaliser is the one fitted on these features: their regime vectors come out ~standardised.
     raw = feature_table(read_feature_records([features])).raw
     x = loaded.normalizer.transform(raw[np.isfinite(raw).all(axis=1)])
     assert np.all(np.isfinite(x))
     assert loaded.system.pattern_rag.size == 0  # no library before build-patterns
+
+
+def test_train_regime_on_the_simulator_truth(features, tmp_path, capsys) -> None:
+    out = tmp_path / "truth_model"
+    truth = features.parent / "truth.json"
+    main(["train-regime", "--features", str(features), "--truth", str(truth), "--out", str(out), "--epochs", "5"])
+    labels = load_model(out).manifest["extra"]["labels"]
+    assert labels["source"] == "simulator truth" and labels["truth"] == "truth.json"
+    # Every planted regime got labelled bars; the scripted SSR/LULD episodes too (day one of symbols 0 and 1).
+    for regime in (*PLANTED.values(), "ssr_active", "luld_active"):
+        assert labels["shares"][regime] > 0, regime
+    assert "labels from simulator truth" in capsys.readouterr().out
+
+
+def test_features_of_ticks_match_the_dataflow(features) -> None:
+    """The evaluation's in-process features (conditioning.datasets.features_of_ticks) are the dataflow's: the
+    same bars, the same 20-d vectors and patterns."""
+    market = simulate_market(MARKET)
+    flow = feature_table(read_feature_records([features]))
+    own = features_of_ticks(market.ticks, market.reference)
+    assert list(zip(own.symbol, own.window_end_ns, strict=True)) == list(
+        zip(flow.symbol, flow.window_end_ns, strict=True)
+    )
+    np.testing.assert_allclose(own.raw, flow.raw, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(own.pattern, flow.pattern)
 
 
 def test_build_patterns_fills_the_library_point_in_time(features, model_dir, tmp_path, capsys) -> None:

@@ -1,4 +1,4 @@
-"""Weak labels, regime training with held-out evaluation, pattern library building, model artifacts."""
+"""Regime training with held-out evaluation, pattern library building, model artifacts."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import torch
 from conditioning.artifacts import ArtifactMismatchError, load_model, save_model
 from conditioning.config import ConditioningConfig
 from conditioning.features.normalize import FeatureNormalizer
+from conditioning.labels import EvidenceRules
 from conditioning.regime import REGIME_INDEX
 from conditioning.system import ConditioningSystem
-from conditioning.train import LabelRules, build_pattern_library, fit_regime_classifier
-from schemas.layout import REGIME_FEATURE_NAMES, SsrLuldState
+from conditioning.train import build_pattern_library, fit_regime_classifier
+from schemas.layout import PATTERN_DIM, REGIME_FEATURE_NAMES
 
 from .conftest import clustered_vectors, make_patterns
 
@@ -22,7 +23,8 @@ COL = {n: i for i, n in enumerate(REGIME_FEATURE_NAMES)}
 
 
 def raw_features(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Plausible un-normalised 20-d rows (levels as log ratios to a baseline) and a trend score."""
+    """Plausible un-normalised 20-d rows (levels as log ratios to a baseline) and their evidence-rule labels
+    (flat patterns: no trend or mean-reversion evidence, so the vol, liquidity and restriction rules decide)."""
     raw = np.zeros((n, 20))
     vol = rng.normal(0, 1, n)
     raw[:, COL["log_tsrv_rel"]] = vol + rng.normal(0, 0.1, n)
@@ -33,59 +35,27 @@ def raw_features(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
     raw[:, COL["volume_profile_0"] : COL["volume_profile_9"] + 1] = rng.dirichlet(np.ones(10), n)
     for name in ("log_spread_quoted_rel_tw_rel", "log_spread_effective_rel_vw_rel", "log_spread_mid_vol_rel"):
         raw[:, COL[name]] = rng.normal(0, 0.5, n)
-    trend = raw[:, COL["volume_profile_9"]] * 10 + rng.normal(0, 0.3, n)  # partly visible in the features
-    return raw, trend
-
-
-def test_label_rules_precedence():
-    rules = LabelRules(tsrv_hi=2, tsrv_lo=0.5, bpv_hi=2, bpv_lo=0.5, amihud_hi=5, trend_hi=1, trend_lo=-1)
-    rows = np.zeros((8, 20))
-    rows[:, COL["log_tsrv_rel"]] = rows[:, COL["log_bpv_rel"]] = 1.0
-    rows[:, COL["log_amihud_rel"]] = 1.0
-    rows[:, COL["ssr_luld_normal"]] = 1.0
-    trend = np.zeros(8)
-    rows[0, [COL["ssr_luld_ssr_active"], COL["ssr_luld_luld_limit"]]] = 1.0  # both restrictions: LULD wins
-    rows[1, COL["ssr_luld_halted"]] = 1.0
-    rows[2, COL["ssr_luld_ssr_active"]] = 1.0
-    rows[2, COL["log_tsrv_rel"]] = 9.0  # SSR beats high vol
-    rows[3, COL["log_amihud_rel"]], rows[3, COL["log_tsrv_rel"]] = 9.0, 9.0  # illiquid beats high vol
-    rows[4, COL["log_bpv_rel"]] = 9.0
-    rows[5, [COL["log_tsrv_rel"], COL["log_bpv_rel"]]] = 0.1
-    trend[5] = 5.0  # low vol beats trending
-    trend[6] = 5.0
-    trend[7] = -5.0
-    names = [
-        "luld_active",
-        "luld_active",
-        "ssr_active",
-        "illiquid",
-        "high_vol",
-        "low_vol",
-        "trending",
-        "mean_reverting",
-    ]
-    np.testing.assert_array_equal(rules.apply(rows, trend), [REGIME_INDEX[n] for n in names])
-    assert SsrLuldState.HALTED > SsrLuldState.LULD_LIMIT > SsrLuldState.SSR_ACTIVE  # the order the rules mirror
-    with pytest.raises(ValueError, match="finite"):
-        rules.apply(np.full((1, 20), np.nan), np.zeros(1))
+    raw[rng.random(n) < 0.05, COL["log_tsrv_rel"]] = np.nan  # undefined values stay in training, imputed
+    return raw, EvidenceRules().apply(raw, np.zeros((n, PATTERN_DIM)))
 
 
 def test_fit_regime_classifier_held_out(rng):
-    raw, trend = raw_features(rng, 3_000)
-    fit = fit_regime_classifier(raw, trend, epochs=15, seed=3, progress=False)
+    raw, labels = raw_features(rng, 3_000)
+    fit = fit_regime_classifier(raw, labels, epochs=15, seed=3, progress=False)
     assert fit.confusion.shape == (8, 8) and fit.confusion.sum() == 600  # the last 20%, in time order
-    labels = fit.rules.apply(raw[2_400:], trend[2_400:])
-    np.testing.assert_array_equal(fit.confusion.sum(axis=1), np.bincount(labels, minlength=8))
-    majority = np.bincount(labels).max() / len(labels)
+    np.testing.assert_array_equal(fit.confusion.sum(axis=1), np.bincount(labels[2_400:], minlength=8))
+    majority = np.bincount(labels[2_400:]).max() / 600
     assert fit.accuracy > majority + 0.2 and fit.kappa > 0.5
     # Restriction regimes come from one-hot inputs: learnt (nearly) perfectly.
     for name in ("ssr_active", "luld_active"):
         i = REGIME_INDEX[name]
         assert fit.confusion[i, i] >= 0.9 * fit.confusion[i].sum()
     # Seeded: a second run gives the same model.
-    again = fit_regime_classifier(raw, trend, epochs=15, seed=3, progress=False)
+    again = fit_regime_classifier(raw, labels, epochs=15, seed=3, progress=False)
     np.testing.assert_array_equal(fit.confusion, again.confusion)
     assert fit.summary()["training_fingerprint"] == again.fingerprint
+    with pytest.raises(ValueError, match="regime indices"):
+        fit_regime_classifier(raw, np.full(3_000, 8), progress=False)
 
 
 def test_build_pattern_library_orders_by_known_time(rng):

@@ -187,11 +187,14 @@ def evaluate_regimes(
     params: FeatureParams | None = None,
     warmup_bars: int = WARMUP_BARS,
     rules: EvidenceRules | None = None,
+    table: FeatureTable | None = None,
 ) -> RegimeEvaluation:
-    """The classifier of ``model_dir`` against ``market``'s truth (module docstring)."""
+    """The classifier of ``model_dir`` against ``market``'s truth (module docstring). ``table``: the market's
+    features if already computed with ``params`` (``features_of_ticks``, or the dataflow's feature records)."""
     params = params or FeatureParams()
     rules = rules or EvidenceRules()
-    table = features_of_ticks(market.ticks, market.reference, params)
+    if table is None:
+        table = features_of_ticks(market.ticks, market.reference, params)
     if not len(table):
         raise ValueError("the market has no bars")
     truth = bar_truth(market, table, params, warmup_bars)

@@ -14,9 +14,11 @@ import json
 import numpy as np
 import pytest
 
+from conditioning.datasets import features_of_ticks
 from conditioning.labels import PLANTED
 from conditioning.regime_eval import TRUTH_CLASSES, RegimeEvaluation, evaluate_regimes, mutual_information_bits
 from conditioning.sim.market import MarketConfig, simulate_market
+from flows.cli import main
 from flows.config import DEFAULT_MODEL_DIR
 
 #: 6 symbols x 3 days, the first day the baselines' warm-up: 350-800 scored bars per planted regime.
@@ -27,7 +29,8 @@ MIN_RECALL = 0.7
 
 @pytest.fixture(scope="module")
 def report() -> RegimeEvaluation:
-    return evaluate_regimes(simulate_market(MARKET), DEFAULT_MODEL_DIR)
+    market = simulate_market(MARKET)
+    return evaluate_regimes(market, DEFAULT_MODEL_DIR, table=features_of_ticks(market.ticks, market.reference))
 
 
 def test_every_planted_regime_is_recalled(report) -> None:
@@ -47,6 +50,17 @@ def test_report_is_consistent_and_round_trips(report) -> None:
     assert [c.n_bars for c in report.classes] == confusion.sum(axis=1).tolist()
     assert report.lookback_bars == 32 and report.n_symbols == MARKET.n_symbols and report.n_days == MARKET.n_days
     assert RegimeEvaluation.model_validate(json.loads(report.model_dump_json())) == report
+
+
+def test_cli_writes_the_same_report(report, tmp_path, capsys) -> None:
+    out = tmp_path / "regimes.json"
+    argv = ["evaluate-regimes", "--model", str(DEFAULT_MODEL_DIR), "--symbols", "6", "--days", "3", "--seed", "99"]
+    with pytest.raises(SystemExit) as err:  # a bar above the lowest recall fails the command, after the report
+        main([*argv, "--out", str(out), "--min-recall", "0.999"])
+    assert err.value.code == 2
+    assert "below --min-recall" in capsys.readouterr().err
+    written = RegimeEvaluation.model_validate(json.loads(out.read_text())["simulated"])
+    assert written == report.model_copy(update={"model_dir": str(DEFAULT_MODEL_DIR)})
 
 
 def test_mutual_information() -> None:

@@ -33,7 +33,7 @@ class RegimeClassifier(nn.Module):
         super().__init__()
         if input_dim < 1:
             raise ValueError(f"RegimeClassifier: input_dim must be >= 1, got {input_dim}")
-        # The labelling rules (conditioning.train.weak_labels) and the smoother's SSR/LULD override are
+        # The labels (conditioning/labels.py) and the smoother's SSR/LULD override are
         # defined for exactly these regimes; another count would have no meaning attached to its outputs.
         if num_regimes != len(REGIME_NAMES):
             raise ValueError(

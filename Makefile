@@ -33,10 +33,12 @@ demo: $(VENV)/.installed-demo
 # The Kafka tests run through testcontainers: the wrapper sets up a container API (podman where no Docker engine
 # answers), stops it afterwards, and falls back to the embedded broker, saying why, where it cannot.
 # System packages some tests need, from Debian's packages as root (at once when present): chromium for the day
-# report's browser test, promtool and the Prometheus server for tests/deploy.
+# report's browser test, promtool and the Prometheus server for tests/deploy, iproute2 (ip, ss) for the cluster
+# across two network namespaces (tests/kafka/test_cluster_hosts.py).
 test: lint
 	bash tests/install_browser.sh
 	bash tests/install_prometheus.sh
+	bash tests/install_debian.sh iproute2 ip ss
 	bash tests/with_container_api.sh $(BIN)/python -m pytest
 
 # Lint, format, then types (mypy with the pydantic plugin; settings in pyproject.toml).

@@ -36,8 +36,8 @@ demo: $(VENV)/.installed-demo
 # report's browser test, promtool and the Prometheus server for tests/deploy, iproute2 (ip, ss) for the cluster
 # across two network namespaces (tests/kafka/test_cluster_hosts.py).
 test: lint
-	bash tests/install_browser.sh
-	bash tests/install_prometheus.sh
+	bash tests/install_debian.sh chromium chromium
+	bash tests/install_debian.sh prometheus promtool prometheus
 	bash tests/install_debian.sh iproute2 ip ss
 	bash tests/with_container_api.sh $(BIN)/python -m pytest
 

@@ -306,8 +306,8 @@ def cmd_audit_leakage(args: argparse.Namespace) -> None:
     import numpy as np
 
     from conditioning.audit import audit_leakage
-    from conditioning.features.ssr_luld import trading_date
     from schemas.records import ContextRecord
+    from schemas.session import trading_date
 
     with open(args.contexts, "rb") as f:
         records = [ContextRecord.model_validate_json(line) for line in f if line.strip()]

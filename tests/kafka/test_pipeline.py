@@ -23,7 +23,6 @@ import torch
 import yaml
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from conditioning.features.ssr_luld import session_day, trading_date
 from conditioning.rag import PatternRAG
 from conditioning.sim.market import MarketConfig, simulate_market
 from flows.broker import free_port
@@ -35,6 +34,7 @@ from flows.producer import produce_table, table_ticks
 from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
 from flows.runner import run_process
 from schemas.records import ContextRecord, DeadLetter
+from schemas.session import session_day, trading_date
 from schemas.ticks import decode_tick
 
 from .conftest import BASE, contexts_of, make_config, read_topic

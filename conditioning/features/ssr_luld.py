@@ -79,8 +79,9 @@ _WINDOW_S = LULD_REFERENCE_WINDOW_NS // _NS_PER_S
 #: docs/reference.md: the Plan's "pro-forma reference price" rule as commonly described).
 REFERENCE_MOVE_THRESHOLD = 0.01
 
-#: The bands double in the first 15 minutes of the session and, for most stocks, in its last 25 (LULD Plan,
-#: Appendix A): 09:30-09:45 and 15:35-16:00 ET, 12:35-13:00 on an early close.
+#: The bands double in the first 15 minutes of the session and, for most stocks, in its last 25: 09:30-09:45
+#: and 15:35-16:00 ET, 12:35-13:00 on an early close (docs/reference.md, LULD Plan; the early-close case is
+#: marked unconfirmed there).
 _OPEN_DOUBLING_NS = 15 * 60 * _NS_PER_S
 _CLOSE_DOUBLING_NS = 25 * 60 * _NS_PER_S
 _NEVER = 2**63  # "no deadline": later than any int64 ns timestamp

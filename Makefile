@@ -33,10 +33,12 @@ demo: $(VENV)/.installed-demo
 # The Kafka tests run through testcontainers: the wrapper sets up a container API (podman where no Docker engine
 # answers), stops it afterwards, and falls back to the embedded broker, saying why, where it cannot.
 # System packages some tests need, from Debian's packages as root (at once when present): chromium for the day
-# report's browser test, promtool and the Prometheus server for tests/deploy.
+# report's browser test, promtool and the Prometheus server for tests/deploy, iproute2 (ip, ss) for the cluster
+# across two network namespaces (tests/kafka/test_cluster_hosts.py).
 test: lint
-	bash tests/install_browser.sh
-	bash tests/install_prometheus.sh
+	bash tests/install_debian.sh chromium chromium
+	bash tests/install_debian.sh prometheus promtool prometheus
+	bash tests/install_debian.sh iproute2 ip ss
 	bash tests/with_container_api.sh $(BIN)/python -m pytest
 
 # Lint, format, then types (mypy with the pydantic plugin; settings in pyproject.toml).
@@ -61,7 +63,7 @@ model: $(VENV)/.installed-demo
 	$(BIN)/hrmcond build-patterns --features $(MODEL_WORK)/features.jsonl --model $(MODEL_DIR)
 
 # Every benchmark writes its figures to benchmarks/results/<name>.json (minutes each; not part of `make test`).
-BENCHMARKS := feature_throughput models_latency pipeline_latency state_memory one_off_symbols
+BENCHMARKS := feature_throughput models_latency pipeline_latency state_memory one_off_symbols session_clock
 bench: $(VENV)/.installed-test
 	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py || exit 1; done
 

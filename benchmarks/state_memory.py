@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 from results_file import write_results
 
-from conditioning.features.ssr_luld import session_day
 from conditioning.features.state import SymbolFeatures
 from conditioning.sim.market import MarketConfig, simulate_market
 from flows.bars import SymbolState, feature_params
 from flows.config import PipelineConfig
+from schemas.session import session_day
 
 ROOT = Path(__file__).resolve().parents[1]
 COMFORT_RAM_SHARE = 0.10

@@ -21,6 +21,7 @@ from conditioning.features.types import Pattern
 from schemas.layout import SsrLuldState
 from schemas.records import FeatureRecord
 from schemas.reference import ReferenceRow
+from schemas.session import trading_date
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,6 @@ class FeatureTable:
     @property
     def episode(self) -> np.ndarray:
         """Episode id per row: symbol and New York trading date (what leakage audits treat as a 'puzzle')."""
-        from conditioning.features.ssr_luld import trading_date
-
         return np.array([f"{s}@{trading_date(int(t))}" for s, t in zip(self.symbol, self.window_end_ns, strict=True)])
 
 

@@ -40,12 +40,11 @@ from pydantic import BaseModel
 from conditioning.artifacts import LoadedModel, load_model
 from conditioning.audit import cohen_kappa
 from conditioning.datasets import FeatureTable, features_of_ticks
-from conditioning.features.ssr_luld import trading_date
 from conditioning.features.state import FeatureParams
 from conditioning.labels import PLANTED, EvidenceRules, lookback_ns, planted_coverage, restriction_labels
 from conditioning.regime import REGIME_INDEX, REGIME_NAMES
 from conditioning.sim.market import SimulatedMarket
-from schemas.session import new_york_ns
+from schemas.session import new_york_ns, trading_date
 
 #: Truth classes, in the confusion matrix's row order, and the regime the classifier should name for each.
 EXPECTED: dict[str, str] = {**PLANTED, "ssr": "ssr_active", "luld": "luld_active"}

@@ -51,13 +51,14 @@ from dataclasses import dataclass, field
 
 from bytewax.operators import StatefulLogic
 
-from conditioning.features.ssr_luld import SsrLuldInputError, session_day, trading_date
+from conditioning.features.ssr_luld import SsrLuldInputError
 from conditioning.features.state import BarFeatures, FeatureParams, SymbolFeatures
 from conditioning.features.types import Pattern
 from flows.config import PipelineConfig
 from flows.metrics import METRICS
 from schemas.layout import SsrLuldState
 from schemas.records import DeadLetter
+from schemas.session import session_at, trading_date
 from schemas.ticks import Quote, Reference, Status, Trade, encode_tick
 
 Tick = Trade | Quote | Reference | Status
@@ -114,6 +115,7 @@ def feature_params(cfg: PipelineConfig) -> FeatureParams:
         pattern_bars=cfg.pattern_bars,
         pattern_horizon_bars=cfg.pattern_horizon_bars,
         baseline_halflife_bars=cfg.baseline_halflife_bars,
+        calendar=cfg.session.calendar,
     )
 
 
@@ -153,6 +155,7 @@ class SymbolLogic(StatefulLogic):
         self.bar_ns = cfg.bar_ms * 1_000_000
         self.lateness_ns = cfg.allowed_lateness_ms * 1_000_000
         self.ahead_ns = cfg.max_ahead_ms * 1_000_000
+        self.calendar = cfg.session.calendar
         #: Built on the first item (Bytewax's builder is not told the key), or restored from a snapshot.
         self.state = state
 
@@ -339,7 +342,7 @@ class SymbolLogic(StatefulLogic):
         nxt = end_ns + self.bar_ns
         if not self.cfg.session.regular_hours_only:
             return nxt
-        day = session_day(trading_date(nxt - 1), self.cfg.session.holidays)
+        day = session_at(nxt - 1, self.calendar)
         if day.open_ns < nxt < day.close_ns + self.bar_ns:
             return nxt
         return 0  # the session is over: the next in-session tick opens a new bar
@@ -350,8 +353,7 @@ class SymbolLogic(StatefulLogic):
         near -28 against -14 in session) is not an outcome to retrieve."""
         if not self.cfg.session.regular_hours_only:
             return matured
-        holidays = self.cfg.session.holidays
-        return [p for p in matured if p.outcome_end_ns <= session_day(trading_date(p.end_ns - 1), holidays).close_ns]
+        return [p for p in matured if p.outcome_end_ns <= session_at(p.end_ns - 1, self.calendar).close_ns]
 
     def _apply(self, tick: Tick, out: list) -> None:
         try:
@@ -379,7 +381,7 @@ class SymbolLogic(StatefulLogic):
             )
             return
         if self.cfg.session.regular_hours_only:
-            day = session_day(trading_date(tick.ts_ns), self.cfg.session.holidays)
+            day = session_at(tick.ts_ns, self.calendar)
             if not day.open_ns <= tick.ts_ns < day.close_ns:
                 METRICS.ticks_outside_session.inc()
                 return

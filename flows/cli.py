@@ -67,7 +67,7 @@ def _config(args: argparse.Namespace):
 def cmd_replay(args: argparse.Namespace) -> None:
     from conditioning.artifacts import verify_model
     from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
-    from flows.runner import run_process, spawn_cluster
+    from flows.runner import cluster_addresses, run_process, spawn_cluster
 
     if args.out is None and args.features_out is None:
         raise HrmcondError("give --out (contexts) and/or --features-out (feature records)")
@@ -78,13 +78,13 @@ def cmd_replay(args: argparse.Namespace) -> None:
         verify_model(cfg.model.dir, cfg.conditioning)
     table, reference = load_input(args)
     n_ticks = table.num_rows + len(reference)
-    if args.processes > 1 and args.process_id is None:
+    addresses = cluster_addresses(args.process_id, args.addresses, args.processes)
+    if args.processes > 1 and addresses is None:
         spawn_cluster(sys.argv[1:], args.processes)
     else:
         name = str(args.ticks or args.trades or args.lobster)
         flow = build_replay_flow(cfg, table, reference, outputs, source_name=name)
         log.info("replaying %d ticks, %d reference rows", table.num_rows, len(reference))
-        addresses = args.addresses.split(";") if args.addresses else None
         run_process(flow, process_id=args.process_id or 0, addresses=addresses)
         if addresses is not None:
             return  # the parent merges once every worker is done
@@ -103,15 +103,17 @@ def cmd_run(args: argparse.Namespace) -> None:
     from conditioning.artifacts import verify_model
     from flows.lifecycle import STOP
     from flows.live import build_live_flow
-    from flows.metrics import serve
-    from flows.runner import recovery_config, run_process, spawn_cluster
+    from flows.metrics import METRICS, serve, total
+    from flows.runner import cluster_addresses, recovery_config, run_process, spawn_cluster
 
+    addresses = cluster_addresses(args.process_id, args.addresses, args.processes)
     cfg = _config(args)
     verify_model(cfg.model.dir, cfg.conditioning)  # before any worker starts (see cmd_replay)
     if args.recovery_dir is not None:
         cfg = cfg.model_copy(update={"recovery": cfg.recovery.model_copy(update={"dir": args.recovery_dir})})
-    recovery = recovery_config(cfg.recovery, max(1, args.processes))  # initialised once, before any worker
-    if args.processes > 1 and args.process_id is None:
+    # one store partition per worker process of the whole cluster; initialised once, before any local worker
+    recovery = recovery_config(cfg.recovery, len(addresses) if addresses else max(1, args.processes))
+    if args.processes > 1 and addresses is None:
         spawn_cluster(sys.argv[1:], args.processes)
         return
     if args.process_id and cfg.metrics.port is not None:  # one endpoint per worker process: port + process id
@@ -121,7 +123,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     serve(cfg.metrics)
     _stop_on_signals()
     flow = build_live_flow(cfg, until_eof=args.until_eof)
-    addresses = args.addresses.split(";") if args.addresses else None
+    if addresses is not None:
+        log.info("worker process %d of %d, at %s", args.process_id, len(addresses), addresses[args.process_id])
     log.info("consuming %s from %s", cfg.kafka.topics.ticks, cfg.kafka.bootstrap_servers)
     run_process(
         flow,
@@ -129,6 +132,13 @@ def cmd_run(args: argparse.Namespace) -> None:
         addresses=addresses,
         recovery=recovery,
         epoch_s=cfg.recovery.snapshot_interval_s if recovery else 1.0,
+    )
+    # this process's share of the work (in a cluster, each process reports its own)
+    log.info(
+        "done: %d ticks read, %d contexts and %d dead letters written",
+        total(METRICS.ticks),
+        total(METRICS.contexts),
+        total(METRICS.dead_letters),
     )
     if STOP.error is not None:
         raise STOP.error
@@ -182,7 +192,7 @@ def cmd_broker(args: argparse.Namespace) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with EmbeddedBroker(port=args.port, topics=topics, partitions=t.partitions) as broker:
+    with EmbeddedBroker(port=args.port, host=args.host, topics=topics, partitions=t.partitions) as broker:
         print(f"embedded Kafka-protocol broker (Tansu, in memory) at {broker.bootstrap_servers}", flush=True)
         print(f"topics: {', '.join(topics)} ({t.partitions} partitions); Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):
@@ -344,8 +354,8 @@ def cmd_audit_leakage(args: argparse.Namespace) -> None:
     import numpy as np
 
     from conditioning.audit import audit_leakage
-    from conditioning.features.ssr_luld import trading_date
     from schemas.records import ContextRecord
+    from schemas.session import trading_date
 
     with open(args.contexts, "rb") as f:
         records = [ContextRecord.model_validate_json(line) for line in f if line.strip()]
@@ -404,23 +414,47 @@ def build_parser() -> argparse.ArgumentParser:
     def cfg_arg(p):
         p.add_argument("--config", type=Path, help="YAML config (default: built-in defaults + HRMCOND__* env)")
 
-    def cluster_args(p):
-        p.add_argument("--processes", "-p", type=int, default=1, help="worker processes (scale-out)")
-        p.add_argument("--process-id", "-i", type=int, help=argparse.SUPPRESS)
-        p.add_argument("--addresses", "-a", help=argparse.SUPPRESS)
+    def cluster_args(p, across_hosts: bool):
+        p.add_argument(
+            "--processes", "-p", type=int, default=1, help="worker processes on this host, one worker each (scale-out)"
+        )
+        # replay's worker processes write part files that their parent merges: one host only
+        p.add_argument(
+            "--process-id",
+            "-i",
+            type=int,
+            help="across hosts: this process's index in --addresses (0 to N-1); start one process per address"
+            if across_hosts
+            else argparse.SUPPRESS,
+        )
+        p.add_argument(
+            "--addresses",
+            "-a",
+            help='across hosts: every process\'s "host:port", separated by ";", the same list on every host '
+            "(process i listens on entry i; the others must reach it there)"
+            if across_hosts
+            else argparse.SUPPRESS,
+        )
 
     p = sub.add_parser("replay", help="run the pipeline over tick files, deterministic JSONL output")
     add_input_args(p)
     cfg_arg(p)
-    cluster_args(p)
+    cluster_args(p, across_hosts=False)
     p.add_argument("--out", type=Path, help="contexts JSONL (omit with --features-out: features only, no model)")
     p.add_argument("--features-out", type=Path, help="feature records JSONL")
     p.add_argument("--dead-letters-out", type=Path, help="dead letters JSONL (default: beside --out)")
     p.set_defaults(fn=cmd_replay)
 
-    p = sub.add_parser("run", help="run the pipeline live against Kafka")
+    p = sub.add_parser(
+        "run",
+        help="run the pipeline live against Kafka",
+        description="Run the pipeline live against Kafka. On one host, --processes N starts N worker processes. "
+        "Across hosts, start one process per entry of --addresses, each with the same list and its own "
+        "--process-id: together they are one Bytewax cluster that shares out the ticks topic's partitions "
+        "(docs/operations.md, 'Scaling out').",
+    )
     cfg_arg(p)
-    cluster_args(p)
+    cluster_args(p, across_hosts=True)
     p.add_argument("--until-eof", action="store_true", help="stop once the ticks now in the topic are consumed")
     p.add_argument("--recovery-dir", type=Path, help="Bytewax recovery store (created when missing)")
     p.set_defaults(fn=cmd_run)
@@ -436,6 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="start an embedded Kafka-protocol broker for local work")
     cfg_arg(p)
     p.add_argument("--port", type=int, default=9092)
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on and advertise; clients on other hosts need one they reach (not 0.0.0.0)",
+    )
     p.set_defaults(fn=cmd_broker)
 
     p = sub.add_parser("demo", help="embedded broker + simulated day -> live pipeline -> summary")

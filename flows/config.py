@@ -15,7 +15,6 @@ YAML errors give the file, line, column and the problem.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from pydantic import Field, SecretStr, model_validator
 from conditioning.config import ConditioningConfig
 from conditioning.features.pattern import PATTERN_BARS
 from schemas.errors import ConfigError
+from schemas.session import NO_OVERRIDES, CalendarOverrides, SessionCalendar, session_calendar
 from schemas.strict import Strict, fixed_at
 from schemas.ticks import WireLimits
 
@@ -37,13 +37,19 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "conditioning" / "pret
 
 
 class SessionConfig(Strict):
-    """Which ticks count. Regular hours are 09:30-16:00 US/Eastern on weekdays not in ``holidays`` (the
-    session clock of ``conditioning.features.ssr_luld``: LULD and Rule 201 are defined on it). Ticks outside
-    are counted (``hrmcond_ticks_outside_session_total``), not processed."""
+    """Which ticks count. Regular hours are the exchange calendar's sessions, 09:30-16:00 ET on trading days
+    (13:00 on an early close; holidays and early closes from the maintained NYSE calendar, schemas/session.py):
+    the session clock LULD and Rule 201 are defined on. Ticks outside are counted
+    (``hrmcond_ticks_outside_session_total``), not processed."""
 
     regular_hours_only: bool = True
-    #: Exchange holidays (no built-in calendar): dates on which no regular session is held.
-    holidays: tuple[dt.date, ...] = ()
+    #: Days the calendar library does not know (yet): unscheduled closures and extra early closes.
+    overrides: CalendarOverrides = NO_OVERRIDES
+
+    @property
+    def calendar(self) -> SessionCalendar:
+        """The exchange calendar amended by ``overrides`` (one shared instance per process)."""
+        return session_calendar(self.overrides)
 
 
 class PipelineConfig(Strict):

@@ -55,6 +55,11 @@ def sample(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
+def total(counter: Counter) -> float:
+    """A counter's count in this process, summed over its labels."""
+    return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
+
+
 def serve(cfg: MetricsConfig) -> WSGIServer | None:
     """Start the exposition endpoint on ``cfg.host:cfg.port`` in a daemon thread (None when no port is set)."""
     if cfg.port is None:

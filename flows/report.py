@@ -30,9 +30,10 @@ import numpy as np
 from pydantic import BaseModel
 
 from flows.summary import by_symbol, fail_open_rate, regime_change_rates, ssr_luld_events
-from flows.svg import Band, Series, TimeAxis, bar_chart, et, lanes_chart, line_chart
+from flows.svg import Band, Series, TimeAxis, bar_chart, lanes_chart, line_chart
 from schemas.errors import HrmcondError
 from schemas.records import ContextRecord, DeadLetter, FeatureRecord
+from schemas.session import new_york_time
 
 #: Band colours per regime (``conditioning.regime.REGIME_NAMES``; a test keeps the two in step). Light, so the
 #: price line stays readable on top; "normal" nearly white, so the unusual regimes stand out.
@@ -153,7 +154,7 @@ def volatility(features: Sequence[FeatureRecord]) -> list[Series]:
 
 
 def _hm(t_ns: int) -> str:
-    return et(t_ns).strftime("%H:%M")
+    return new_york_time(t_ns).strftime("%H:%M")
 
 
 def _slug(i: int, symbol: str) -> str:
@@ -214,7 +215,9 @@ def symbol_section(
         [("SSR/LULD:", ""), *SSR_LULD_COLOURS.items(), ("RAG:", ""), *RAG_COLOURS.items()],
         [(t, f"{_hm(t)} ET {a} -> {b}") for t, a, b in events],
     )
-    rows = "".join(f"<tr><td>{et(t):%Y-%m-%d %H:%M} ET</td><td>{a}</td><td>{b}</td></tr>" for t, a, b in events)
+    rows = "".join(
+        f"<tr><td>{new_york_time(t):%Y-%m-%d %H:%M} ET</td><td>{a}</td><td>{b}</td></tr>" for t, a, b in events
+    )
     event_table = (
         f"<table><tr><th>bar end</th><th>from</th><th>to</th></tr>{rows}</table>"
         if events
@@ -277,7 +280,7 @@ def render(day: Day) -> str:
     ends = {s: [r.window_end_ns for r in contexts.get(s) or features[s]] for s in symbols}
     bar_ns = bar_length_ns(ends)
     axis = TimeAxis.over([(e - bar_ns, e) for v in ends.values() for e in v])
-    dates = [f"{et(s):%a %Y-%m-%d}" for s, _ in axis.days]
+    dates = [f"{new_york_time(s):%a %Y-%m-%d}" for s, _ in axis.days]
     rates = regime_change_rates(contexts)
     regime_rate = (
         f"max {max(rates):.1%}, mean {np.mean(rates):.1%} of bars per symbol-day (budget 5%)"

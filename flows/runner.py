@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,38 @@ def run_process(
         epoch_interval=timedelta(seconds=epoch_s),
         recovery_config=recovery,
     )
+
+
+#: One entry of ``--addresses``: a host name, an IPv4 address or a bracketed IPv6 one, and a port.
+_HOST_PORT = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})")
+
+
+def cluster_addresses(process_id: int | None, addresses: str | None, processes: int) -> list[str] | None:
+    """The cluster this process belongs to, from ``--process-id i --addresses "h0:p0;h1:p1;..."`` (Bytewax's
+    settings: one worker per process, process ``i`` listens on entry ``i``); None without them.
+
+    Every process of a cluster is given the same list in the same order, so a mistake here (a missing index,
+    one list longer than another) would leave the others waiting for a peer that never comes: refused at once.
+    """
+    if (process_id is None) != (addresses is None):
+        raise HrmcondError("--process-id and --addresses go together: this process's index in the address list")
+    if addresses is None or process_id is None:
+        return None
+    entries = [a.strip() for a in addresses.split(";")]
+    for entry in entries:
+        match = _HOST_PORT.fullmatch(entry)
+        if match is None or not 0 < int(match[1]) < 65536:
+            raise HrmcondError(f"--addresses: {entry!r} is not host:port (entries are separated by ';')")
+    if len(set(entries)) != len(entries):
+        raise HrmcondError(f"--addresses: an address is listed twice: {addresses}")
+    if not 0 <= process_id < len(entries):
+        raise HrmcondError(f"--process-id {process_id} is not an index of the {len(entries)} --addresses (0 to N-1)")
+    if processes > 1 and processes != len(entries):
+        raise HrmcondError(
+            f"--processes {processes} with {len(entries)} --addresses: across hosts, start one process per address "
+            "with --process-id and --addresses only"
+        )
+    return entries
 
 
 def spawn_cluster(argv: list[str], processes: int) -> None:

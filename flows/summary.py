@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date
 
 import numpy as np
 
 from schemas.records import FAILED_OPEN, ContextRecord, DeadLetter, FeatureRecord
-from schemas.session import NEW_YORK
+from schemas.session import new_york_time, trading_date
 
 
 def _et(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / 1e9, tz=NEW_YORK).strftime("%Y-%m-%d %H:%M")
+    return new_york_time(ts_ns).strftime("%Y-%m-%d %H:%M")
 
 
 def by_symbol(contexts: list[ContextRecord]) -> dict[str, list[ContextRecord]]:
@@ -33,9 +33,9 @@ def regime_change_rates(symbols: dict[str, list[ContextRecord]]) -> list[float]:
     """Regime changes per bar, one rate per symbol and ET day (the 5% budget applies to each)."""
     rates = []
     for recs in symbols.values():
-        days: dict[str, list[str | None]] = {}
+        days: dict[date, list[str | None]] = {}
         for c in recs:
-            days.setdefault(_et(c.window_end_ns)[:10], []).append(c.regime)
+            days.setdefault(trading_date(c.window_end_ns), []).append(c.regime)
         rates += [sum(a != b for a, b in zip(r, r[1:], strict=False)) / len(r) for r in days.values()]
     return rates
 

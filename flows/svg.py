@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, timedelta
 from html import escape
 
-from schemas.session import NEW_YORK
+from schemas.session import new_york_time, trading_date
 
 WIDTH = 960
 LEFT, RIGHT, TOP, BOTTOM = 70, 16, 30, 40
@@ -33,9 +33,9 @@ class TimeAxis:
     @classmethod
     def over(cls, spans: Sequence[tuple[int, int]]) -> TimeAxis:
         """The axis covering ``(start_ns, end_ns)`` spans (bars), one segment per ET date."""
-        by_day: dict[str, list[int]] = {}
+        by_day: dict[date, list[int]] = {}
         for start, end in spans:
-            by_day.setdefault(et(start).strftime("%Y-%m-%d"), []).extend((start, end))
+            by_day.setdefault(trading_date(start), []).extend((start, end))
         return cls(tuple((min(v), max(v)) for _, v in sorted(by_day.items())))
 
     @property
@@ -57,20 +57,15 @@ class TimeAxis:
         out = []
         for start, end in self.days:
             step = next((m for m in TICK_MINUTES if m * 6e10 * self._scale >= 60), TICK_MINUTES[-1])
-            out.append((self.x(start), et(start).strftime("%a %d %b")))
-            midnight = et(start).replace(hour=0, minute=0, second=0, microsecond=0)
+            out.append((self.x(start), new_york_time(start).strftime("%a %d %b")))
+            midnight = new_york_time(start).replace(hour=0, minute=0, second=0, microsecond=0)
             minute = (int((start - midnight.timestamp() * 1e9) // 6e10) // step + 1) * step
             while (ns := int((midnight + timedelta(minutes=minute)).timestamp() * 1e9)) <= end:
                 # room for the date label at the day's start and for the next day's at its end
                 if self.x(ns) - self.x(start) > 90 and self.x(end) - self.x(ns) > 20:
-                    out.append((self.x(ns), et(ns).strftime("%H:%M")))
+                    out.append((self.x(ns), new_york_time(ns).strftime("%H:%M")))
                 minute += step
         return out
-
-
-def et(ts_ns: int) -> datetime:
-    """Event time (ns) as an ET datetime."""
-    return datetime.fromtimestamp(ts_ns / 1e9, tz=NEW_YORK)
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:

@@ -2,9 +2,8 @@
 
 Pure Python (no numpy needed, no Bytewax/Kafka/torch). Two layers:
 
-* pure functions of the rules: :func:`luld_percentage`, :func:`luld_bands`, :func:`ssr_trigger_price` and the
-  session clock :func:`regular_session`, :func:`trading_date`, :func:`next_trading_day` (US/Eastern through
-  :mod:`zoneinfo`, so DST is the tz database's business, not ours);
+* pure functions of the rules: :func:`luld_percentage`, :func:`luld_bands`, :func:`ssr_trigger_price`, on the
+  session clock of :mod:`schemas.session` (the exchange calendar: holidays, early closes, DST);
 * :class:`SsrLuldTracker`, an event-time state machine fed with reference data, consolidated last sales, NBBO
   quotes and feed status messages, whose :meth:`SsrLuldTracker.state_at` yields the 4-state categorical
   :class:`~schemas.layout.SsrLuldState` used in the regime feature vector.
@@ -16,12 +15,12 @@ Address Extraordinary Market Volatility, "LULD Plan", luldplan.com):
   (a decline of exactly 10% triggers). It is in effect for the rest of that trading date and the whole next
   trading date, and re-triggers (a trigger on the carry-over day extends it by another day). "Day" means the
   US/Eastern calendar date, so the restriction also covers extended hours; expiry is at midnight ET.
-* **LULD** applies in regular hours only (09:30-16:00 ET). Bands are ``reference -/+ half width`` with the
-  percentage from :func:`luld_percentage`. The reference price is the arithmetic mean of the trades of the
-  preceding 5 minutes, the first of the day (and after a pause or halt) the opening (reopening) trade, and it
-  only moves when the new mean differs from the one in effect by >= 1%. A **limit state** holds while the NBB
-  is at (or above) the upper band or the NBO at (or below) the lower band; if it is not left within 15 s a
-  5-minute **trading pause** follows.
+* **LULD** applies in regular hours only (09:30-16:00 ET, 13:00 on an early close). Bands are
+  ``reference -/+ half width`` with the percentage from :func:`luld_percentage`. The reference price is the
+  arithmetic mean of the trades of the preceding 5 minutes, the first of the day (and after a pause or halt)
+  the opening (reopening) trade, and it only moves when the new mean differs from the one in effect by >= 1%.
+  A **limit state** holds while the NBB is at (or above) the upper band or the NBO at (or below) the lower
+  band; if it is not left within 15 s a 5-minute **trading pause** follows.
 * **Precedence**: HALTED > LULD_LIMIT > SSR_ACTIVE > NORMAL. SSR keeps running underneath a limit state or a
   halt (:attr:`SsrLuldTracker.ssr_in_effect`), but the categorical shows the highest state only.
 
@@ -30,17 +29,16 @@ Time is int nanoseconds since the Unix epoch (UTC) everywhere; prices are USD.
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 from collections import deque
-from collections.abc import Callable, Collection
-from datetime import date, datetime, time, timedelta
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
 from typing import Literal, NamedTuple
 
 from schemas.errors import HrmcondError
 from schemas.layout import SsrLuldState
-from schemas.session import NEW_YORK, REGULAR_CLOSE, REGULAR_OPEN
+from schemas.session import XNYS, SessionCalendar, SessionDay, next_trading_day, session_at, session_day
 
 __all__ = [
     "BAND_TOLERANCE_USD",
@@ -49,18 +47,13 @@ __all__ = [
     "REFERENCE_MOVE_THRESHOLD",
     "TRADING_PAUSE_NS",
     "OutOfOrderError",
-    "SessionDay",
     "SsrLuldEvent",
     "SsrLuldEventKind",
     "SsrLuldInputError",
     "SsrLuldTracker",
     "luld_bands",
     "luld_percentage",
-    "next_trading_day",
-    "regular_session",
-    "session_day",
     "ssr_trigger_price",
-    "trading_date",
 ]
 
 _NS_PER_S = 1_000_000_000
@@ -86,8 +79,11 @@ _WINDOW_S = LULD_REFERENCE_WINDOW_NS // _NS_PER_S
 #: docs/reference.md: the Plan's "pro-forma reference price" rule as commonly described).
 REFERENCE_MOVE_THRESHOLD = 0.01
 
-_OPEN_DOUBLING_END = time(9, 45)
-_CLOSE_DOUBLING_START = time(15, 35)
+#: The bands double in the first 15 minutes of the session and, for most stocks, in its last 25: 09:30-09:45
+#: and 15:35-16:00 ET, 12:35-13:00 on an early close (docs/reference.md, LULD Plan; the early-close case is
+#: marked unconfirmed there).
+_OPEN_DOUBLING_NS = 15 * 60 * _NS_PER_S
+_CLOSE_DOUBLING_NS = 25 * 60 * _NS_PER_S
 _NEVER = 2**63  # "no deadline": later than any int64 ns timestamp
 
 SsrLuldEventKind = Literal[
@@ -118,78 +114,6 @@ class SsrLuldEvent(NamedTuple):
     symbol: str
     kind: SsrLuldEventKind
     detail: str
-
-
-class SessionDay(NamedTuple):
-    """Boundaries of one US/Eastern calendar date, in ns since the epoch (half-open intervals).
-
-    On a non-trading date (weekend, given holiday) the regular session is empty: ``open_ns == close_ns``.
-    """
-
-    day: date
-    start_ns: int  # 00:00 ET
-    end_ns: int  # 00:00 ET of the next calendar date
-    open_ns: int  # 09:30 ET
-    open_doubling_end_ns: int  # 09:45 ET
-    close_doubling_start_ns: int  # 15:35 ET
-    close_ns: int  # 16:00 ET
-
-
-# --------------------------------------------------------------------------------------------------- clock
-
-
-def _ns_at(day: date, wall: time) -> int:
-    return int(datetime.combine(day, wall, tzinfo=NEW_YORK).timestamp()) * _NS_PER_S
-
-
-def _is_trading_day(day: date, holidays: Collection[date]) -> bool:
-    return day.weekday() < 5 and day not in holidays
-
-
-@functools.lru_cache(maxsize=4096)
-def _session_day_cached(day: date, holidays: frozenset[date]) -> SessionDay:
-    start = _ns_at(day, time(0, 0))
-    end = _ns_at(day + timedelta(days=1), time(0, 0))
-    if not _is_trading_day(day, holidays):
-        return SessionDay(day, start, end, start, start, start, start)
-    return SessionDay(
-        day,
-        start,
-        end,
-        _ns_at(day, REGULAR_OPEN),
-        _ns_at(day, _OPEN_DOUBLING_END),
-        _ns_at(day, _CLOSE_DOUBLING_START),
-        _ns_at(day, REGULAR_CLOSE),
-    )
-
-
-def session_day(day: date, holidays: Collection[date] = frozenset()) -> SessionDay:
-    """Session boundaries of the US/Eastern date ``day`` (cached: the tracker calls this once per date).
-
-    ``holidays``: exchange holidays to treat as non-trading dates. This module has no built-in exchange
-    calendar; without it every weekday counts as a trading day. Early closes (13:00) are not modelled.
-    """
-    return _session_day_cached(day, frozenset(holidays))
-
-
-def trading_date(ts_ns: int) -> date:
-    """The US/Eastern calendar date of ``ts_ns`` (ns since the epoch), on which SSR and reference data key."""
-    seconds = _check_ts(ts_ns) // _NS_PER_S
-    return datetime.fromtimestamp(seconds, tz=NEW_YORK).date()
-
-
-def regular_session(ts_ns: int, holidays: Collection[date] = frozenset()) -> bool:
-    """Whether ``ts_ns`` lies in the regular session, 09:30 <= t < 16:00 US/Eastern, on a trading date."""
-    day = session_day(trading_date(ts_ns), holidays)
-    return day.open_ns <= ts_ns < day.close_ns
-
-
-def next_trading_day(day: date, holidays: Collection[date] = frozenset()) -> date:
-    """The first trading date after ``day`` (skips weekends and the given ``holidays``)."""
-    nxt = day + timedelta(days=1)
-    while not _is_trading_day(nxt, holidays):
-        nxt += timedelta(days=1)
-    return nxt
 
 
 # --------------------------------------------------------------------------------------------------- rules
@@ -244,9 +168,12 @@ def luld_percentage(prev_close: float, tier: int) -> tuple[float, float | None]:
     return 0.75, 0.15
 
 
-def _closing_doubling_applies(prev_close: float, tier: int) -> bool:
-    # Tier 2 stocks above $3.00 keep their 10% until the close (see luld_bands).
-    return not (tier == 2 and prev_close > 3.0)
+def _doubled(day: SessionDay, ts_ns: int, prev_close: float, tier: int) -> bool:
+    """Whether the bands are doubled at ``ts_ns`` of the session ``day`` (see :func:`luld_bands`)."""
+    if ts_ns < day.open_ns + _OPEN_DOUBLING_NS:
+        return True
+    # Tier 2 stocks above $3.00 keep their 10% until the close.
+    return ts_ns >= day.close_ns - _CLOSE_DOUBLING_NS and not (tier == 2 and prev_close > 3.0)
 
 
 def _band_pair(reference: float, fraction: float, cap: float | None, doubled: bool) -> tuple[float, float]:
@@ -258,16 +185,19 @@ def _band_pair(reference: float, fraction: float, cap: float | None, doubled: bo
     return max(reference - half, 0.0), reference + half
 
 
-def luld_bands(reference_price: float, prev_close: float, tier: int, ts_ns: int) -> tuple[float, float]:
-    """LULD ``(lower, upper)`` price bands in USD at ``ts_ns`` (a time in the regular session).
+def luld_bands(
+    reference_price: float, prev_close: float, tier: int, ts_ns: int, calendar: SessionCalendar = XNYS
+) -> tuple[float, float]:
+    """LULD ``(lower, upper)`` price bands in USD at ``ts_ns`` (a time in the regular session of ``calendar``).
 
     ``band = reference -/+ min(fraction * reference, cap)`` with ``(fraction, cap)`` from
     :func:`luld_percentage` (prior close and tier). The fraction and the cap are doubled:
 
-    * 09:30 <= t < 09:45 ET for every stock (opening doubling);
-    * 15:35 <= t < 16:00 ET for Tier 1 and for Tier 2 stocks with a prior close <= $3.00, but *not* for Tier 2
-      stocks above $3.00. This follows the Plan as amended in 2013 (we believe the Fifth Amendment, SEC
-      Release 34-70530); docs/reference.md marks the amendment as unconfirmed, so treat this branch as unconfirmed.
+    * in the first 15 minutes of the session, 09:30 <= t < 09:45 ET, for every stock (opening doubling);
+    * in the last 25 minutes, 15:35 <= t < 16:00 ET (12:35-13:00 on an early close), for Tier 1 and for Tier 2
+      stocks with a prior close <= $3.00, but *not* for Tier 2 stocks above $3.00. This follows the Plan as
+      amended in 2013 (we believe the Fifth Amendment, SEC Release 34-70530); docs/reference.md marks the
+      amendment as unconfirmed, so treat this branch as unconfirmed.
 
     The lower band is clamped at 0. Bands are not rounded to the penny (the SIP does; see
     :data:`BAND_TOLERANCE_USD`). Raises :class:`SsrLuldInputError` outside the regular session, where LULD
@@ -276,15 +206,13 @@ def luld_bands(reference_price: float, prev_close: float, tier: int, ts_ns: int)
     _check_price("reference_price", reference_price)
     fraction, cap = luld_percentage(prev_close, tier)
     ts_ns = _check_ts(ts_ns)
-    day = session_day(trading_date(ts_ns))
+    day = session_at(ts_ns, calendar)
     if not day.open_ns <= ts_ns < day.close_ns:
         raise SsrLuldInputError(
-            f"no LULD bands outside the regular session (09:30-16:00 ET on a weekday): ts_ns={ts_ns}"
+            f"no LULD bands outside the regular session (09:30-16:00 ET on a trading day, 13:00 on an early close): "
+            f"ts_ns={ts_ns}"
         )
-    doubled = ts_ns < day.open_doubling_end_ns or (
-        ts_ns >= day.close_doubling_start_ns and _closing_doubling_applies(prev_close, tier)
-    )
-    return _band_pair(reference_price, fraction, cap, doubled)
+    return _band_pair(reference_price, fraction, cap, _doubled(day, ts_ns, prev_close, tier))
 
 
 # --------------------------------------------------------------------------------------------------- tracker
@@ -302,7 +230,9 @@ class SsrLuldTracker:
     :meth:`on_trade` (consolidated last sales, already filtered to eligible trades: the tracker sees no sale
     conditions), :meth:`on_quote` (NBBO) and :meth:`on_status` (feed-provided status). :meth:`state_at` gives
     the categorical state and applies the time-driven transitions (15 s limit timeout, pause end, session
-    close, date roll) that fall due up to that time; every ``on_*`` call applies them too.
+    close, date roll) that fall due up to that time; every ``on_*`` call applies them too. Sessions, trading
+    dates and closes are those of ``calendar`` (:mod:`schemas.session`: the exchange's, with the config's
+    overrides).
 
     Documented choices:
 
@@ -319,7 +249,7 @@ class SsrLuldTracker:
       counts too); re-evaluated on every quote and whenever the bands move. A side given as 0 or NaN is
       absent (one-sided NBBO). A quote that leaves the band strictly before 15 s ends it; at exactly 15 s the
       pause has already begun. A pause lasts exactly 5 minutes, then LULD restarts from the reopening trade.
-      The session close (16:00 ET) ends any limit state or computed pause.
+      The session close (16:00 ET, 13:00 on an early close) ends any limit state or computed pause.
     * **Feed status overrides computed state while in effect** (``on_status``; ``None`` = no information):
       ``halted=True`` (any regulatory halt) is HALTED until ``halted=False``, across dates if need be;
       ``luld_pause=True`` is a LULD pause that only ``luld_pause=False`` or the date roll ends (the listing
@@ -340,13 +270,13 @@ class SsrLuldTracker:
         self,
         symbol: str,
         *,
-        holidays: Collection[date] = frozenset(),
+        calendar: SessionCalendar = XNYS,
         on_event: Callable[[SsrLuldEvent], None] | None = None,
     ) -> None:
         if not isinstance(symbol, str) or not symbol:
             raise SsrLuldInputError(f"symbol must be a non-empty str, got {symbol!r}")
         self.symbol = symbol
-        self._holidays = frozenset(holidays)
+        self._calendar = calendar
         self._references: dict[date, _Reference] = {}
         self._on_event = on_event
         self._last_ts = -_NEVER
@@ -578,7 +508,7 @@ class SsrLuldTracker:
     def _roll(self, now_ns: int) -> None:
         """Move to the trading date of ``now_ns``: expire or carry over SSR, reset the day's LULD state."""
         previous = self._day
-        self._day = session_day(trading_date(now_ns), self._holidays)
+        self._day = session_at(now_ns, self._calendar)
         today = self._day.day
         self._references = {d: r for d, r in self._references.items() if d >= today}
         reference = self._references.get(today)
@@ -595,7 +525,7 @@ class SsrLuldTracker:
             self._emit(self._day.start_ns, "ssr_carryover", f"in effect through {self._ssr_until}")
         elif was_in_effect and previous is not None:
             assert self._ssr_until is not None  # the computed restriction was in effect until it
-            expired_at = session_day(self._ssr_until + timedelta(days=1), self._holidays).start_ns
+            expired_at = session_day(self._ssr_until + timedelta(days=1), self._calendar).start_ns
             self._emit(expired_at, "ssr_expire", f"was in effect through {self._ssr_until}")
         if self._pause_end_ns is not None:  # only a feed pause can still hold here
             self._end_pause(self._day.start_ns, "date roll")
@@ -616,7 +546,7 @@ class SsrLuldTracker:
     def _trigger_ssr(self, ts_ns: int, price: float) -> None:
         assert self._day is not None and self._reference is not None  # a trigger needs the day's reference data
         today = self._day.day
-        until = next_trading_day(today, self._holidays)
+        until = next_trading_day(today, self._calendar)
         retrigger = self._ssr_computed_today
         self._ssr_until = until if self._ssr_until is None else max(self._ssr_until, until)
         self._ssr_triggered_today = True
@@ -666,13 +596,8 @@ class SsrLuldTracker:
             self._evaluate_limit(ts_ns)
 
     def _doubled(self, ts_ns: int) -> bool:
-        day = self._day
-        assert day is not None  # the first event rolled to its date
-        if ts_ns < day.open_doubling_end_ns:
-            return True
-        reference = self._reference
-        assert reference is not None  # computed bands exist only with the day's reference data
-        return ts_ns >= day.close_doubling_start_ns and _closing_doubling_applies(reference.prev_close, reference.tier)
+        assert self._day is not None and self._reference is not None  # computed bands need the day's reference
+        return _doubled(self._day, ts_ns, self._reference.prev_close, self._reference.tier)
 
     def _update_computed_bands(self, ts_ns: int) -> None:
         assert self._ref_price is not None  # called once a (re)opening trade set it
@@ -683,7 +608,7 @@ class SsrLuldTracker:
         if self._feed_bands is not None:
             return self._feed_bands
         if self._bands_computed is not None and self._doubled(ts_ns) != self._bands_doubled:
-            self._update_computed_bands(ts_ns)  # crossed 09:45 or 15:35 since the last trade
+            self._update_computed_bands(ts_ns)  # crossed into or out of a doubling window since the last trade
         return self._bands_computed
 
     def _evaluate_limit(self, ts_ns: int) -> None:

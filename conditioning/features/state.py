@@ -55,6 +55,7 @@ from conditioning.features.ssr_luld import SsrLuldTracker
 from conditioning.features.types import Pattern
 from conditioning.features.volume_profile import volume_at_price
 from schemas.layout import LEVEL_FEATURES, PATTERN_DIM, SsrLuldState
+from schemas.session import XNYS, SessionCalendar
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,7 @@ class FeatureParams:
     - ``quote_stale_ns``: a quote older than this neither accrues time weight nor prices a trade.
     - ``baseline_halflife_bars``: half-life of the per-symbol level baselines (features/baseline.py); the
       default, 1,950 one-minute bars, is five regular sessions.
+    - ``calendar``: the exchange calendar the SSR/LULD rules run on (schemas/session.py).
     """
 
     bar_ns: int = 60_000_000_000
@@ -80,6 +82,7 @@ class FeatureParams:
     min_returns: int = DEFAULT_MIN_RETURNS
     quote_stale_ns: int = 300_000_000_000
     baseline_halflife_bars: float = 1_950.0
+    calendar: SessionCalendar = XNYS
 
     def __post_init__(self) -> None:
         if self.bar_ns <= 0:
@@ -295,7 +298,7 @@ class SymbolFeatures:
         self.params = params = params or FeatureParams()
         self._bar_ns = params.bar_ns
         self._stale_ns = params.quote_stale_ns
-        self._ssr = SsrLuldTracker(symbol)
+        self._ssr = SsrLuldTracker(symbol, calendar=params.calendar)
         self._baseline = LevelBaseline(len(LEVEL_FEATURES), params.baseline_halflife_bars)
         self._bar: _OpenBar | None = None
         self._bar_end = _BEFORE_FIRST_BAR  # first tick or close opens the first bar

@@ -1,6 +1,7 @@
 """Seeded multi-symbol US-equity market simulator: canonical ticks, reference data and a ground-truth script.
 
-What is staged, per symbol and trading day (regular session 09:30-16:00 ET, one-second price grid):
+What is staged, per symbol and trading day (regular session 09:30-16:00 ET, one-second price grid; the days
+are the exchange calendar's full sessions, :mod:`schemas.session`: holidays and early closes are skipped):
 
 - five **stretches** covering the session, one of each regime in a random order and with random lengths
   (:data:`REGIMES`): ``calm`` (random walk, 1-tick spread), ``volatile`` (5x the per-second volatility,
@@ -47,10 +48,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from conditioning.features.ssr_luld import SsrLuldTracker, luld_bands, next_trading_day
+from conditioning.features.ssr_luld import SsrLuldTracker, luld_bands
 from schemas.canonical import CANONICAL_SCHEMA, QUOTE, TRADE, sort_ticks, write_ticks
 from schemas.reference import ReferenceRow, write_reference
-from schemas.session import new_york_ns
+from schemas.session import new_york_ns, next_trading_day, session_day
 
 NS = 1_000_000_000
 SESSION_S = 23_400  # 09:30-16:00 ET
@@ -82,7 +83,7 @@ class MarketConfig:
 
     n_symbols: int = 20
     seed: int = 7
-    start: dt.date = dt.date(2024, 3, 4)  # a Monday
+    start: dt.date = dt.date(2024, 3, 4)  # a Monday; a full session (see full_session)
     n_days: int = 1
     trades_per_day: float = 2_000.0
     quotes_per_trade: float = 2.0
@@ -99,7 +100,7 @@ class MarketConfig:
                 ("trades_per_day", self.trades_per_day, self.trades_per_day > 0, "> 0"),
                 ("quotes_per_trade", self.quotes_per_trade, self.quotes_per_trade > 0, "> 0"),
                 ("chunk_s", self.chunk_s, 1 <= self.chunk_s <= SESSION_S, f"in 1..{SESSION_S} seconds"),
-                ("start", self.start, self.start.weekday() < 5, "a weekday"),
+                ("start", self.start, full_session(self.start), "a trading day with a full session"),
             )
             if not ok
         ]
@@ -249,6 +250,8 @@ def iter_simulated_ticks(config: MarketConfig) -> Iterator[SimulatedChunk]:
         prev_close = last_trade
         log_price = np.log(last_trade) + rng.normal(0.0, 0.01, n)
         date = next_trading_day(date)
+        while not full_session(date):  # an early close
+            date = next_trading_day(date)
 
 
 class _Scenario:
@@ -256,8 +259,8 @@ class _Scenario:
 
     def __init__(self, day: _Day, names: np.ndarray, tiers: np.ndarray) -> None:
         self.day, self.names, self.tier = day, names, int(tiers[1])
-        self.selloff = tuple(_seconds_after_open(t) for t in SSR_SELLOFF)
-        self.limit_s = _seconds_after_open(LULD_LIMIT_AT)
+        self.selloff = tuple(self.seconds_after_open(t) for t in SSR_SELLOFF)
+        self.limit_s = self.seconds_after_open(LULD_LIMIT_AT)
         self.pause_end_s = self.limit_s + 15 + LULD_PAUSE_S  # the pause starts when the limit state is 15 s old
         # Regular ticks of symbol 1 resume one second after the pause, behind the scripted reopening.
         self.bounds = (*self.selloff, self.limit_s, self.pause_end_s, self.pause_end_s + 1)
@@ -278,6 +281,9 @@ class _Scenario:
 
     def ns(self, seconds: float) -> int:
         return self.day.open_ns + round(seconds * NS)
+
+    def seconds_after_open(self, wall_clock: dt.time) -> int:
+        return (new_york_ns(self.day.date, wall_clock) - self.day.open_ns) // NS
 
     def before_chunk(self, s0: int, log_price: np.ndarray, book: _Book) -> list[ScriptedEvent]:
         day = self.day
@@ -350,8 +356,11 @@ class _Scenario:
         return sort_ticks(pa.concat_tables([ticks, self.scripted.filter(inside)]))
 
 
-def _seconds_after_open(wall_clock: dt.time) -> int:
-    return (wall_clock.hour * 3600 + wall_clock.minute * 60 + wall_clock.second) - (9 * 3600 + 30 * 60)
+def full_session(date: dt.date) -> bool:
+    """Whether ``date`` has a full regular session (not a holiday, not an early close): the days staged here
+    are all :data:`SESSION_S` long, and the LULD episode (13:00 ET) needs the afternoon."""
+    day = session_day(date)
+    return day.close_ns - day.open_ns == SESSION_S * NS
 
 
 def _plan_day(rng: np.random.Generator, config: MarketConfig, date: dt.date, prev_close: np.ndarray) -> _Day:
@@ -363,7 +372,7 @@ def _plan_day(rng: np.random.Generator, config: MarketConfig, date: dt.date, pre
     regimes = np.argsort(rng.random((n, len(REGIMES))), axis=1)  # a random permutation per symbol
     return _Day(
         date=date,
-        open_ns=new_york_ns(date, dt.time(9, 30)),
+        open_ns=session_day(date).open_ns,
         regime_starts=starts,
         regimes=regimes,
         trend_sign=np.where(rng.random(n) < 0.5, -1.0, 1.0),

@@ -21,11 +21,11 @@ import pydantic
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from tqdm import tqdm
 
-from conditioning.features.ssr_luld import session_day
 from flows.bars import Heartbeat
 from flows.clock import EventClock
 from schemas.records import DeadLetter
 from schemas.reference import ReferenceRow
+from schemas.session import session_day
 from schemas.ticks import DEFAULT_LIMITS, Quote, Reference, Trade, WireLimits, reason_of
 
 

@@ -26,7 +26,6 @@ import pytest
 
 from conditioning.audit import audit_leakage
 from conditioning.datasets import feature_table, read_feature_records
-from conditioning.features.ssr_luld import trading_date
 from conditioning.regime import REGIME_INDEX
 from conditioning.sim.market import MarketConfig, simulate_market
 from flows.config import AppConfig, load_config
@@ -34,6 +33,7 @@ from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
 from flows.runner import run_process
 from schemas.layout import LEVEL_FEATURES, REGIME_FEATURE_NAMES
 from schemas.records import ContextRecord
+from schemas.session import trading_date
 
 #: 4 ids x 4 days = 16 episodes: every id spans 4 episodes, so the block permutation has something to permute.
 MARKET = MarketConfig(n_symbols=4, n_days=4, seed=23, start=dt.date(2024, 3, 4), scenarios=False)

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conditioning.features.ssr_luld import trading_date
 from conditioning.hysteresis import RegimeSmoother
 from conditioning.regime import REGIME_INDEX, REGIME_NAMES
 from flows.config import AppConfig, load_config
@@ -26,6 +25,7 @@ from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
 from flows.runner import run_process
 from schemas.layout import SsrLuldState
 from schemas.records import ContextRecord
+from schemas.session import trading_date
 
 pytestmark = pytest.mark.shared_data
 

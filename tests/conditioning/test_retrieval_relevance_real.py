@@ -28,12 +28,12 @@ import pytest
 import torch
 
 from conditioning.datasets import feature_table, read_feature_records
-from conditioning.features.ssr_luld import trading_date
 from conditioning.train import build_pattern_library
 from flows.config import load_config
 from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
 from flows.runner import run_process
 from schemas.layout import OUTCOME_NAMES
+from schemas.session import trading_date
 
 from .conftest import BAR_NS, brute_force_knn, clustered_vectors, make_patterns
 

@@ -1,5 +1,5 @@
 """The Prometheus side of deploy/: the alert rules under promtool, and a real Prometheus server scraping a live
-run's metrics endpoint (Debian's `prometheus` package; `make test` installs it: tests/install_prometheus.sh)."""
+run's metrics endpoint (Debian's `prometheus` package; `make test` installs it: tests/install_debian.sh)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _binary(name: str) -> str:
     if path is None:
         if not _is_root():
             pytest.skip(f"{name} not installed, and installing Debian's prometheus package needs root")
-        pytest.fail(f"{name} not installed: `make test` installs it (tests/install_prometheus.sh)", pytrace=False)
+        pytest.fail(f"{name} not installed: `make test` installs it (tests/install_debian.sh)", pytrace=False)
     return path
 
 
@@ -46,7 +46,7 @@ def test_setup_installed_prometheus_where_it_can():
     if not (_is_root() and shutil.which("apt-get")):
         pytest.skip("not root with apt-get: the set-up cannot install packages here")
     missing = [name for name in ("promtool", "prometheus") if shutil.which(name) is None]
-    assert not missing, f"{missing} missing although root with apt-get: run tests/install_prometheus.sh"
+    assert not missing, f"{missing} missing although root with apt-get: run tests/install_debian.sh"
 
 
 def defined_series() -> set[str]:

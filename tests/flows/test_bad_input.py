@@ -12,13 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conditioning.features.ssr_luld import SsrLuldInputError, session_day
+from conditioning.features.ssr_luld import SsrLuldInputError
 from conditioning.features.state import BarFeatures, SymbolFeatures
 from flows.bars import MAX_SUSPECTS, Heartbeat, Received, SymbolLogic
 from flows.config import PipelineConfig
 from flows.contexts import feature_record
 from flows.sources.kafka import decode_message
 from schemas.records import DeadLetter
+from schemas.session import session_day
 from schemas.ticks import Quote, Reference, Status, Trade, decode_tick, encode_tick
 
 OPEN = 1_514_903_400_000_000_000  # 2018-01-02 09:30:00 ET

@@ -3,12 +3,14 @@ by ticks, heartbeats and end of input, the session filter, snapshots."""
 
 from __future__ import annotations
 
+import datetime as dt
 import pickle
 
 from conditioning.features.state import BarFeatures, SymbolFeatures
 from flows.bars import Heartbeat, SymbolLogic, feature_params
 from flows.config import PipelineConfig, SessionConfig
 from schemas.records import DeadLetter
+from schemas.session import CalendarOverrides, new_york_ns
 from schemas.ticks import Quote, Reference, Status, Trade
 
 OPEN = 1_514_903_400_000_000_000  # 2018-01-02 09:30:00 ET
@@ -59,8 +61,6 @@ def test_late_tick_is_dead_lettered_with_reason():
 
 
 def test_reference_published_ahead_neither_advances_the_clock_nor_is_late():
-    import datetime as dt
-
     logic = SymbolLogic(cfg())
     day3 = Reference(symbol="AAA", ts_ns=OPEN + 2 * 86_400 * S, prev_close=50.0, tier=2, date=dt.date(2018, 1, 4))
     day1 = Reference(symbol="AAA", ts_ns=OPEN - 600 * S, prev_close=100.0, tier=1, date=dt.date(2018, 1, 2))
@@ -162,6 +162,27 @@ def test_session_filter_skips_and_rolls_over_the_night():
     logic2 = SymbolLogic(cfg(max_ahead_ms=night, session=SessionConfig(regular_hours_only=False)))
     out2 = feed(logic2, [trade(pre_open), trade(OPEN + 5 * S)]) + logic2.on_eof()[0]
     assert [b.window_end_ns for b in bars(out2)] == [pre_open + MIN - pre_open % MIN, OPEN + MIN]
+
+
+def test_session_filter_follows_the_exchange_calendar_and_the_overrides():
+    wed, thu, fri, mon = (
+        new_york_ns(dt.date(2024, m, d), dt.time(9, 30)) for m, d in ((11, 27), (11, 28), (11, 29), (12, 2))
+    )
+    week = 6 * 24 * 3600 * 1000
+    # Thanksgiving (Thu) has no session; Fri closes at 13:00 ET (3.5 h after the open)
+    items = [trade(wed + 5 * S), trade(thu + 60 * MIN), trade(fri + 209 * MIN), trade(fri + 240 * MIN), trade(mon + S)]
+    logic = SymbolLogic(cfg(max_ahead_ms=week))
+    out = feed(logic, items) + logic.on_eof()[0]
+    assert [b.window_end_ns for b in bars(out)] == [wed + MIN, fri + 210 * MIN, mon + MIN]
+    # the same with Mon 12-02 closed and Wed 11-27 an early close by the config's overrides
+    closed = SessionConfig(
+        overrides=CalendarOverrides(closed=(dt.date(2024, 12, 2),), early_closes=(dt.date(2024, 11, 27),))
+    )
+    logic = SymbolLogic(cfg(max_ahead_ms=week, session=closed))
+    out = feed(logic, [trade(wed + 5 * S), trade(wed + 240 * MIN), trade(mon + S)]) + logic.on_eof()[0]
+    assert [b.window_end_ns for b in bars(out)] == [wed + MIN]
+    restored = pickle.loads(pickle.dumps(logic.snapshot()))
+    assert restored.features.params.calendar is logic.calendar  # the snapshot carries the overrides only
 
 
 def test_snapshot_round_trip_continues_identically():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import textwrap
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from flows.config import AppConfig, load_config
 from schemas.errors import ConfigError
+from schemas.session import XNYS, CalendarOverrides, new_york_ns, regular_session
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,8 +59,10 @@ def test_shipped_configs_load(path):
         ("pipeline: {lookback_s: 1, bar_ms: 60000}", "pipeline"),
         ("pipeline: {wire: {max_price: -1}}", "pipeline.wire.max_price"),
         ("pipeline: {wire: {min_price: 10, max_price: 1}}", "pipeline.wire"),
-        ("pipeline: {session: {holidays: [2018-13-01]}}", "not valid YAML"),
-        ("pipeline: {session: {holidays: [yesterday]}}", "pipeline.session.holidays"),
+        ("pipeline: {session: {overrides: {closed: [2018-13-01]}}}", "not valid YAML"),
+        ("pipeline: {session: {overrides: {closed: [yesterday]}}}", "pipeline.session.overrides.closed"),
+        ("pipeline: {session: {overrides: {early_closes: [2024-03-09]}}}", "pipeline.session.overrides"),
+        ("pipeline: {session: {holidays: [2024-03-12]}}", "pipeline.session.holidays"),
         ("nonsense: 1", "nonsense"),
         # Values that look adjustable but that the layout or the model fixes: rejected at load, not later.
         ("conditioning: {regime: {num_regimes: 4}}", "conditioning.regime.num_regimes"),
@@ -204,3 +208,13 @@ def test_cli_config_error_shows_no_secret(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert exit_.value.code == 2 and "c.yaml is not valid YAML: line 3" in err
     assert MARK not in out + err
+
+
+def test_calendar_overrides_reach_the_session_clock(tmp_path):
+    text = "pipeline: {session: {overrides: {closed: [2024-03-12], early_closes: [2024-03-13]}}}"
+    calendar = load_config(write(tmp_path, text), env={}).pipeline.session.calendar
+    assert calendar.overrides == CalendarOverrides(closed=(dt.date(2024, 3, 12),), early_closes=(dt.date(2024, 3, 13),))
+    # 11:00 EDT on the closure, 14:00 EDT after the extra early close: open on the library's own calendar
+    for ts in (new_york_ns(dt.date(2024, 3, 12), dt.time(11)), new_york_ns(dt.date(2024, 3, 13), dt.time(14))):
+        assert regular_session(ts) and not regular_session(ts, calendar)
+    assert load_config(None, env={}).pipeline.session.calendar is XNYS

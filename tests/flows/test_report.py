@@ -217,14 +217,14 @@ def test_cli_names_a_missing_input(tmp_path, capsys):
 
 # -- in a real browser ----------------------------------------------------------------------------------------
 def chromium() -> str:
-    """Debian's chromium (``make test`` installs it as root, tests/install_browser.sh)."""
+    """Debian's chromium (``make test`` installs it as root, tests/install_debian.sh)."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe:
         return exe
     if os.geteuid() != 0:
-        pytest.skip("chromium is not installed, and installing it needs root (tests/install_browser.sh)")
+        pytest.skip("chromium is not installed, and installing it needs root (tests/install_debian.sh)")
     pytest.fail(
-        "chromium is missing although this runs as root: tests/install_browser.sh (make test) should "
+        "chromium is missing although this runs as root: tests/install_debian.sh (make test) should "
         "have installed it; see its output"
     )
 

@@ -1,14 +1,14 @@
 """SSR (Rule 201) and LULD: the pure rules and a scenario test for every transition of the tracker.
 
 Expected values come from the rule texts (docs/reference.md, SEC Rule 201, the LULD Plan), cited beside the
-asserts; times are built with an independent path (``datetime`` in ET or in UTC) from the module's clock.
+asserts; times are built with an independent path (``datetime`` in ET) from the session clock.
 """
 
 from __future__ import annotations
 
 import math
 import pickle
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -23,12 +23,10 @@ from conditioning.features.ssr_luld import (
     SsrLuldTracker,
     luld_bands,
     luld_percentage,
-    next_trading_day,
-    regular_session,
     ssr_trigger_price,
-    trading_date,
 )
 from schemas.layout import SsrLuldState
+from schemas.session import CalendarOverrides, next_trading_day, session_calendar
 
 ET = ZoneInfo("America/New_York")
 S = 1_000_000_000
@@ -39,10 +37,6 @@ FRI = date(2024, 3, 8)
 def et(day: date, hh: int, mm: int, ss: int = 0, ns: int = 0) -> int:
     """ns since the epoch of a US/Eastern wall-clock time."""
     return int(datetime(day.year, day.month, day.day, hh, mm, ss, tzinfo=ET).timestamp()) * S + ns
-
-
-def utc(y: int, mo: int, d: int, hh: int, mm: int) -> int:
-    return int(datetime(y, mo, d, hh, mm, tzinfo=UTC).timestamp()) * S
 
 
 class Recording(SsrLuldTracker):
@@ -70,41 +64,6 @@ def opened(prev_close: float = 100.0, tier: int = 1, day: date = MON, open_price
     t.on_trade(et(day, 10, 0), open_price, 100)
     t.drain_events()
     return t
-
-
-# ------------------------------------------------------------------------------------------- session clock
-
-
-def test_regular_session_follows_dst() -> None:
-    # 09:30 ET is 14:30 UTC under EST (Fri 2024-03-08) and 13:30 UTC under EDT (Mon 2024-03-11, DST began
-    # Sun 2024-03-10); 16:00 ET is the exclusive end.
-    assert regular_session(utc(2024, 3, 8, 14, 30))
-    assert not regular_session(utc(2024, 3, 8, 13, 30))
-    assert regular_session(utc(2024, 3, 11, 13, 30))
-    assert not regular_session(utc(2024, 3, 11, 20, 0))
-    assert regular_session(utc(2024, 3, 11, 20, 0) - 1)
-    # DST ended Sun 2024-11-03: Mon 2024-11-04 opens at 14:30 UTC again.
-    assert not regular_session(utc(2024, 11, 4, 13, 30))
-    assert regular_session(utc(2024, 11, 4, 14, 30))
-
-
-def test_weekends_and_given_holidays_have_no_session() -> None:
-    assert not regular_session(et(date(2024, 3, 9), 10, 0))  # Saturday
-    good_friday = date(2024, 3, 29)
-    assert regular_session(et(good_friday, 10, 0))  # no built-in calendar
-    assert not regular_session(et(good_friday, 10, 0), holidays={good_friday})
-
-
-def test_trading_date_is_the_eastern_calendar_date() -> None:
-    # 03:00 UTC on 2024-03-12 is 23:00 EDT on 2024-03-11.
-    assert trading_date(utc(2024, 3, 12, 3, 0)) == MON
-    assert trading_date(utc(2024, 3, 12, 4, 0)) == TUE
-
-
-def test_next_trading_day_skips_weekends_and_holidays() -> None:
-    assert next_trading_day(FRI) == MON
-    assert next_trading_day(FRI, holidays={MON}) == TUE
-    assert next_trading_day(MON) == TUE
 
 
 # ------------------------------------------------------------------------------------------- LULD rules
@@ -162,6 +121,31 @@ def test_doubling_windows_are_half_open_to_the_nanosecond() -> None:
     assert luld_bands(100.0, 50.0, 1, et(MON, 9, 45) - 1) == pytest.approx((90.0, 110.0))
     assert luld_bands(100.0, 50.0, 1, et(MON, 15, 35) - 1) == pytest.approx((95.0, 105.0))
     assert luld_bands(100.0, 50.0, 1, et(MON, 16, 0) - 1) == pytest.approx((90.0, 110.0))
+
+
+@pytest.mark.parametrize("early_close", [date(2024, 11, 29), date(2024, 12, 24), date(2024, 7, 3)])
+def test_closing_doubling_is_the_last_25_minutes_before_an_early_close(early_close: date) -> None:
+    # NYSE closes at 13:00 ET on these days; the LULD Plan doubles the bands in the last 25 minutes of trading.
+    assert luld_bands(100.0, 50.0, 1, et(early_close, 12, 35) - 1) == pytest.approx((95.0, 105.0))
+    assert luld_bands(100.0, 50.0, 1, et(early_close, 12, 35)) == pytest.approx((90.0, 110.0))
+    assert luld_bands(100.0, 50.0, 1, et(early_close, 13, 0) - 1) == pytest.approx((90.0, 110.0))
+    assert luld_bands(100.0, 50.0, 2, et(early_close, 12, 40)) == pytest.approx((90.0, 110.0))  # Tier 2 > $3: 10%
+    with pytest.raises(SsrLuldInputError, match="outside the regular session"):
+        luld_bands(100.0, 50.0, 1, et(early_close, 13, 0))
+    with pytest.raises(SsrLuldInputError, match="outside the regular session"):
+        luld_bands(100.0, 50.0, 1, et(early_close, 15, 35))  # the doubling of an ordinary day's close
+
+
+def test_an_override_early_close_moves_the_closing_doubling() -> None:
+    calendar = session_calendar(CalendarOverrides(early_closes=(MON,)))
+    assert luld_bands(100.0, 50.0, 1, et(MON, 12, 34), calendar) == pytest.approx((95.0, 105.0))
+    assert luld_bands(100.0, 50.0, 1, et(MON, 12, 35), calendar) == pytest.approx((90.0, 110.0))
+    assert luld_bands(100.0, 50.0, 1, et(MON, 12, 35)) == pytest.approx((95.0, 105.0))  # the library's MON
+
+
+def test_no_luld_bands_on_a_holiday() -> None:
+    with pytest.raises(SsrLuldInputError, match="outside the regular session"):
+        luld_bands(100.0, 50.0, 1, et(date(2024, 7, 4), 11, 0))
 
 
 @pytest.mark.parametrize("wall", [(9, 29, 59), (16, 0, 0), (20, 0, 0)])
@@ -234,13 +218,42 @@ def test_ssr_carries_over_to_the_whole_next_day_then_expires() -> None:
     assert events[2].ts_ns == et(WED, 0, 0)
 
 
-def test_friday_trigger_carries_over_the_weekend_to_monday_or_past_a_holiday() -> None:
-    for holidays, last_day in ((frozenset(), MON), (frozenset({MON}), TUE)):
-        t = Recording("XYZ", holidays=holidays)
+def test_friday_trigger_carries_over_the_weekend_to_monday_or_past_a_closure() -> None:
+    for calendar, last_day in ((session_calendar(), MON), (session_calendar(CalendarOverrides(closed=(MON,))), TUE)):
+        t = Recording("XYZ", calendar=calendar)
         t.on_reference(FRI, 10.0, 1)
         t.on_trade(et(FRI, 15, 0), 9.0, 100)
         assert t.state_at(et(last_day, 15, 0)) == SsrLuldState.SSR_ACTIVE
-        assert t.state_at(et(next_trading_day(last_day), 9, 0)) == SsrLuldState.NORMAL
+        assert t.state_at(et(next_trading_day(last_day, calendar), 9, 0)) == SsrLuldState.NORMAL
+
+
+def test_a_trigger_before_a_holiday_carries_over_past_it() -> None:
+    # Wed 2024-07-03 (an early close), Thu 07-04 Independence Day: the "following day" is Fri 07-05.
+    t = Recording("XYZ")
+    t.on_reference(date(2024, 7, 3), 10.0, 1)
+    t.on_trade(et(date(2024, 7, 3), 12, 0), 9.0, 100)
+    assert t.state_at(et(date(2024, 7, 5), 15, 59)) == SsrLuldState.SSR_ACTIVE
+    assert t.state_at(et(date(2024, 7, 6), 0, 0)) == SsrLuldState.NORMAL
+    assert t.drain_events()[0].detail.endswith("in effect through 2024-07-05")
+
+
+def test_the_early_close_ends_a_limit_state_and_the_day_s_bands() -> None:
+    day = date(2024, 11, 29)
+    t = Recording("XYZ")
+    t.on_reference(day, 100.0, 1)
+    t.on_trade(et(day, 12, 50), 100.0, 100)  # reference 100, doubled bands 90/110 (12:35-13:00)
+    assert t.bands == pytest.approx((90.0, 110.0))
+    t.on_quote(et(day, 12, 59, 50), 110.0, 110.05)  # NBB at the upper band
+    assert t.state_at(et(day, 12, 59, 55)) == SsrLuldState.LULD_LIMIT
+    assert t.state_at(et(day, 13, 0)) == SsrLuldState.NORMAL  # 10 s in: the close ends it, no pause follows
+    assert [(e.kind, e.ts_ns, e.detail) for e in t.drain_events()][-1] == (
+        "limit_exit",
+        et(day, 13, 0),
+        "session close",
+    )
+    assert t.bands is None
+    t.on_trade(et(day, 14, 0), 120.0, 100)  # after the early close: no LULD
+    assert t.bands is None and t.state_at(et(day, 14, 0)) == SsrLuldState.NORMAL
 
 
 def test_ssr_retrigger_on_the_carryover_day_extends_it() -> None:

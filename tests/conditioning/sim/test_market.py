@@ -205,8 +205,18 @@ def test_chunks_are_time_ordered_and_bounded():
 def test_config_is_checked():
     with pytest.raises(ValueError, match="n_symbols=0"):
         MarketConfig(n_symbols=0)
-    with pytest.raises(ValueError, match="a weekday"):
-        MarketConfig(start=dt.date(2024, 3, 9))
+    for not_full in (dt.date(2024, 3, 9), dt.date(2024, 7, 4), dt.date(2024, 11, 29)):  # Sat, holiday, early close
+        with pytest.raises(ValueError, match="a trading day with a full session"):
+            MarketConfig(start=not_full)
+
+
+def test_the_days_are_the_exchange_s_full_sessions():
+    # From Wed 2024-11-27: Thanksgiving (11-28) is a holiday, 11-29 closes at 13:00, then the weekend.
+    config = MarketConfig(
+        n_symbols=2, seed=1, start=dt.date(2024, 11, 27), n_days=2, trades_per_day=50, scenarios=False
+    )
+    dates = sorted({r.date for r in simulate_market(config).reference})
+    assert dates == [dt.date(2024, 11, 27), dt.date(2024, 12, 2)]
 
 
 def test_main_writes_readable_files(tmp_path, capsys):

@@ -58,9 +58,11 @@ from flows.config import PipelineConfig
 from flows.metrics import METRICS
 from schemas.layout import SsrLuldState
 from schemas.records import DeadLetter
-from schemas.ticks import Quote, Reference, Status, Trade, encode_tick
+from schemas.ticks import Quote, Reference, Status, Trade
+from schemas.wire import WireQuote, WireReference, WireStatus, WireTrade, encode
 
-Tick = Trade | Quote | Reference | Status
+#: Decoded (schemas/wire.py: live and replay) or built as a model (tests, tools): the same fields either way.
+Tick = Trade | Quote | Reference | Status | WireTrade | WireQuote | WireReference | WireStatus
 
 #: How many far-ahead ticks a symbol holds at most; one more, none near another, and the earliest is taken
 #: for the clock (module docstring). Bounds the memory, and the lag of a symbol thinner than max_ahead_ms.
@@ -177,7 +179,7 @@ class SymbolLogic(StatefulLogic):
                 )
             )
             return out, StatefulLogic.RETAIN
-        if isinstance(tick, Reference):
+        if isinstance(tick, Reference | WireReference):
             # Reference data is stamped with the start of its trading date and may be published days ahead:
             # it waits for its date in the buffer but never moves the symbol's clock, and is never late. Data
             # for a date already past (yesterday's, re-sent) cannot apply any more: the SSR/LULD rules refuse it.
@@ -364,10 +366,10 @@ class SymbolLogic(StatefulLogic):
 
     def _apply_checked(self, tick: Tick, out: list) -> None:
         st, f = self._st, self._st.features
-        if isinstance(tick, Reference):
+        if isinstance(tick, Reference | WireReference):
             f.on_reference(tick.date or trading_date(tick.ts_ns), tick.prev_close, tick.tier)
             return
-        if isinstance(tick, Status):
+        if isinstance(tick, Status | WireStatus):
             self._roll_features(tick.ts_ns)
             f.on_status(
                 tick.ts_ns,
@@ -387,7 +389,7 @@ class SymbolLogic(StatefulLogic):
             st.bar_end_ns = (tick.ts_ns // self.bar_ns + 1) * self.bar_ns
         self._roll_features(tick.ts_ns)
         st.ticks_in_bar += 1
-        if isinstance(tick, Trade):
+        if isinstance(tick, Trade | WireTrade):
             f.on_trade(tick.ts_ns, tick.price, tick.size)
         else:
             if tick.crossed:
@@ -424,4 +426,4 @@ def _refused(value: Tick | Received, reason: str, detail: str) -> DeadLetter:
             partition=value.partition,
             offset=value.offset,
         )
-    return DeadLetter.of(encode_tick(value), reason, detail, time.time_ns(), key=value.symbol)
+    return DeadLetter.of(encode(value), reason, detail, time.time_ns(), key=value.symbol)

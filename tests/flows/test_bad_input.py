@@ -20,6 +20,7 @@ from flows.contexts import feature_record
 from flows.sources.kafka import decode_message
 from schemas.records import DeadLetter
 from schemas.ticks import Quote, Reference, Status, Trade, decode_tick, encode_tick
+from schemas.wire import WireTrade, as_model
 
 OPEN = 1_514_903_400_000_000_000  # 2018-01-02 09:30:00 ET
 S = 1_000_000_000
@@ -99,7 +100,7 @@ def test_message_without_a_key_is_dead_lettered():
     (other,) = decode_message(message(raw, key=b"BBB"))
     assert other.reason == "key_mismatch"
     (ok,) = decode_message(message(raw))
-    assert isinstance(ok, Received) and ok.tick == decode_tick(raw) and ok.raw == raw
+    assert isinstance(ok, Received) and as_model(ok.tick) == decode_tick(raw) and ok.raw == raw
 
 
 def test_late_tick_dead_letter_carries_the_original_message():
@@ -110,7 +111,7 @@ def test_late_tick_dead_letter_carries_the_original_message():
     (dl,) = dead(out)
     assert dl.reason == "late" and (dl.raw, dl.key, dl.topic, dl.partition, dl.offset) == (raw, "AAA", "ticks", 2, 77)
     # the reorder buffer holds ticks, not the messages they came in
-    assert logic.state.pending and all(isinstance(t, Trade) for _, _, t in logic.state.pending)
+    assert logic.state.pending and all(isinstance(t, WireTrade) for _, _, t in logic.state.pending)
 
 
 def reference(date: dt.date, prev_close: float, ts_ns: int | None = None) -> Reference:

@@ -47,11 +47,12 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bytewax.operators import StatefulLogic
 
-from conditioning.features.ssr_luld import SsrLuldInputError, session_day, trading_date
+from conditioning.features.ssr_luld import SessionDay, SsrLuldInputError, session_day, trading_date
 from conditioning.features.state import BarFeatures, FeatureParams, SymbolFeatures
 from conditioning.features.types import Pattern
 from flows.config import PipelineConfig
@@ -108,6 +109,24 @@ class Received:
         return self.tick.kind
 
 
+def by_symbol(
+    items: Iterable[Tick | Received | Heartbeat | DeadLetter],
+) -> list[DeadLetter | tuple[str, list[Tick | Received | Heartbeat]]]:
+    """A source's batch as the dataflow takes it: the dead letters, then each symbol's ticks and heartbeats as
+    one list, in stream order. Only the order within a symbol means anything to the bar step, and a list per
+    symbol costs the dataflow one item where a tick each cost it one per tick at every step."""
+    dead: list[DeadLetter | tuple[str, list[Tick | Received | Heartbeat]]] = []
+    symbols: dict[str, list[Tick | Received | Heartbeat]] = {}
+    for item in items:
+        if isinstance(item, DeadLetter):
+            dead.append(item)
+        elif (same := symbols.get(item.symbol)) is not None:
+            same.append(item)
+        else:
+            symbols[item.symbol] = [item]
+    return dead + list(symbols.items())
+
+
 def feature_params(cfg: PipelineConfig) -> FeatureParams:
     return FeatureParams(
         bar_ns=cfg.bar_ms * 1_000_000,
@@ -157,17 +176,44 @@ class SymbolLogic(StatefulLogic):
         self.ahead_ns = cfg.max_ahead_ms * 1_000_000
         #: Built on the first item (Bytewax's builder is not told the key), or restored from a snapshot.
         self.state = state
+        #: The session of the latest trading date looked up (ticks come a date at a time).
+        self._session: SessionDay | None = None
 
     # -- Bytewax hooks ------------------------------------------------------------------------------------
-    def on_item(self, value: Tick | Received | Heartbeat) -> tuple[list[BarFeatures | DeadLetter | Heartbeat], bool]:
+    def on_item(
+        self, values: list[Tick | Received | Heartbeat]
+    ) -> tuple[list[BarFeatures | DeadLetter | Heartbeat], bool]:
+        """The symbol's items of one input batch, in stream order (:func:`by_symbol`). A run of ticks that is
+        already in order is taken in one step (:meth:`_accept_run`); anything else goes item by item."""
         out: list[BarFeatures | DeadLetter | Heartbeat] = []
-        if isinstance(value, Heartbeat):
-            if self.state is not None:
-                if self.state.suspects:
-                    self._settle(max(self._clock(), value.ts_ns) + self.ahead_ns, out, refute=False)
-                self._advance(value.ts_ns, out)
-            out.append(value)  # after the bars it closed: they travel the same channel, in order
-            return out, StatefulLogic.DISCARD if value.evict else StatefulLogic.RETAIN
+        run: list[Tick | Received] = []
+        evicted = False
+        for value in values:
+            if isinstance(value, Heartbeat):
+                self._on_ticks(run, out)
+                run = []
+                self._on_heartbeat(value, out)
+                evicted = value.evict
+            else:
+                run.append(value)
+        self._on_ticks(run, out)
+        return out, StatefulLogic.DISCARD if evicted and self.state is None else StatefulLogic.RETAIN
+
+    def _on_ticks(self, run: list[Tick | Received], out: list) -> None:
+        if run and not self._accept_run(run, out):
+            for value in run:
+                self._on_tick(value, out)
+
+    def _on_heartbeat(self, value: Heartbeat, out: list) -> None:
+        if self.state is not None:
+            if self.state.suspects:
+                self._settle(max(self._clock(), value.ts_ns) + self.ahead_ns, out, refute=False)
+            self._advance(value.ts_ns, out)
+        out.append(value)  # after the bars it closed: they travel the same channel, in order
+        if value.evict:
+            self.state = None
+
+    def _on_tick(self, value: Tick | Received, out: list) -> None:
         tick = _tick(value)
         if self.state is None:
             self.state = SymbolState(features=SymbolFeatures(tick.symbol, feature_params(self.cfg)))
@@ -178,7 +224,7 @@ class SymbolLogic(StatefulLogic):
                     value, "duplicate", f"{tick.symbol} tick ts_ns={tick.ts_ns} seq={tick.seq} was already received"
                 )
             )
-            return out, StatefulLogic.RETAIN
+            return
         if isinstance(tick, Reference | WireReference):
             # Reference data is stamped with the start of its trading date and may be published days ahead:
             # it waits for its date in the buffer but never moves the symbol's clock, and is never late. Data
@@ -192,20 +238,60 @@ class SymbolLogic(StatefulLogic):
                         f"reference data for {tick.symbol} on {date} arrived on {today}, after that date",
                     )
                 )
-                return out, StatefulLogic.RETAIN
+                return
             self._remember(tick)
             if tick.ts_ns < st.released_ns:
                 self._apply(tick, out)
             else:
                 heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
                 st.seq += 1
-            return out, StatefulLogic.RETAIN
+            return
         clock = self._clock()
         if st.suspects or not clock or tick.ts_ns > clock + self.ahead_ns:
             self._judge(value, out)
         else:
             self._accept(value, out)
-        return out, StatefulLogic.RETAIN
+
+    def _accept_run(self, run: list[Tick | Received], out: list) -> bool:
+        """Take a run of ticks in one step where item by item would do exactly the same: no suspects held, no
+        reference data, in event-time order, none late, none far ahead of the one before, no identity seen
+        before. Buffered all at once, then the watermark advances once, to where the last tick takes it;
+        bars close and ticks apply in the same order as they would tick by tick (each tick's watermark is at
+        or below the next tick's time). Returns False, having done nothing, where the run is not like that."""
+        st = self.state
+        if st is None or st.suspects:
+            return False
+        ticks = [_tick(v) for v in run]
+        clock = self._clock()
+        if not clock or ticks[0].ts_ns < st.released_ns:  # (released_ns >= newest_ns - lateness_ns)
+            return False
+        reach, prev, keys = clock, ticks[0].ts_ns, []  # reach: the symbol's clock before each tick
+        for tick in ticks:
+            ts = tick.ts_ns
+            if isinstance(tick, Reference | WireReference) or ts < prev or ts > reach + self.ahead_ns:
+                return False
+            prev, reach = ts, max(reach, ts)
+            if tick.seq is not None:
+                keys.append((ts, tick.seq))
+        if keys and (len(set(keys)) < len(keys) or not st.seen.isdisjoint(keys)):
+            return False
+        for tick in ticks:
+            heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
+            st.seq += 1
+        if keys:
+            # the identities item by item would remember: those not yet older than the watermark at the last tick
+            # with a seq (where it last forgot some: _remember)
+            last = max(i for i, t in enumerate(ticks) if t.seq is not None)
+            before = st.newest_ns if last == 0 else max(st.newest_ns, ticks[last - 1].ts_ns)
+            forget_below = st.released_ns if last == 0 else max(st.released_ns, before - self.lateness_ns)
+            for key in keys:
+                st.seen.add(key)
+                heapq.heappush(st.seen_by_time, key)
+            while st.seen_by_time and st.seen_by_time[0][0] < forget_below:
+                st.seen.discard(heapq.heappop(st.seen_by_time))
+        st.newest_ns = max(st.newest_ns, ticks[-1].ts_ns)
+        self._advance(st.newest_ns - self.lateness_ns, out)
+        return True
 
     def on_eof(self) -> tuple[list[BarFeatures | DeadLetter], bool]:
         out: list[BarFeatures | DeadLetter] = []
@@ -341,7 +427,7 @@ class SymbolLogic(StatefulLogic):
         nxt = end_ns + self.bar_ns
         if not self.cfg.session.regular_hours_only:
             return nxt
-        day = session_day(trading_date(nxt - 1), self.cfg.session.holidays)
+        day = self._session_of(nxt - 1)
         if day.open_ns < nxt < day.close_ns + self.bar_ns:
             return nxt
         return 0  # the session is over: the next in-session tick opens a new bar
@@ -352,8 +438,14 @@ class SymbolLogic(StatefulLogic):
         near -28 against -14 in session) is not an outcome to retrieve."""
         if not self.cfg.session.regular_hours_only:
             return matured
-        holidays = self.cfg.session.holidays
-        return [p for p in matured if p.outcome_end_ns <= session_day(trading_date(p.end_ns - 1), holidays).close_ns]
+        return [p for p in matured if p.outcome_end_ns <= self._session_of(p.end_ns - 1).close_ns]
+
+    def _session_of(self, ts_ns: int) -> SessionDay:
+        """The session of the trading date of ``ts_ns`` (the date's lookup is kept until a time off it)."""
+        day = self._session
+        if day is None or not day.start_ns <= ts_ns < day.end_ns:
+            day = self._session = session_day(trading_date(ts_ns), self.cfg.session.holidays)
+        return day
 
     def _apply(self, tick: Tick, out: list) -> None:
         try:
@@ -381,7 +473,7 @@ class SymbolLogic(StatefulLogic):
             )
             return
         if self.cfg.session.regular_hours_only:
-            day = session_day(trading_date(tick.ts_ns), self.cfg.session.holidays)
+            day = self._session_of(tick.ts_ns)
             if not day.open_ns <= tick.ts_ns < day.close_ns:
                 METRICS.ticks_outside_session.inc()
                 return

@@ -35,7 +35,7 @@ from bytewax.inputs import (
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from flows.bars import Received
+from flows.bars import Received, by_symbol
 from flows.clock import EventClock
 from flows.config import AppConfig
 from flows.kafka import client_callbacks
@@ -192,6 +192,7 @@ class _TickPartition(StatefulSourcePartition):
             if isinstance(item, Received):
                 out.extend(self.clock.observe(item.tick))
             out.append(item)
+        out = by_symbol(out)
         self.newest_ns, self.newest_at = self.clock.now_ns, now
         # the high watermark of the last fetch response: known locally, no request
         _, high = self.consumer.get_watermark_offsets(self.tp, cached=True)
@@ -223,7 +224,7 @@ class _TickPartition(StatefulSourcePartition):
             now_ns = time.time_ns() - self.idle_close_ns
         else:
             now_ns = self.newest_ns + int((now - self.newest_at) * 1e9) - self.idle_close_ns
-        return self.clock.advance(now_ns + self.clock.lateness_ns)
+        return by_symbol(self.clock.advance(now_ns + self.clock.lateness_ns))
 
     def next_awake(self) -> datetime | None:
         return self.awake

@@ -63,9 +63,11 @@ model: $(VENV)/.installed-demo
 	$(BIN)/hrmcond build-patterns --features $(MODEL_WORK)/features.jsonl --model $(MODEL_DIR)
 
 # Every benchmark writes its figures to benchmarks/results/<name>.json (minutes each; not part of `make test`).
-BENCHMARKS := feature_throughput models_latency pipeline_latency state_memory one_off_symbols session_clock
+# Then benchmarks/results/SUMMARY.md is generated from the results files (each names its machine).
+BENCHMARKS := throughput feature_throughput models_latency pipeline_latency state_memory one_off_symbols session_clock
 bench: $(VENV)/.installed-test
 	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py || exit 1; done
+	$(BIN)/python benchmarks/results_file.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -40,11 +40,11 @@ from results_file import write_results
 from conditioning.features.batch import Ticks  # noqa: E402
 from conditioning.features.state import BarFeatures, FeatureParams, SymbolFeatures  # noqa: E402
 from flows.bars import SymbolLogic, SymbolState, feature_params  # noqa: E402
+from flows.clock import clock_key  # noqa: E402
 from flows.config import PipelineConfig  # noqa: E402
-from flows.sources.table import ReplayInput, _TablePartition  # noqa: E402
+from flows.sources.table import ReplayInput, TableSource, _TablePartition  # noqa: E402
 from flows.sources.taq import read_taq  # noqa: E402
 from schemas.records import DeadLetter  # noqa: E402
-from schemas.ticks import Quote, Trade  # noqa: E402
 
 REPEATS = 5
 TARGET_TICKS_PER_S = 500_000
@@ -107,9 +107,12 @@ def dataflow_schedule(table: pa.Table, cfg: PipelineConfig) -> Schedule:
         for item in batch:
             if isinstance(item, DeadLetter):  # a one-sided quote: never reaches the features
                 continue
-            if isinstance(item, Trade | Quote) and item.symbol != SYMBOL:
-                raise ValueError(f"the TAQ sample should hold {SYMBOL} only, got {item.symbol}")
-            logic.on_item(item)
+            symbol, values = item
+            if symbol == clock_key(TableSource.PART):  # the file clock's own heartbeats (the symbol has its own)
+                continue
+            if symbol != SYMBOL:
+                raise ValueError(f"the TAQ sample should hold {SYMBOL} only, got {symbol}")
+            logic.on_item(values)
     logic.on_eof()
     columns = tuple(list(c) for c in zip(*recorder.ticks, strict=True))
     return Schedule(columns, recorder.closes)

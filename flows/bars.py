@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bytewax.operators import StatefulLogic
@@ -59,9 +60,11 @@ from flows.metrics import METRICS
 from schemas.layout import SsrLuldState
 from schemas.records import DeadLetter
 from schemas.session import session_at, trading_date
-from schemas.ticks import Quote, Reference, Status, Trade, encode_tick
+from schemas.ticks import Quote, Reference, Status, Trade
+from schemas.wire import WireQuote, WireReference, WireStatus, WireTrade, encode
 
-Tick = Trade | Quote | Reference | Status
+#: Decoded (schemas/wire.py: live and replay) or built as a model (tests, tools): the same fields either way.
+Tick = Trade | Quote | Reference | Status | WireTrade | WireQuote | WireReference | WireStatus
 
 #: How many far-ahead ticks a symbol holds at most; one more, none near another, and the earliest is taken
 #: for the clock (module docstring). Bounds the memory, and the lag of a symbol thinner than max_ahead_ms.
@@ -105,6 +108,24 @@ class Received:
     @property
     def kind(self) -> str:
         return self.tick.kind
+
+
+def by_symbol(
+    items: Iterable[Tick | Received | Heartbeat | DeadLetter],
+) -> list[DeadLetter | tuple[str, list[Tick | Received | Heartbeat]]]:
+    """A source's batch as the dataflow takes it: the dead letters, then each symbol's ticks and heartbeats as
+    one list, in stream order. Only the order within a symbol means anything to the bar step, and a list per
+    symbol costs the dataflow one item where a tick each cost it one per tick at every step."""
+    dead: list[DeadLetter | tuple[str, list[Tick | Received | Heartbeat]]] = []
+    symbols: dict[str, list[Tick | Received | Heartbeat]] = {}
+    for item in items:
+        if isinstance(item, DeadLetter):
+            dead.append(item)
+        elif (same := symbols.get(item.symbol)) is not None:
+            same.append(item)
+        else:
+            symbols[item.symbol] = [item]
+    return dead + list(symbols.items())
 
 
 def feature_params(cfg: PipelineConfig) -> FeatureParams:
@@ -160,15 +181,40 @@ class SymbolLogic(StatefulLogic):
         self.state = state
 
     # -- Bytewax hooks ------------------------------------------------------------------------------------
-    def on_item(self, value: Tick | Received | Heartbeat) -> tuple[list[BarFeatures | DeadLetter | Heartbeat], bool]:
+    def on_item(
+        self, values: list[Tick | Received | Heartbeat]
+    ) -> tuple[list[BarFeatures | DeadLetter | Heartbeat], bool]:
+        """The symbol's items of one input batch, in stream order (:func:`by_symbol`). A run of ticks that is
+        already in order is taken in one step (:meth:`_accept_run`); anything else goes item by item."""
         out: list[BarFeatures | DeadLetter | Heartbeat] = []
-        if isinstance(value, Heartbeat):
-            if self.state is not None:
-                if self.state.suspects:
-                    self._settle(max(self._clock(), value.ts_ns) + self.ahead_ns, out, refute=False)
-                self._advance(value.ts_ns, out)
-            out.append(value)  # after the bars it closed: they travel the same channel, in order
-            return out, StatefulLogic.DISCARD if value.evict else StatefulLogic.RETAIN
+        run: list[Tick | Received] = []
+        evicted = False
+        for value in values:
+            if isinstance(value, Heartbeat):
+                self._on_ticks(run, out)
+                run = []
+                self._on_heartbeat(value, out)
+                evicted = value.evict
+            else:
+                run.append(value)
+        self._on_ticks(run, out)
+        return out, StatefulLogic.DISCARD if evicted and self.state is None else StatefulLogic.RETAIN
+
+    def _on_ticks(self, run: list[Tick | Received], out: list) -> None:
+        if run and not self._accept_run(run, out):
+            for value in run:
+                self._on_tick(value, out)
+
+    def _on_heartbeat(self, value: Heartbeat, out: list) -> None:
+        if self.state is not None:
+            if self.state.suspects:
+                self._settle(max(self._clock(), value.ts_ns) + self.ahead_ns, out, refute=False)
+            self._advance(value.ts_ns, out)
+        out.append(value)  # after the bars it closed: they travel the same channel, in order
+        if value.evict:
+            self.state = None
+
+    def _on_tick(self, value: Tick | Received, out: list) -> None:
         tick = _tick(value)
         if self.state is None:
             self.state = SymbolState(features=SymbolFeatures(tick.symbol, feature_params(self.cfg)))
@@ -179,8 +225,8 @@ class SymbolLogic(StatefulLogic):
                     value, "duplicate", f"{tick.symbol} tick ts_ns={tick.ts_ns} seq={tick.seq} was already received"
                 )
             )
-            return out, StatefulLogic.RETAIN
-        if isinstance(tick, Reference):
+            return
+        if isinstance(tick, Reference | WireReference):
             # Reference data is stamped with the start of its trading date and may be published days ahead:
             # it waits for its date in the buffer but never moves the symbol's clock, and is never late. Data
             # for a date already past (yesterday's, re-sent) cannot apply any more: the SSR/LULD rules refuse it.
@@ -193,20 +239,60 @@ class SymbolLogic(StatefulLogic):
                         f"reference data for {tick.symbol} on {date} arrived on {today}, after that date",
                     )
                 )
-                return out, StatefulLogic.RETAIN
+                return
             self._remember(tick)
             if tick.ts_ns < st.released_ns:
                 self._apply(tick, out)
             else:
                 heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
                 st.seq += 1
-            return out, StatefulLogic.RETAIN
+            return
         clock = self._clock()
         if st.suspects or not clock or tick.ts_ns > clock + self.ahead_ns:
             self._judge(value, out)
         else:
             self._accept(value, out)
-        return out, StatefulLogic.RETAIN
+
+    def _accept_run(self, run: list[Tick | Received], out: list) -> bool:
+        """Take a run of ticks in one step where item by item would do exactly the same: no suspects held, no
+        reference data, in event-time order, none late, none far ahead of the one before, no identity seen
+        before. Buffered all at once, then the watermark advances once, to where the last tick takes it;
+        bars close and ticks apply in the same order as they would tick by tick (each tick's watermark is at
+        or below the next tick's time). Returns False, having done nothing, where the run is not like that."""
+        st = self.state
+        if st is None or st.suspects:
+            return False
+        ticks = [_tick(v) for v in run]
+        clock = self._clock()
+        if not clock or ticks[0].ts_ns < st.released_ns:  # (released_ns >= newest_ns - lateness_ns)
+            return False
+        reach, prev, keys = clock, ticks[0].ts_ns, []  # reach: the symbol's clock before each tick
+        for tick in ticks:
+            ts = tick.ts_ns
+            if isinstance(tick, Reference | WireReference) or ts < prev or ts > reach + self.ahead_ns:
+                return False
+            prev, reach = ts, max(reach, ts)
+            if tick.seq is not None:
+                keys.append((ts, tick.seq))
+        if keys and (len(set(keys)) < len(keys) or not st.seen.isdisjoint(keys)):
+            return False
+        for tick in ticks:
+            heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
+            st.seq += 1
+        if keys:
+            # the identities item by item would remember: those not yet older than the watermark at the last tick
+            # with a seq (where it last forgot some: _remember)
+            last = max(i for i, t in enumerate(ticks) if t.seq is not None)
+            before = st.newest_ns if last == 0 else max(st.newest_ns, ticks[last - 1].ts_ns)
+            forget_below = st.released_ns if last == 0 else max(st.released_ns, before - self.lateness_ns)
+            for key in keys:
+                st.seen.add(key)
+                heapq.heappush(st.seen_by_time, key)
+            while st.seen_by_time and st.seen_by_time[0][0] < forget_below:
+                st.seen.discard(heapq.heappop(st.seen_by_time))
+        st.newest_ns = max(st.newest_ns, ticks[-1].ts_ns)
+        self._advance(st.newest_ns - self.lateness_ns, out)
+        return True
 
     def on_eof(self) -> tuple[list[BarFeatures | DeadLetter], bool]:
         out: list[BarFeatures | DeadLetter] = []
@@ -366,10 +452,10 @@ class SymbolLogic(StatefulLogic):
 
     def _apply_checked(self, tick: Tick, out: list) -> None:
         st, f = self._st, self._st.features
-        if isinstance(tick, Reference):
+        if isinstance(tick, Reference | WireReference):
             f.on_reference(tick.date or trading_date(tick.ts_ns), tick.prev_close, tick.tier)
             return
-        if isinstance(tick, Status):
+        if isinstance(tick, Status | WireStatus):
             self._roll_features(tick.ts_ns)
             f.on_status(
                 tick.ts_ns,
@@ -389,7 +475,7 @@ class SymbolLogic(StatefulLogic):
             st.bar_end_ns = (tick.ts_ns // self.bar_ns + 1) * self.bar_ns
         self._roll_features(tick.ts_ns)
         st.ticks_in_bar += 1
-        if isinstance(tick, Trade):
+        if isinstance(tick, Trade | WireTrade):
             f.on_trade(tick.ts_ns, tick.price, tick.size)
         else:
             if tick.crossed:
@@ -426,4 +512,4 @@ def _refused(value: Tick | Received, reason: str, detail: str) -> DeadLetter:
             partition=value.partition,
             offset=value.offset,
         )
-    return DeadLetter.of(encode_tick(value), reason, detail, time.time_ns(), key=value.symbol)
+    return DeadLetter.of(encode(value), reason, detail, time.time_ns(), key=value.symbol)

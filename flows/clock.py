@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from flows.bars import Heartbeat
 from schemas.ticks import Reference
+from schemas.wire import WireReference
 
 #: Far-ahead ticks in a row, none confirming another, after which the earliest is taken as the clock.
 MAX_SUSPECTS = 4
@@ -73,7 +74,7 @@ class EventClock:
 
     def observe(self, tick) -> list[Heartbeat]:
         """Account for ``tick`` (about to be sent); returns the heartbeats to send *before* it."""
-        if isinstance(tick, Reference):
+        if isinstance(tick, Reference | WireReference):
             return []
         beats = self.advance(self._accept(tick.ts_ns))
         self.symbols[tick.symbol] = max(self.symbols.get(tick.symbol, 0), tick.ts_ns)

@@ -117,6 +117,8 @@ class ContextEngine:
 
     def drafts(self, bars: list[BarFeatures]) -> tuple[list[tuple[str, ContextDraft]], list[Pattern]]:
         """Condition a batch; returns the drafts and the patterns this batch added to the library."""
+        if self.deterministic and self._last_update is not None:
+            self._last_update.result()  # replay: every query sees the library the input alone implies
         # One retrieval deadline for the whole batch: chunks after it fail open at once instead of each
         # waiting out its own timeout (N bars would otherwise wait N / INFER_ROWS timeouts).
         deadline = time.perf_counter() + self.system.config.rag.timeout_ms / 1e3
@@ -142,7 +144,11 @@ class ContextEngine:
         if not self.cfg.pipeline.rag_online_updates:
             matured = []
         behind = self._last_update is not None and not self._last_update.done()
-        if self.deterministic or not matured or (not behind and self.system.pattern_rag.idle):
+        if self.deterministic and matured:
+            # Replay: the update (hnswlib inserts, ~a quarter of a replay's time, the GIL released) runs while
+            # this batch's contexts go out and the next ticks are read; the next batch waits for it (above).
+            self._last_update = self._updater().submit(self.add_patterns, matured)
+        elif not matured or (not behind and self.system.pattern_rag.idle):
             self.add_patterns(matured)
         else:
             # Live, a query stuck past its deadline holds the index (read side) until it returns, and the update
@@ -227,6 +233,8 @@ class ContextEngine:
         if self._update_thread is not None:
             self._update_thread.shutdown(wait=True)
             self._update_thread = None
+            if self.deterministic and self._last_update is not None:
+                self._last_update.result()  # a failed replay update is an error, as it was inline
         self.system.pattern_rag.close()
 
     def finish(

@@ -3,7 +3,7 @@
 ::
 
     ticks + heartbeats (Kafka or file) ─┬─ dead letters ────────────────────────────────────────┐
-                                        └─ key by symbol ─ bars (SymbolLogic) ─┬─ late ticks ──┴─> dead-letter sink
+                                        └─ symbol lists ── bars (SymbolLogic) ─┬─ late ticks ──┴─> dead-letter sink
                                                                               └─ BarFeatures + heartbeats ─
                                            one key: infer (InferenceLogic, event-time order) ─ key by symbol ─
                                            regime hysteresis ─┬─> contexts sink
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,10 +45,14 @@ class Sinks:
     features: DynamicSink | None = None
 
 
-def _count_tick(item: Tick | Received | Heartbeat) -> Tick | Received | Heartbeat:
-    if not isinstance(item, Heartbeat):
-        METRICS.ticks.labels(item.kind).inc()
-    return item
+def _count_ticks(
+    keyed: tuple[str, list[Tick | Received | Heartbeat]],
+) -> tuple[str, list[Tick | Received | Heartbeat]]:
+    """A symbol's share of a batch (flows/bars.py ``by_symbol``), counted by kind."""
+    kinds = Counter(item.kind for item in keyed[1] if not isinstance(item, Heartbeat))
+    for kind, n in kinds.items():
+        METRICS.ticks.labels(kind).inc(n)
+    return keyed
 
 
 #: Room for the Kafka record's own framing (record batch header, lengths, timestamps) next to key and value.
@@ -78,14 +83,15 @@ def build_flow(
     *,
     name: str = "hrm_conditioning",
 ) -> Dataflow:
-    """Wire the graph. ``source`` emits decoded ticks, dead letters and heartbeats (flows/sources). ``engine``
+    """Wire the graph. ``source`` emits dead letters and, per symbol, lists of decoded ticks and heartbeats
+    (flows/sources, flows/bars.py ``by_symbol``). ``engine``
     builds the worker's models (called once, when the flow is built); without one the graph stops at the
     features (training data, which must not need a trained model)."""
     flow = Dataflow(name)
     items = op.input("ticks_in", flow, source)
     split = op.branch("split_dead_in", items, lambda x: isinstance(x, DeadLetter))
-    ticks = op.map("count_ticks", split.falses, _count_tick)
-    keyed = op.key_on("key_symbol", ticks, lambda t: t.symbol)
+    # already keyed: each symbol's ticks of a source batch as one list (flows/bars.py by_symbol)
+    keyed = op.map("count_ticks", split.falses, _count_ticks)
     bar_out = op.stateful("bars", keyed, lambda resume: SymbolLogic(cfg.pipeline, resume))
     bar_split = op.branch("split_late", op.key_rm("unkey_bars", bar_out), lambda x: not isinstance(x, DeadLetter))
     dead = op.merge("dead", split.trues, bar_split.falses)

@@ -35,7 +35,7 @@ from bytewax.inputs import (
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from flows.bars import Received
+from flows.bars import Received, by_symbol
 from flows.clock import EventClock
 from flows.config import AppConfig
 from flows.kafka import client_callbacks
@@ -43,10 +43,12 @@ from flows.lifecycle import STOP, BrokerUnavailableError, BrokerWatch
 from flows.metrics import METRICS
 from schemas.errors import HrmcondError, TickDecodeError
 from schemas.records import DeadLetter
-from schemas.ticks import DEFAULT_LIMITS, WireLimits, decode_tick
+from schemas.ticks import DEFAULT_LIMITS, WireLimits
+from schemas.wire import WireTick, decode_batch, decode_each
 
 log = logging.getLogger(__name__)
 
+_EOF = KafkaError._PARTITION_EOF
 #: Most messages taken per poll.
 BATCH = 1_000
 #: How long a partition with nothing to read waits before it is polled again (Bytewax would spin otherwise).
@@ -58,43 +60,62 @@ HEAD_CHECK_TIMEOUT_S = 0.5
 STOP_POLL = timedelta(milliseconds=100)
 
 
-def decode_message(msg: Message, limits: WireLimits = DEFAULT_LIMITS) -> list:
-    """One consumed message -> a tick with its message (:class:`~flows.bars.Received`), or a dead letter that
-    says why (librdkafka errors included)."""
-    now = time.time_ns()
-    err = msg.error()
-    if err is not None:
-        METRICS.consumer_errors.labels(err.name()).inc()
-        log.error("Kafka consumer error %s (code %s): %s", err.name(), err.code(), err.str())
-        return [
-            DeadLetter.of(
-                msg.value() or b"",
-                "consumer_error",
-                f"{err.name()}: {err.str()}",
-                now,
-                topic=msg.topic(),
-                partition=msg.partition(),
-                offset=msg.offset(),
-            )
-        ]
-    where: dict[str, Any] = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
-    raw_key = msg.key()
-    key = raw_key.decode(errors="replace") if raw_key is not None else None
-    raw = msg.value() or b""
+def decode_messages(msgs: list[Message], limits: WireLimits = DEFAULT_LIMITS) -> list[Received | DeadLetter]:
+    """Consumed messages -> for each, in order, a tick with its message (:class:`~flows.bars.Received`) or a
+    dead letter that says why (librdkafka errors included). The batch is decoded in one call; where any message
+    in it is refused, message by message, so each bad one gets its own reason."""
+    raws = [msg.value() or b"" for msg in msgs]
+    decoded: list[WireTick | TickDecodeError]
     try:
-        tick = decode_tick(raw, limits)
-    except TickDecodeError as bad:
-        return [DeadLetter.of(raw, bad.reason, bad.detail, now, key=key, **where)]
-    # The key decides the partition, and a symbol's ticks are only in order within one partition: a tick
-    # without the key, or with another one, arrives out of order with the rest and moves the symbol's clock
-    # (73 key-less messages, 0.15% of a day, once erased 57% of its contexts as late).
+        if any(msg.error() is not None for msg in msgs):
+            raise ValueError("a consumer error in the batch")
+        decoded = list(decode_batch(raws, limits))
+    except ValueError:
+        decoded = decode_each(raws, limits)
+    now = time.time_ns()
+    out: list[Received | DeadLetter] = []
+    for msg, raw, tick in zip(msgs, raws, decoded, strict=True):
+        err = msg.error()
+        if err is not None:
+            METRICS.consumer_errors.labels(err.name()).inc()
+            log.error("Kafka consumer error %s (code %s): %s", err.name(), err.code(), err.str())
+            out.append(
+                DeadLetter.of(
+                    raw,
+                    "consumer_error",
+                    f"{err.name()}: {err.str()}",
+                    now,
+                    topic=msg.topic(),
+                    partition=msg.partition(),
+                    offset=msg.offset(),
+                )
+            )
+            continue
+        raw_key = msg.key()
+        key = raw_key.decode(errors="replace") if raw_key is not None else None
+        if isinstance(tick, TickDecodeError) or key != tick.symbol:
+            out.append(_refused(msg, raw, key, tick, now))
+        else:
+            # a delivered message has its topic, partition and offset (librdkafka's stubs say "or None")
+            out.append(Received(tick, raw, msg.topic(), msg.partition(), msg.offset()))  # type: ignore[arg-type]
+    return out
+
+
+def _refused(msg: Message, raw: bytes, key: str | None, tick: WireTick | TickDecodeError, now: int) -> DeadLetter:
+    where: dict[str, Any] = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
+    if isinstance(tick, TickDecodeError):
+        return DeadLetter.of(raw, tick.reason, tick.detail, now, key=key, **where)
+    # The key decides the partition, and a symbol's ticks are only in order within one partition: a tick without
+    # the key, or with another one, arrives out of order with the rest and moves the symbol's clock (73 key-less
+    # messages, 0.15% of a day, once erased 57% of its contexts as late).
     if key is None:
-        return [DeadLetter.of(raw, "missing_key", f"no message key (must be the symbol {tick.symbol!r})", now, **where)]
-    if key != tick.symbol:
-        return [
-            DeadLetter.of(raw, "key_mismatch", f"message key {key!r} != symbol {tick.symbol!r}", now, key=key, **where)
-        ]
-    return [Received(tick, raw, **where)]
+        return DeadLetter.of(raw, "missing_key", f"no message key (must be the symbol {tick.symbol!r})", now, **where)
+    return DeadLetter.of(raw, "key_mismatch", f"message key {key!r} != symbol {tick.symbol!r}", now, key=key, **where)
+
+
+def decode_message(msg: Message, limits: WireLimits = DEFAULT_LIMITS) -> list[Received | DeadLetter]:
+    """One consumed message (:func:`decode_messages`)."""
+    return decode_messages([msg], limits)
 
 
 class _TickPartition(StatefulSourcePartition):
@@ -156,21 +177,22 @@ class _TickPartition(StatefulSourcePartition):
             return self._idle(now)
         self.awake = None
         self.watch.answered(now)
-        out: list = []
-        for msg in msgs:
-            err = msg.error()
-            if err is not None and err.code() == KafkaError._PARTITION_EOF:
-                self.at_head = True
-                continue
-            self.at_head = False
-            if err is None:
+        # At the head when the batch ends with a partition-EOF event (messages after one: more arrived meanwhile).
+        eof = {i for i, msg in enumerate(msgs) if (err := msg.error()) is not None and err.code() == _EOF}
+        self.at_head = len(msgs) - 1 in eof
+        msgs = [msg for i, msg in enumerate(msgs) if i not in eof] if eof else msgs
+        for msg in reversed(msgs):
+            if msg.error() is None:
                 offset = msg.offset()
                 assert offset is not None  # a delivered message has one
                 self.offset = offset + 1
-            for item in decode_message(msg, self.limits):
-                if isinstance(item, Received):
-                    out.extend(self.clock.observe(item.tick))
-                out.append(item)
+                break
+        out: list = []
+        for item in decode_messages(msgs, self.limits):
+            if isinstance(item, Received):
+                out.extend(self.clock.observe(item.tick))
+            out.append(item)
+        out = by_symbol(out)
         self.newest_ns, self.newest_at = self.clock.now_ns, now
         # the high watermark of the last fetch response: known locally, no request
         _, high = self.consumer.get_watermark_offsets(self.tp, cached=True)
@@ -202,7 +224,7 @@ class _TickPartition(StatefulSourcePartition):
             now_ns = time.time_ns() - self.idle_close_ns
         else:
             now_ns = self.newest_ns + int((now - self.newest_at) * 1e9) - self.idle_close_ns
-        return self.clock.advance(now_ns + self.clock.lateness_ns)
+        return by_symbol(self.clock.advance(now_ns + self.clock.lateness_ns))
 
     def next_awake(self) -> datetime | None:
         return self.awake

@@ -1,32 +1,37 @@
 """Bytewax source over a canonical tick table (replay of files and simulations).
 
-Rows are turned into the same tick models the Kafka path decodes, in file order (the table is
-time-sorted), with two additions: the reference rows of every trading date up front (each stamped at the
-start of its date, so the per-symbol reorder buffer applies it at the right moment), and the file's
-event-time clock (flows/clock.py, no lateness: the file is sorted): whenever the stream crosses a bar
-boundary, every symbol seen so far gets a heartbeat, so quiet symbols close their bars exactly as they would
-with a continuous feed. A row that fails validation becomes a dead letter naming the file row (a reference
+Rows are turned into the same ticks the Kafka path decodes (schemas/wire.py), in file order (the table is
+time-sorted), a record batch at a time: the batch is validated a column at a time (:func:`valid_rows`), and
+a row that fails goes to the pydantic model, which says why. Two additions: the reference rows of every
+trading date up front (each stamped at the start of its date, so the per-symbol reorder buffer applies it at
+the right moment), and the file's event-time clock (flows/clock.py, no lateness: the file is sorted):
+whenever the stream crosses a bar boundary, every symbol seen so far gets a heartbeat, so quiet symbols close
+their bars exactly as they would with a continuous feed. Each batch goes out as per-symbol lists
+(flows/bars.py ``by_symbol``). A row that fails validation becomes a dead letter naming the file row (a reference
 row: ``reference SYMBOL DATE``).
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pydantic
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from tqdm import tqdm
 
-from flows.bars import Heartbeat
+from flows.bars import Heartbeat, by_symbol
 from flows.clock import EventClock
 from schemas.records import DeadLetter
 from schemas.reference import ReferenceRow
 from schemas.session import session_day
-from schemas.ticks import DEFAULT_LIMITS, Quote, Reference, Trade, WireLimits, reason_of
+from schemas.ticks import DEFAULT_LIMITS, MAX_TS_NS, MIN_TS_NS, Quote, Reference, Trade, WireLimits, reason_of
+from schemas.wire import WireQuote, WireTrade
 
 
 def reference_tick(row: ReferenceRow, limits: WireLimits = DEFAULT_LIMITS) -> Reference:
@@ -69,7 +74,7 @@ class ReplayInput:
     source_name: str
     #: pipeline.evict_idle_s in ns (flows/clock.py)
     evict_after_ns: int | None = None
-    batch_size: int = 4096
+    batch_size: int = 16_384
     limits: WireLimits = DEFAULT_LIMITS
 
     def __post_init__(self) -> None:
@@ -83,10 +88,36 @@ class ReplayInput:
             )
 
 
+def valid_rows(batch: pa.Table | pa.RecordBatch, limits: WireLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Rows of a canonical table that :func:`row_tick` accepts, judged a column at a time: a plausible
+    ``ts_ns``, a well-formed symbol, and for a trade (``kind`` ``trade``) a price within ``limits`` and a
+    positive size up to ``limits.max_size``, for a quote (any other kind) both prices within ``limits`` and
+    both sizes from 0 up to it; every value finite and present. [rows] bool."""
+    symbols = batch.column("symbol")
+    fine = {s for s in pc.unique(symbols).to_pylist() if s is not None and _SYMBOL.fullmatch(s) and len(s) <= 32}
+    ts = batch.column("ts_ns").to_numpy(zero_copy_only=False)
+    x = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in _VALUES}  # null -> NaN
+
+    def price(v: np.ndarray) -> np.ndarray:
+        return np.isfinite(v) & (v >= limits.min_price) & (v <= limits.max_price)
+
+    def size(v: np.ndarray, positive: bool) -> np.ndarray:
+        return np.isfinite(v) & ((v > 0) if positive else (v >= 0)) & (v <= limits.max_size)
+
+    trade = price(x["price"]) & size(x["size"], True)
+    quote = price(x["bid"]) & price(x["ask"]) & size(x["bid_size"], False) & size(x["ask_size"], False)
+    is_trade = pc.equal(batch.column("kind"), "trade").to_numpy(zero_copy_only=False)
+    known = pc.is_in(symbols, value_set=pa.array(sorted(fine), pa.string())).to_numpy(zero_copy_only=False)
+    return (ts >= MIN_TS_NS) & (ts < MAX_TS_NS) & known & np.where(is_trade, trade, quote)
+
+
+_SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-_/]*")
+_VALUES = ("price", "size", "bid", "bid_size", "ask", "ask_size")
+
+
 class _TablePartition(StatefulSourcePartition):
     def __init__(self, inp: ReplayInput, resume: tuple[int, EventClock] | None):
         self.inp = inp
-        self.cols = {name: inp.ticks.column(name).to_pylist() for name in inp.ticks.column_names}
         self.n = inp.ticks.num_rows
         self.row, self.clock = resume or (
             -1,
@@ -103,8 +134,8 @@ class _TablePartition(StatefulSourcePartition):
             leave=False,
         )
 
-    def next_batch(self) -> list[Trade | Quote | Reference | DeadLetter | Heartbeat]:
-        out: list[Trade | Quote | Reference | DeadLetter | Heartbeat] = []
+    def next_batch(self) -> list:
+        out: list[Trade | Quote | Reference | WireTrade | WireQuote | DeadLetter | Heartbeat] = []
         if self.row == -1:
             self.row = 0
             for r in self.inp.reference:
@@ -112,23 +143,39 @@ class _TablePartition(StatefulSourcePartition):
                     out.append(reference_tick(r, self.inp.limits))
                 except pydantic.ValidationError as err:
                     out.append(_dead(r, err, f"reference {r.symbol} {r.date}"))
-            return out
+            return by_symbol(out)
         if self.row >= self.n:
             self.progress.close()
             raise StopIteration
-        c = self.cols
-        stop = min(self.n, self.row + self.inp.batch_size)
-        for i in range(self.row, stop):
-            try:
-                tick = row_tick(c, i, self.inp.limits)
-            except pydantic.ValidationError as err:
-                out.append(_dead({k: c[k][i] for k in c}, err, f"{self.inp.source_name}:row {i}"))
-                continue
+        batch = self.inp.ticks.slice(self.row, self.inp.batch_size)
+        valid = valid_rows(batch, self.inp.limits)
+        c = {name: batch.column(name).to_numpy(zero_copy_only=False).tolist() for name in ("ts_ns", *_VALUES)}
+        symbols, kinds = batch.column("symbol").to_pylist(), batch.column("kind").to_pylist()
+        for i, ok in enumerate(valid.tolist()):
+            tick: Trade | Quote | WireTrade | WireQuote
+            if not ok:  # the model says why (or takes it after all)
+                row = batch.slice(i, 1).to_pylist()[0]
+                try:
+                    tick = row_tick({k: [v] for k, v in row.items()}, 0, self.inp.limits)
+                except pydantic.ValidationError as err:
+                    out.append(_dead(row, err, f"{self.inp.source_name}:row {self.row + i}"))
+                    continue
+            elif kinds[i] == "trade":
+                tick = WireTrade(symbol=symbols[i], ts_ns=c["ts_ns"][i], price=c["price"][i], size=c["size"][i])
+            else:
+                tick = WireQuote(
+                    symbol=symbols[i],
+                    ts_ns=c["ts_ns"][i],
+                    bid=c["bid"][i],
+                    bid_size=c["bid_size"][i],
+                    ask=c["ask"][i],
+                    ask_size=c["ask_size"][i],
+                )
             out.extend(self.clock.observe(tick))
             out.append(tick)
-        self.progress.update(stop - self.row)
-        self.row = stop
-        return out
+        self.progress.update(batch.num_rows)
+        self.row += batch.num_rows
+        return by_symbol(out)
 
     def snapshot(self) -> tuple[int, EventClock]:
         return (self.row, copy.deepcopy(self.clock))

@@ -34,7 +34,7 @@ def quote(t_ns: int) -> Quote:
 def feed(logic: SymbolLogic, items) -> list:
     out = []
     for item in items:
-        emitted, _ = logic.on_item(item)
+        emitted, _ = logic.on_item([item])
         out.extend(emitted)
     return out
 

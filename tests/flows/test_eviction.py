@@ -34,7 +34,7 @@ class KeyedBars:
         for tick in ticks:
             for item in [*self.clock.observe(tick), tick]:
                 logic = self.logic.setdefault(item.symbol, SymbolLogic(self.cfg))
-                emitted, discard = logic.on_item(item)
+                emitted, discard = logic.on_item([item])
                 self.out += emitted
                 if discard == StatefulLogic.DISCARD:
                     del self.logic[item.symbol]

@@ -88,7 +88,7 @@ def idle_for(part, clock, seconds: float) -> list:
     out = []
     for _ in range(int(seconds)):
         clock[0] += 1.0
-        out += part.next_batch()
+        out += [x for _, items in part.next_batch() for x in items]  # the symbols' lists (flows/bars.py by_symbol)
     return out
 
 

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import math
 
+import msgspec
 import orjson
 import pydantic
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from schemas.errors import TickDecodeError
 from schemas.ticks import MIN_TS_NS, Quote, Reference, Status, Trade, WireLimits, decode_tick, encode_tick
+from schemas.wire import MODEL_OF, WireQuote, as_model, decode_batch, decode_each, decode_one
 
 T0 = 1_514_903_400_123_000_000  # 2018-01-02 14:30:00.123 UTC
 
@@ -38,6 +40,9 @@ def test_valid_round_trip(msg):
     for key, value in msg.items():
         got = getattr(tick, key)
         assert (str(got) if key == "date" else got) == value
+    (fast,) = decode_batch([json.dumps(msg).encode()])
+    assert fast.kind == tick.kind and as_model(fast) == tick
+    assert encode_tick(as_model(fast)) == encode_tick(tick)  # what a replay dead letter carries
 
 
 INVALID = {
@@ -125,11 +130,40 @@ def test_invalid_is_rejected_with_reason(raw, reason):
     assert info.value.detail  # names the field and the problem
 
 
+@pytest.mark.parametrize("raw,reason", INVALID.values(), ids=INVALID.keys())
+def test_fast_decoder_refuses_the_same_with_the_same_reason(raw, reason):
+    raw = raw if isinstance(raw, bytes) else json.dumps(raw).encode()
+    good = json.dumps(VALID[0]).encode()
+    with pytest.raises(ValueError):
+        decode_batch([good, raw])  # a batch with one bad message fails as a whole...
+    ok, bad = decode_each([good, raw])  # ...and message by message names it, as the schema of record does
+    assert as_model(ok) == decode_tick(good)  # type: ignore[arg-type]
+    assert isinstance(bad, TickDecodeError) and bad.reason == reason
+    with pytest.raises(TickDecodeError) as info:
+        decode_tick(raw)
+    assert bad.detail == info.value.detail
+
+
+def test_fast_decoder_structs_mirror_the_models():
+    """Same field names, the same ones required, the same defaults: the models stay the schema of record."""
+    for struct, model in MODEL_OF.items():
+        fields = {f.name: f for f in msgspec.structs.fields(struct)}
+        assert set(fields) | {"kind"} == set(model.model_fields), struct
+        for name, f in fields.items():
+            info = model.model_fields[name]
+            assert info.is_required() == (f.required), (struct, name)
+            if not f.required:
+                assert f.default == info.default, (struct, name)
+        assert struct.kind == model.model_fields["kind"].default
+
+
 def test_crossed_quote_is_flagged_not_hidden():
     quote = next(m for m in VALID if m["kind"] == "quote")
     q = decode_tick(json.dumps(quote | {"bid": 10.0, "ask": 9.99}).encode())
     assert isinstance(q, Quote) and q.crossed
     assert not decode_tick(json.dumps(quote).encode()).crossed
+    fast, calm = decode_batch([json.dumps(quote | {"bid": 10.0, "ask": 9.99}).encode(), json.dumps(quote).encode()])
+    assert isinstance(fast, WireQuote) and fast.crossed and not calm.crossed
 
 
 def test_exact_types_where_pydantic_would_coerce():
@@ -137,12 +171,28 @@ def test_exact_types_where_pydantic_would_coerce():
     lax_number, lax_flag = pydantic.TypeAdapter(float), pydantic.TypeAdapter(bool)
     assert lax_number.validate_json("true") == 1.0 and lax_number.validate_json('"101.5"') == 101.5
     assert lax_flag.validate_json('"no"') is False and lax_flag.validate_json("1") is True
-    for price in (b"true", b'"101.5"'):
-        with pytest.raises(TickDecodeError, match="price"):
-            decode_tick(b'{"kind":"trade","symbol":"A","ts_ns":%d,"price":%s,"size":1}' % (T0, price))
-    for flag in (b'"no"', b"1"):
-        with pytest.raises(TickDecodeError, match="ssr"):
-            decode_tick(b'{"kind":"status","symbol":"A","ts_ns":%d,"ssr":%s}' % (T0, flag))
+    for decode in (decode_tick, decode_one):
+        for price in (b"true", b'"101.5"', b'"1.0"'):
+            with pytest.raises(TickDecodeError, match="price"):
+                decode(b'{"kind":"trade","symbol":"A","ts_ns":%d,"price":%s,"size":1}' % (T0, price))
+        for flag in (b'"no"', b"1"):
+            with pytest.raises(TickDecodeError, match="ssr"):
+                decode(b'{"kind":"status","symbol":"A","ts_ns":%d,"ssr":%s}' % (T0, flag))
+
+
+def assert_decoders_agree(raw: bytes) -> None:
+    """The fast decoder (schemas/wire.py) takes exactly what the schema of record takes, to the same values."""
+    try:
+        model = decode_tick(raw)
+    except TickDecodeError:
+        model = None
+    try:
+        (fast,) = decode_batch([raw])
+    except ValueError:
+        fast = None
+    assert (fast is None) == (model is None), (raw, model, fast)
+    if fast is not None:
+        assert as_model(fast) == model and encode_tick(as_model(fast)) == encode_tick(model), raw  # type: ignore[arg-type]
 
 
 REASONS = {"invalid_json", "unknown_kind", "missing_field", "unknown_field", "invalid_value", "out_of_range"}
@@ -189,6 +239,7 @@ JSON_VALUES = st.recursive(
 
 @given(st.binary(max_size=200) | JSON_VALUES.map(lambda v: json.dumps(v).encode()))
 def test_arbitrary_bytes_never_crash(raw):
+    assert_decoders_agree(raw)
     try:
         decode_tick(raw)
     except TickDecodeError as err:
@@ -218,6 +269,7 @@ def test_hostile_fields_are_rejected_with_a_reason_or_are_sound(template, data):
     escapes, and what is accepted has exact types and values inside the limits."""
     names = st.sampled_from(sorted(set(template) - {"kind"}) + ["halted", "ssr", "band_low", "band_high", "seq"])
     msg = template | data.draw(st.dictionaries(names, HOSTILE, max_size=3))
+    assert_decoders_agree(json.dumps(msg).encode())
     try:
         tick = decode_tick(json.dumps(msg).encode())
     except TickDecodeError as err:
@@ -244,6 +296,12 @@ def test_limits_are_configurable():
     assert decode_tick(msg).price == 3e6  # inside the default 1e-4 .. 1e7 USD
     with pytest.raises(TickDecodeError) as info:
         decode_tick(msg, WireLimits(max_price=2e6))
+    assert info.value.reason == "out_of_range" and "2000000.0" in info.value.detail
+    assert decode_batch([msg])[0].price == 3e6
+    with pytest.raises(ValueError):
+        decode_batch([msg], WireLimits(max_price=2e6))
+    with pytest.raises(TickDecodeError) as info:
+        decode_one(msg, WireLimits(max_price=2e6))
     assert info.value.reason == "out_of_range" and "2000000.0" in info.value.detail
     with pytest.raises(pydantic.ValidationError, match="must be below"):
         WireLimits(min_price=10, max_price=1)

@@ -69,7 +69,7 @@ class PatternRAG(PatternLibrary, nn.Module):
         summary = np.concatenate(
             [mean, std, sim.max(axis=1, initial=0.0)[:, None], (sim.sum(axis=1) / n_valid)[:, None]], axis=1
         )  # [B, SUMMARY_DIM]
-        return summary.astype(np.float32), has_any
+        return summary.astype(np.float32), np.asarray(has_any, dtype=bool)
 
     def head_context(self, summary: Tensor, has_any: Tensor) -> Tensor:
         """``summary [B, SUMMARY_DIM]``, ``has_any [B]`` bool -> context ``[B, context_dim]`` (differentiable; zero

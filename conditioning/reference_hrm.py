@@ -122,8 +122,8 @@ class ReferenceHRM(nn.Module):
             x = x + self.raw(raw)[:, None]
         inject = film or (lambda z: z)
         s = self.size
-        z_h = self.h_init.expand_as(x)
-        z_l = self.l_init.expand_as(x)
+        z_h = self.get_buffer("h_init").expand_as(x)
+        z_l = self.get_buffer("l_init").expand_as(x)
         with torch.no_grad():
             for h in range(s.h_cycles):
                 for step in range(s.l_cycles):

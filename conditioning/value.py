@@ -195,8 +195,8 @@ def _forward(fit: Fitted, data: Data, rows: np.ndarray, seq_len: int, ctx_rows: 
 def train(
     data: Data, rows: np.ndarray, mode: str, settings: TrainSettings, system: ConditioningSystem | None = None
 ) -> Fitted:
-    """Train the reference HRM in ``mode`` on ``rows``; with ``film``, a copy of ``system`` jointly (classifier
-    frozen)."""
+    """Train the reference HRM in ``mode`` on ``rows``; with ``film``, a conditioning system with the classifier
+    of ``system`` (frozen) jointly."""
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     symbols = sorted(set(data.symbol[rows]))
@@ -223,9 +223,11 @@ def train(
     if mode == "film":
         if system is None:
             raise ValueError("mode film needs a ConditioningSystem")
-        fit.system = ConditioningSystem(system.config)  # a copy (deepcopy cannot copy the library's locks)
-        fit.system.load_state_dict(system.state_dict())
-        fit.system.train()
+        # Fresh (seeded) heads, fusion and FiLM: whatever ``system`` learned before is not carried over, so film
+        # and the other modes start equal. Only the classifier comes from ``system``; the library is not needed
+        # (the data set holds each row's retrieval summary).
+        fit.system = ConditioningSystem(system.config).train()
+        fit.system.regime_classifier.load_state_dict(system.regime_classifier.state_dict())
         fit.system.regime_classifier.requires_grad_(False)
         params += [p for p in fit.system.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)

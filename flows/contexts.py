@@ -30,7 +30,7 @@ from conditioning.features.state import BarFeatures
 from conditioning.features.types import Pattern
 from conditioning.hysteresis import RegimeSmoother
 from conditioning.regime import REGIME_NAMES
-from conditioning.system import ConditioningSystem
+from conditioning.system import ConditioningOutput, ConditioningSystem
 from flows.bars import Heartbeat
 from flows.breaker import RetrievalBreaker
 from flows.config import AppConfig
@@ -223,10 +223,10 @@ class ContextEngine:
         ]
 
     @staticmethod
-    def _inputs(regime_x: torch.Tensor, out) -> list[ConditioningInputs | None]:
+    def _inputs(regime_x: torch.Tensor, out: ConditioningOutput) -> list[ConditioningInputs | None]:
         """Per row, the inputs ``ConditioningSystem.fuse`` turned into its context (schemas/records.py)."""
-        summary = None if out.rag_summary is None else out.rag_summary.float().numpy()
-        rows = None if out.rag_rows is None else out.rag_rows.numpy()
+        summary = None if out.rag_summary is None or out.rag_rows is None else out.rag_summary.float().numpy()
+        rows = np.zeros(len(regime_x), dtype=bool) if out.rag_rows is None else out.rag_rows.numpy()
         return [
             ConditioningInputs(
                 regime_features=regime_x[i].tolist(),

@@ -218,13 +218,13 @@ def dataset_table(
     n = len(bars["symbol"])
     row = {(s, int(e)): i for i, (s, e) in enumerate(zip(bars["symbol"], bars["window_end_ns"], strict=True))}
     has = np.zeros(n, dtype=bool)
-    regime = [None] * n
-    pattern = [None] * n
-    probs = [None] * n
-    summary = [None] * n
-    status = [None] * n
-    ssr = [None] * n
-    context = [None] * n
+    regime: list[list[float] | None] = [None] * n
+    pattern: list[list[float] | None] = [None] * n
+    probs: list[list[float] | None] = [None] * n
+    summary: list[list[float] | None] = [None] * n
+    status: list[str | None] = [None] * n
+    ssr: list[str | None] = [None] * n
+    context: list[list[float] | None] = [None] * n
     for f in features:
         i = row.get((f.symbol, f.window_end_ns))
         if i is not None:

@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     system = load_model(cfg.model.dir, cfg.conditioning).system
     with tempfile.TemporaryDirectory(prefix="hrmcond-evaluate-") as tmp:
         results = run(args, cfg, system, Path(tmp))
-    results["settings"] = {k: v for k, v in vars(args).items() if k != "out"}
+    results["settings"] = {k: v if isinstance(v, int | float | bool | None) else str(v) for k, v in vars(args).items()}
     results["machine"] = {
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     results["seconds"] = round(time.perf_counter() - started, 1)
     if args.out_file:
-        Path(args.out_file).write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.out_file).write_text(json.dumps(results, indent=2, default=str) + "\n")
         path = Path(args.out_file)
     else:
         path = write_results(args.out, results)

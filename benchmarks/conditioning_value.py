@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--embargo-days", type=int, default=1)
     p.add_argument("--market-seed", type=int, default=5)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--boot", type=int, default=2000)
     p.add_argument("--permutations", type=int, default=100)

@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC     ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: demo test lint schemas model bench clean
+.PHONY: demo test lint schemas model bench evaluate clean
 
 MODEL_DIR  := conditioning/pretrained/default
 MODEL_WORK := build/model
@@ -61,6 +61,19 @@ model: $(VENV)/.installed-demo
 	$(BIN)/hrmcond train-regime --config deploy/local.yaml --features $(MODEL_WORK)/features.jsonl \
 	    --truth $(MODEL_WORK)/truth.json --out $(MODEL_DIR) --seed 0
 	$(BIN)/hrmcond build-patterns --features $(MODEL_WORK)/features.jsonl --model $(MODEL_DIR)
+	# The conditioning heads, fusion gate and FiLM, trained with the reference HRM (conditioning/value.py) on
+	# other simulated days, after the library's (so retrieval answers point in time), seeded, one thread.
+	$(BIN)/hrmcond simulate --symbols 16 --days 3 --seed 12 --start 2024-02-05 \
+	    --out $(MODEL_WORK)/hrm-ticks.parquet --reference $(MODEL_WORK)/hrm-reference.csv
+	$(BIN)/hrmcond dataset --config deploy/local.yaml --format canonical --ticks $(MODEL_WORK)/hrm-ticks.parquet \
+	    --reference $(MODEL_WORK)/hrm-reference.csv --out $(MODEL_WORK)/hrm-dataset.parquet
+	$(BIN)/hrmcond train-conditioning --config deploy/local.yaml --dataset $(MODEL_WORK)/hrm-dataset.parquet \
+	    --model $(MODEL_DIR) --seed 0 --steps 300
+
+# Does the context help an HRM out of sample? Simulated market + real samples, several seeds, 95% intervals:
+# benchmarks/results/conditioning_value.json (about 20 minutes on 2 cores; not part of `make test`).
+evaluate: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/conditioning_value.py
 
 # Every benchmark writes its figures to benchmarks/results/<name>.json (minutes each; not part of `make test`).
 # Then benchmarks/results/SUMMARY.md is generated from the results files (each names its machine).

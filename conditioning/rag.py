@@ -15,9 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from conditioning.library import PatternLibrary, Retrieval
-from schemas.layout import OUTCOME_DIM
+from schemas.records import RAG_SUMMARY_DIM as SUMMARY_DIM
 
-SUMMARY_DIM = 2 * OUTCOME_DIM + 2
 HEAD_HIDDEN = 64
 
 
@@ -49,10 +48,12 @@ class PatternRAG(PatternLibrary, nn.Module):
         query = query_features.detach().to("cpu", torch.float32).numpy().copy()  # the worker may outlive us
         return self.search(query, timeout_ms, None if query_windows is None else np.asarray(query_windows))
 
-    def project(self, retrieval: Retrieval) -> Tensor:
-        """An ``ok`` retrieval -> context ``[B, context_dim]``; zero rows where a query has no valid neighbour."""
+    def summarise(self, retrieval: Retrieval) -> tuple[np.ndarray, np.ndarray]:
+        """An ``ok`` retrieval -> ``(summary [B, SUMMARY_DIM] float32, has_any [B] bool)``: the head's input (module
+        docstring) and whether the row had a valid neighbour (its summary is then meaningless and its context 0).
+        No learned weights: what a data set records so that the head trains on exactly what it sees live."""
         if retrieval.status != "ok":
-            raise ValueError(f"cannot project a retrieval with status {retrieval.status!r}")
+            raise ValueError(f"cannot summarise a retrieval with status {retrieval.status!r}")
         sim, outcomes = retrieval.similarity, retrieval.outcomes  # [B, k], [B, k, O]
         assert sim is not None and outcomes is not None  # an ok retrieval carries them
         valid = retrieval.valid  # [B, k]
@@ -68,9 +69,20 @@ class PatternRAG(PatternLibrary, nn.Module):
         summary = np.concatenate(
             [mean, std, sim.max(axis=1, initial=0.0)[:, None], (sim.sum(axis=1) / n_valid)[:, None]], axis=1
         )  # [B, SUMMARY_DIM]
+        return summary.astype(np.float32), np.asarray(has_any, dtype=bool)
+
+    def head_context(self, summary: Tensor, has_any: Tensor) -> Tensor:
+        """``summary [B, SUMMARY_DIM]``, ``has_any [B]`` bool -> context ``[B, context_dim]`` (differentiable; zero
+        rows without a neighbour)."""
+        return self.head(summary) * has_any.unsqueeze(1).to(summary.dtype)
+
+    def project(self, retrieval: Retrieval) -> Tensor:
+        """An ``ok`` retrieval -> context ``[B, context_dim]``; zero rows where a query has no valid neighbour."""
+        summary, has_any = self.summarise(retrieval)
         ref = next(self.head.parameters())  # the first layer's weight: the head's dtype and device
-        ctx = self.head(torch.as_tensor(summary, dtype=ref.dtype, device=ref.device))  # [B, C]
-        return ctx * torch.as_tensor(has_any, device=ref.device).unsqueeze(1)
+        return self.head_context(
+            torch.as_tensor(summary, dtype=ref.dtype, device=ref.device), torch.as_tensor(has_any, device=ref.device)
+        )
 
     def forward(
         self, query_features: Tensor, timeout_ms: int = 60, query_windows: Tensor | np.ndarray | None = None

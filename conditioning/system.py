@@ -5,10 +5,15 @@ Every component is always built (so one artifact serves every flag setting); the
 | regime | rag | hybrid | context |
 |---|---|---|---|
 | off | off | any | zeros: FiLM is then exactly the identity (see film.py) |
-| on | off | any | ``regime_ctx = W_r softmax(logits)`` |
+| on | off | any | ``regime_ctx = W_r p + W_d (p * d)``, ``p = softmax(logits)`` |
 | off | on | any | ``rag_ctx`` (PatternRAG's head) |
 | on | on | off | ``regime_ctx + rag_ctx`` |
 | on | on | on | ``g * regime_ctx + (1 - g) * rag_ctx``, ``g = sigmoid(MLP([regime_ctx, rag_ctx]))`` per channel |
+
+``d`` is the pattern's signed direction (:func:`pattern_direction`, about N(0, 1) for a random walk): the
+regime probabilities say how the market behaves, ``p * d`` which way, so a context can tell a rising trend
+from a falling one (``W_d`` starts at zero: an untrained system's context is ``W_r p``, as before it existed).
+Without a pattern in ``features`` (regime alone), ``d = 0``.
 
 ``enable_hybrid`` with one branch off has nothing to fuse and gives that branch alone. When retrieval does
 not answer (``timeout``/``error``), is not asked (``unavailable``: the caller's circuit breaker is open) or has
@@ -41,6 +46,16 @@ FEATURE_KEYS = ("regime_features", "pattern_features")
 FUSION_HIDDEN = 32
 
 
+def pattern_direction(pattern: Tensor) -> Tensor:
+    """Signed direction of the pattern's 32 bars: ``d = sum_b r_b / sqrt(sum_b r_b^2)`` over its volatility-
+    normalised returns (channel 0 of conditioning/features/pattern.py), 0 without returns. ``[B, 128]`` -> ``[B]``.
+    Scale-free; a driftless walk gives about N(0, 1), a steady trend up to +-sqrt(32). (``trend_score`` in
+    conditioning/datasets.py is its absolute value.)"""
+    r = pattern.reshape(pattern.shape[0], -1, 4)[:, :, 0]  # [B, 32]
+    ss = r.square().sum(dim=1).sqrt()
+    return torch.where(ss > 0, r.sum(dim=1) / ss.clamp_min(1e-12), torch.zeros_like(ss))
+
+
 class RagUnavailableError(RuntimeError):
     """Retrieval timed out or failed while ``fail_open`` is false."""
 
@@ -68,6 +83,8 @@ class ConditioningOutput:
     latency_ms: dict[str, float] = field(default_factory=dict)  # regime, rag, fusion, total
     #: [B] bool, with status "ok": whether the row had an eligible neighbour (else its RAG part is zero)
     rag_rows: Tensor | None = None
+    #: [B, SUMMARY_DIM], with status "ok": the retrieval summary the RAG head read (conditioning/rag.py)
+    rag_summary: Tensor | None = None
 
 
 class ConditioningSystem(nn.Module):
@@ -83,6 +100,8 @@ class ConditioningSystem(nn.Module):
         dim = config.film.context_dim
         self.regime_classifier = RegimeClassifier(REGIME_FEATURE_DIM, config.regime.num_regimes)
         self.regime_proj = nn.Linear(config.regime.num_regimes, dim, bias=False)
+        self.direction_proj = nn.Linear(config.regime.num_regimes, dim, bias=False)
+        nn.init.zeros_(self.direction_proj.weight)
         self.pattern_rag = PatternRAG(
             config.rag.pattern_dim, dim, max_patterns=config.rag.max_patterns, workers=rag_workers
         )
@@ -115,15 +134,12 @@ class ConditioningSystem(nn.Module):
         t0 = time.perf_counter()
         batch = self._batch(features)
         ref = self.regime_proj.weight
-        latency: dict[str, float] = {}
-        regime_ctx: Tensor | None = None
         probs: Tensor | None = None
         if self.enable_regime:
             probs = torch.softmax(self.regime_classifier(features["regime_features"]), dim=-1)  # [B, R]
-            regime_ctx = self.regime_proj(probs)  # [B, C]
         t1 = time.perf_counter()
-        rag_ctx: Tensor | None = None
         status: RagStatus = "disabled"
+        summary: Tensor | None = None
         has_neighbours: Tensor | None = None
         if self.enable_rag:
             budget_ms = self.config.rag.timeout_ms if timeout_ms is None else timeout_ms
@@ -135,26 +151,17 @@ class ConditioningSystem(nn.Module):
                 retrieval = self.pattern_rag.retrieve(features["pattern_features"], budget_ms, query_windows)
             status = retrieval.status
             if status == "ok":
-                rag_ctx = self.pattern_rag.project(retrieval)  # [B, C]
-                has_neighbours = torch.as_tensor(retrieval.valid.any(axis=1), device=ref.device)[:, None]
+                summary_np, rows_np = self.pattern_rag.summarise(retrieval)
+                summary = torch.as_tensor(summary_np, dtype=ref.dtype, device=ref.device)  # [B, S]
+                has_neighbours = torch.as_tensor(rows_np, device=ref.device)  # [B]
             elif status in FAILED_OPEN and not self.fail_open:
                 raise RagUnavailableError(
                     f"pattern retrieval {status} (timeout_ms={budget_ms}) with fail_open=false"
                 ) from retrieval.error
         t2 = time.perf_counter()
-        if rag_ctx is None:
-            context = (
-                regime_ctx
-                if regime_ctx is not None
-                else torch.zeros(batch, ref.shape[0], dtype=ref.dtype, device=ref.device)
-            )
-        elif regime_ctx is None:
-            context = rag_ctx
-        elif self.enable_hybrid:  # rows without a neighbour keep the regime part alone
-            assert has_neighbours is not None  # set with rag_ctx
-            context = torch.where(has_neighbours, self.fusion(regime_ctx, rag_ctx), regime_ctx)
-        else:
-            context = regime_ctx + rag_ctx
+        pattern = features.get("pattern_features")
+        direction = None if pattern is None else pattern_direction(pattern.to(ref.dtype))
+        context = self.fuse(probs, direction, summary, has_neighbours, batch)
         t3 = time.perf_counter()
         latency = {
             "regime": (t1 - t0) * 1e3,
@@ -162,8 +169,37 @@ class ConditioningSystem(nn.Module):
             "fusion": (t3 - t2) * 1e3,
             "total": (t3 - t0) * 1e3,
         }
-        rows = None if has_neighbours is None else has_neighbours[:, 0]
-        return ConditioningOutput(context, probs, status, latency, rows)
+        return ConditioningOutput(context, probs, status, latency, has_neighbours, summary)
+
+    def fuse(
+        self,
+        probs: Tensor | None,
+        direction: Tensor | None,
+        summary: Tensor | None,
+        has_neighbours: Tensor | None,
+        batch: int,
+    ) -> Tensor:
+        """The context from the conditioning inputs (module table): regime probabilities ``[B, R]`` (None: regime
+        off), the pattern direction ``[B]`` (None: 0), the retrieval summary ``[B, SUMMARY_DIM]`` and its rows
+        with a neighbour ``[B]`` bool (None: no RAG part, whatever the reason). Differentiable: training from a
+        data set's recorded inputs (conditioning/value.py) runs exactly this, so the heads train on what they
+        see live."""
+        ref = self.regime_proj.weight
+        regime_ctx = None
+        if probs is not None:
+            regime_ctx = self.regime_proj(probs)  # [B, C]
+            if direction is not None:
+                regime_ctx = regime_ctx + self.direction_proj(probs * direction[:, None])
+        if summary is None or has_neighbours is None:
+            if regime_ctx is not None:
+                return regime_ctx
+            return torch.zeros(batch, ref.shape[0], dtype=ref.dtype, device=ref.device)
+        rag_ctx = self.pattern_rag.head_context(summary, has_neighbours)  # [B, C]
+        if regime_ctx is None:
+            return rag_ctx
+        if self.enable_hybrid:  # rows without a neighbour keep the regime part alone
+            return torch.where(has_neighbours[:, None], self.fusion(regime_ctx, rag_ctx), regime_ctx)
+        return regime_ctx + rag_ctx
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         """``{"regime_features": [B, 20] normalised, "pattern_features": [B, 128]}`` -> context ``[B, 256]``."""

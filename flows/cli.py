@@ -350,6 +350,28 @@ def cmd_build_patterns(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_dataset(args: argparse.Namespace) -> None:
+    from conditioning.artifacts import verify_model
+    from flows.contexts import model_version
+    from flows.dataset import build_dataset
+
+    cfg = _config(args)
+    verify_model(cfg.model.dir, cfg.conditioning)
+    table, reference = load_input(args)
+    out = build_dataset(cfg, table, reference, args.out, model_version=model_version(cfg.model.dir))
+    with_context = sum(out.column("has_context").to_pylist())
+    print(f"wrote {out.num_rows:,} bars ({with_context:,} with a context) to {args.out}")
+
+
+def cmd_train_conditioning(args: argparse.Namespace) -> None:
+    from conditioning.value import TrainSettings, train_conditioning
+
+    cfg = _config(args)
+    settings = TrainSettings(seed=args.seed, steps=args.steps)
+    report = train_conditioning(args.dataset, args.model, cfg.conditioning, settings)
+    print(report)
+
+
 def cmd_audit_leakage(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -522,6 +544,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="model directory (updated in place)")
     p.add_argument("--as-of", help="ISO time: only patterns whose outcome was known by then")
     p.set_defaults(fn=cmd_build_patterns)
+
+    p = sub.add_parser("dataset", help="Parquet per (symbol, bar): conditioning inputs, bar tokens, forward targets")
+    add_input_args(p)
+    cfg_arg(p)
+    p.add_argument("--out", type=Path, required=True, help="Parquet file to write")
+    p.set_defaults(fn=cmd_dataset)
+
+    p = sub.add_parser(
+        "train-conditioning", help="train the conditioning heads and FiLM with the reference HRM into a model"
+    )
+    cfg_arg(p)
+    p.add_argument("--dataset", type=Path, nargs="+", required=True, help="Parquet from hrmcond dataset")
+    p.add_argument("--model", type=Path, required=True, help="model directory (heads and FiLM updated in place)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=600)
+    p.set_defaults(fn=cmd_train_conditioning)
 
     p = sub.add_parser("audit-leakage", help="MI(context, id) vs a block-permutation null, with a positive control")
     p.add_argument("--contexts", type=Path, required=True, help="contexts JSONL from hrmcond replay")

@@ -84,6 +84,9 @@ class PipelineConfig(Strict):
     #: Add matured patterns to the RAG library while running (replay: the same output for any number of
     #: workers; live: see README, "Running live"); off = the shipped library, frozen.
     rag_online_updates: bool = True
+    #: Put the conditioning inputs (normalised regime features, retrieval summary) in each context record
+    #: (``ContextRecord.inputs``): what ``hrmcond dataset`` trains the conditioning from. Off live by default.
+    emit_conditioning_inputs: bool = False
     #: Live: after this many batches in a row whose retrieval timed out or failed, skip retrieval (no wait,
     #: status ``unavailable``) for ``rag_breaker_cooldown_ms``, then probe again (flows/breaker.py); 0 = never.
     rag_breaker_after: int = Field(3, ge=0)

@@ -30,7 +30,7 @@ from conditioning.features.state import BarFeatures
 from conditioning.features.types import Pattern
 from conditioning.hysteresis import RegimeSmoother
 from conditioning.regime import REGIME_NAMES
-from conditioning.system import ConditioningSystem
+from conditioning.system import ConditioningOutput, ConditioningSystem
 from flows.bars import Heartbeat
 from flows.breaker import RetrievalBreaker
 from flows.config import AppConfig
@@ -38,6 +38,7 @@ from flows.metrics import METRICS
 from schemas.records import (
     FAILED_OPEN,
     ConditioningFlags,
+    ConditioningInputs,
     ContextRecord,
     FeatureRecord,
     MaturedPattern,
@@ -60,6 +61,7 @@ class ContextDraft:
     regime_probs: list[float] | None
     rag_status: str
     latency: StageLatencies | None
+    inputs: ConditioningInputs | None = None
 
 
 def feature_record(bar: BarFeatures) -> FeatureRecord:
@@ -209,6 +211,7 @@ class ContextEngine:
             )
         ctx = out.context.float().numpy()
         probs = None if out.regime_probs is None else out.regime_probs.float().numpy()
+        inputs = self._inputs(regime_x, out) if self.cfg.pipeline.emit_conditioning_inputs else [None] * n
         return [
             (
                 b.symbol,
@@ -219,9 +222,23 @@ class ContextEngine:
                     # per row: a batch can be answered while one row's window has no eligible neighbour
                     rag_status="empty" if out.rag_rows is not None and not out.rag_rows[i] else out.rag_status,
                     latency=latency,
+                    inputs=inputs[i],
                 ),
             )
             for i, b in enumerate(bars)
+        ]
+
+    @staticmethod
+    def _inputs(regime_x: torch.Tensor, out: ConditioningOutput) -> list[ConditioningInputs | None]:
+        """Per row, the inputs ``ConditioningSystem.fuse`` turned into its context (schemas/records.py)."""
+        summary = None if out.rag_summary is None or out.rag_rows is None else out.rag_summary.float().numpy()
+        rows = np.zeros(len(regime_x), dtype=bool) if out.rag_rows is None else out.rag_rows.numpy()
+        return [
+            ConditioningInputs(
+                regime_features=regime_x[i].tolist(),
+                rag_summary=None if summary is None or not rows[i] else summary[i].tolist(),
+            )
+            for i in range(len(regime_x))
         ]
 
     def add_patterns(self, patterns: list[Pattern]) -> None:
@@ -264,6 +281,7 @@ class ContextEngine:
             flags=self.flags,
             model_version=self.model_version,
             latency=latency,
+            inputs=draft.inputs,
         )
         METRICS.contexts.labels(regime or "none").inc()
         return smoother, (record, feature_record(draft.bar))

@@ -99,6 +99,22 @@ class StageLatencies(Strict):
     bar_to_emit_ms: float | None = None
 
 
+#: Width of the retrieval summary the RAG head reads (conditioning/rag.py): weighted mean and std of the
+#: neighbours' standardised outcomes, max and mean similarity.
+RAG_SUMMARY_DIM = 2 * OUTCOME_DIM + 2
+
+
+class ConditioningInputs(Strict):
+    """What the conditioning system read for one context (``pipeline.emit_conditioning_inputs``): with the
+    feature record's ``pattern`` and the context's ``regime_probs``, the inputs a trainer needs to reproduce
+    the context exactly (conditioning/system.py ``fuse``), so the heads train on what they see live."""
+
+    #: The 20-d regime features after the model's normaliser (the classifier's input).
+    regime_features: Annotated[list[float], Field(min_length=REGIME_FEATURE_DIM, max_length=REGIME_FEATURE_DIM)]
+    #: The retrieval summary, None when the row's RAG part is absent (``rag_status`` says why).
+    rag_summary: Annotated[list[float], Field(min_length=RAG_SUMMARY_DIM, max_length=RAG_SUMMARY_DIM)] | None
+
+
 class ContextRecord(_Record):
     """The pipeline's output: the 256-d conditioning context for one symbol at one bar close.
 
@@ -117,6 +133,8 @@ class ContextRecord(_Record):
     model_version: str
     #: None in deterministic replay output (latencies differ run to run).
     latency: StageLatencies | None = None
+    #: The conditioning inputs behind ``context``; only with ``pipeline.emit_conditioning_inputs``.
+    inputs: ConditioningInputs | None = None
 
     @property
     def key(self) -> tuple[str, int]:

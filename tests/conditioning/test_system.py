@@ -47,12 +47,13 @@ def test_total_conditioning_budget():
     assert counts == {
         "regime_classifier": 20_232,
         "regime_proj": 8 * 256,
+        "direction_proj": 8 * 256,
         "pattern_rag": 17_088,
         "fusion": (512 * 32 + 32) + (32 * 256 + 256),
         "film_layer": 81_920,
     }
     assert all(c <= 100_000 for c in counts.values())
-    assert count_parameters(system) == sum(counts.values()) == 146_152 <= 300_000
+    assert count_parameters(system) == sum(counts.values()) == 148_200 <= 300_000
 
 
 @pytest.mark.parametrize(("regime", "rag", "hybrid", "fail_open"), FLAGS)

@@ -37,7 +37,7 @@ from schemas.canonical import QUOTE, TRADE
 from schemas.layout import CONTEXT_DIM, NUM_REGIMES, PATTERN_DIM, REGIME_FEATURE_DIM
 from schemas.records import RAG_SUMMARY_DIM, ContextRecord, FeatureRecord
 from schemas.reference import ReferenceRow
-from schemas.session import REGULAR_CLOSE, REGULAR_OPEN, new_york_ns
+from schemas.session import XNYS, SessionCalendar, session_day, trading_date
 
 TOKEN_NAMES = ("log_return", "log_range", "log_volume", "log_trades", "log_spread")
 HORIZON_BARS = 30
@@ -146,17 +146,15 @@ def day_bars(
     }
 
 
-def session_ends(date: dt.date, bar_ns: int) -> np.ndarray:
-    """Bar ends of the regular session of ``date``: open + bar, ..., close (int64 ns)."""
-    open_ns, close_ns = new_york_ns(date, REGULAR_OPEN), new_york_ns(date, REGULAR_CLOSE)
-    return np.arange(open_ns + bar_ns, close_ns + 1, bar_ns, dtype=np.int64)
+def session_ends(date: dt.date, bar_ns: int, calendar: SessionCalendar = XNYS) -> np.ndarray:
+    """Bar ends of the regular session of ``date``: open + bar, ..., close (int64 ns; none on a closed day)."""
+    day = session_day(date, calendar)
+    return np.arange(day.open_ns + bar_ns, day.close_ns + 1, bar_ns, dtype=np.int64)
 
 
 def bar_table(ticks: pa.Table, bar_ns: int) -> dict[str, np.ndarray]:
     """Tokens, trailing and forward columns for every symbol and regular-session day of a canonical tick table,
     rows in (symbol, window_end_ns) order."""
-    from conditioning.features.ssr_luld import trading_date
-
     cols = {n: ticks.column(n).to_numpy(zero_copy_only=False) for n in ("ts_ns", "symbol", "kind", "price", "size")}
     bid = ticks.column("bid").to_numpy(zero_copy_only=False).astype(np.float64)
     ask = ticks.column("ask").to_numpy(zero_copy_only=False).astype(np.float64)

@@ -18,3 +18,13 @@ def sim_files(tmp_path_factory):
     write_ticks(market.ticks, ticks)
     write_reference(market.reference, ref)
     return ticks, ref, market
+
+
+@pytest.fixture
+def taq_sample_args(shared_data) -> list[str]:
+    """``hrmcond replay`` arguments for the real TAQ sample (XXX, 2018-01-02/03)."""
+    return [
+        *("--format", "taq"),
+        *("--trades", str(shared_data / "taq_XXX_20180102-03_trades.csv.gz")),
+        *("--quotes", str(shared_data / "taq_XXX_20180102-03_quotes.csv.gz")),
+    ]

@@ -28,15 +28,8 @@ def read(path, model):
 
 
 @pytest.mark.shared_data
-def test_replay_real_taq_is_valid_and_byte_identical(tmp_path, shared_data):
-    args = [
-        "--format",
-        "taq",
-        "--trades",
-        str(shared_data / "taq_XXX_20180102-03_trades.csv.gz"),
-        "--quotes",
-        str(shared_data / "taq_XXX_20180102-03_quotes.csv.gz"),
-    ]
+def test_replay_real_taq_is_valid_and_byte_identical(tmp_path, taq_sample_args):
+    args = taq_sample_args
     out1, feat1 = replay(tmp_path, "a", *args)
     out2, feat2 = replay(tmp_path, "b", *args)
     assert out1.read_bytes() == out2.read_bytes() and feat1.read_bytes() == feat2.read_bytes()

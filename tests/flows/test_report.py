@@ -245,7 +245,7 @@ def browse(exe: str, page: Path, tmp_path: Path, *args: str) -> str:
 
 
 @pytest.mark.shared_data
-def test_real_taq_day_renders_in_chromium_without_script_errors(tmp_path, shared_data):
+def test_real_taq_day_renders_in_chromium_without_script_errors(tmp_path, taq_sample_args):
     exe = chromium()  # before the replay: a missing browser is said at once
     ctx, feats, page = tmp_path / "ctx.jsonl", tmp_path / "feat.jsonl", tmp_path / "report.html"
     main(
@@ -253,12 +253,7 @@ def test_real_taq_day_renders_in_chromium_without_script_errors(tmp_path, shared
             "replay",
             "--config",
             CONFIG,
-            "--format",
-            "taq",
-            "--trades",
-            str(shared_data / "taq_XXX_20180102-03_trades.csv.gz"),
-            "--quotes",
-            str(shared_data / "taq_XXX_20180102-03_quotes.csv.gz"),
+            *taq_sample_args,
             "--out",
             str(ctx),
             "--features-out",

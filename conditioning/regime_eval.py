@@ -13,9 +13,10 @@ truth classes:
   and the bar is not among the symbol's first ``warmup_bars`` bars (its level baselines are still a running
   mean of a few bars: features/baseline.py);
 - ``ssr`` (expected ``ssr_active``) from the scripted sell-off: from the first trade at or below 0.9 x the
-  prior close (SEC Rule 201's trigger, found in the ticks) to 16:00 ET of the symbol's next trading date in
-  the market; ``luld`` (expected ``luld_active``) from the start of the scripted limit state to the end of
-  the trading pause. Bar ends ``T`` in ``(start, end]`` count; these take precedence over planted stretches.
+  prior close (SEC Rule 201's trigger, found in the ticks) to the session close (schemas/session.py) of the
+  symbol's next trading date in the market; ``luld`` (expected ``luld_active``) from the start of the scripted
+  limit state to the end of the trading pause. Bar ends ``T`` in ``(start, end]`` count; these take precedence
+  over planted stretches.
 
 Figures: per truth class the recall ``P(predicted = expected | truth)`` and the shares of every predicted
 regime; the confusion matrix (rows: truth classes, columns: REGIME_NAMES); the plug-in mutual information
@@ -44,7 +45,7 @@ from conditioning.features.state import FeatureParams
 from conditioning.labels import PLANTED, EvidenceRules, lookback_ns, planted_coverage, restriction_labels
 from conditioning.regime import REGIME_INDEX, REGIME_NAMES
 from conditioning.sim.market import SimulatedMarket
-from schemas.session import new_york_ns, trading_date
+from schemas.session import session_day, trading_date
 
 #: Truth classes, in the confusion matrix's row order, and the regime the classifier should name for each.
 EXPECTED: dict[str, str] = {**PLANTED, "ssr": "ssr_active", "luld": "luld_active"}
@@ -145,7 +146,7 @@ def restriction_truth(market: SimulatedMarket, symbol: np.ndarray, window_end_ns
             trigger = int(trades["ts_ns"].to_numpy()[hit[0]])
             day = trading_date(trigger)
             later = sorted(d for d in dates.get(e.symbol, []) if d > day)
-            until = new_york_ns(later[0] if later else day, dt.time(16, 0))
+            until = session_day(later[0] if later else day).close_ns
             out[mine & (window_end_ns > trigger) & (window_end_ns <= until) & (out != "luld")] = "ssr"
         elif e.kind == "luld_limit_state":
             out[mine & (window_end_ns > e.start_ns) & (window_end_ns <= pause_end[e.symbol])] = "luld"

@@ -120,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         cfg = cfg.model_copy(
             update={"metrics": cfg.metrics.model_copy(update={"port": cfg.metrics.port + args.process_id})}
         )
-    serve(cfg.metrics)
+    serve(cfg.metrics, cfg.pipeline.session.calendar)
     _stop_on_signals()
     flow = build_live_flow(cfg, until_eof=args.until_eof)
     if addresses is not None:

@@ -3,6 +3,8 @@ demo summary)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -10,6 +12,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 
 from flows.config import MetricsConfig
 from schemas.errors import HrmcondError
+from schemas.session import XNYS, SessionCalendar, regular_session
 
 _LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 80, 100, 250, 1000)
 
@@ -27,6 +30,7 @@ class _Metrics:
     context_latency_ms: Histogram
     consumer_errors: Counter
     consumer_lag: Gauge
+    session_open: Gauge
 
 
 METRICS = _Metrics(
@@ -47,6 +51,10 @@ METRICS = _Metrics(
     ),
     consumer_errors=Counter("hrmcond_consumer_errors", "librdkafka consumer errors, by code", ["code"]),
     consumer_lag=Gauge("hrmcond_consumer_lag", "Messages of the ticks partition not yet read", ["partition"]),
+    session_open=Gauge(
+        "hrmcond_session_open",
+        "1 while the exchange's regular session is open by this host's clock (the configured calendar)",
+    ),
 )
 
 
@@ -60,10 +68,19 @@ def total(counter: Counter) -> float:
     return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
 
 
-def serve(cfg: MetricsConfig) -> WSGIServer | None:
-    """Start the exposition endpoint on ``cfg.host:cfg.port`` in a daemon thread (None when no port is set)."""
+def session_open(calendar: SessionCalendar, clock: Callable[[], int] = time.time_ns) -> Callable[[], float]:
+    """The value of ``hrmcond_session_open`` at each scrape: 1.0 inside the regular session of ``calendar``
+    (holidays, early closes and the configured overrides included) at ``clock()`` (ns since the epoch), else
+    0.0. The no-contexts alert reads it, so that it follows the exchange's calendar rather than a UTC window."""
+    return lambda: float(regular_session(clock(), calendar))
+
+
+def serve(cfg: MetricsConfig, calendar: SessionCalendar = XNYS) -> WSGIServer | None:
+    """Start the exposition endpoint on ``cfg.host:cfg.port`` in a daemon thread (None when no port is set);
+    ``calendar`` is the pipeline's session calendar, for ``hrmcond_session_open``."""
     if cfg.port is None:
         return None
+    METRICS.session_open.set_function(session_open(calendar))
     try:
         server, _ = start_http_server(cfg.port, addr=cfg.host)
     except OSError as err:  # port taken, address not on this host, unknown name

@@ -28,7 +28,6 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -206,10 +205,6 @@ def main() -> None:
         "ticks_per_s_total": figures["dataflow"]["ticks_per_s_total"],
         "meets_target": figures["dataflow"]["ticks_per_s_total"] >= TARGET_TICKS_PER_S,
         "schedules": figures,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
     }
     write_results("feature_throughput", result, echo=True)
 

@@ -26,8 +26,6 @@ failed open. ``update_point_reference``: what re-adding an existing label costs 
 
 from __future__ import annotations
 
-import os
-import platform
 import threading
 import time
 from contextlib import contextmanager
@@ -215,9 +213,6 @@ def main() -> None:
         "setup": {
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
-            "python": platform.python_version(),
             "film_tokens": TOKENS,
             "rag_library": len(patterns),
             "rag_timeout_ms": cfg.rag.timeout_ms,

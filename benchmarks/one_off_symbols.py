@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -100,12 +99,6 @@ def main() -> None:
             peak, wall = replay_peak_rss_mib(ticks, Path(tmp) / f"{label}.jsonl", evict)
             results["runs"][label] = {"evict_idle_s": evict, "peak_rss_mib": round(peak, 1), "wall_s": round(wall, 1)}
             print(f"{label:>18}: peak RSS {peak:7.1f} MiB, {wall:5.1f} s", flush=True)
-    results["machine"] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "ram_mib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20,
-    }
     results["self_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     write_results("one_off_symbols", results, echo=False)
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
 import tempfile
 import time
 from collections import Counter
@@ -182,9 +181,6 @@ def main() -> None:
         "setup": {
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
-            "python": platform.python_version(),
             "rag_timeout_ms": cfg.conditioning.rag.timeout_ms,
             "slow_rag_sleep_ms": cfg.conditioning.rag.timeout_ms + SLOW_EXTRA_MS,
             "model": str(cfg.model.dir.name),

@@ -22,6 +22,7 @@ def machine() -> dict:
         "machine": platform.machine(),
         "system": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        "ram_mib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20,
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
 

@@ -11,8 +11,6 @@ timed in a fresh interpreter.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import platform
 import subprocess
 import sys
 import timeit
@@ -60,7 +58,6 @@ def main() -> None:
             },
             "new_date_us_median": round(sorted(misses)[len(misses) // 2] * 1e6, 1),
             "first_lookup_in_fresh_process_s": round(min(loads), 2),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
         },
         echo=True,
     )

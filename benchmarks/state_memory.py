@@ -29,7 +29,6 @@ import argparse
 import gc
 import os
 import pickle
-import platform
 import time
 import tracemalloc
 from pathlib import Path
@@ -166,8 +165,6 @@ def main() -> None:
         "machine_ram_mib": round(ram / mib),
         "comfortable_rule": f"retained < {COMFORT_RAM_SHARE:.0%} of RAM and snapshot < 1 GiB",
         "comfortable": bool(comfortable),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
     }
     write_results("state_memory", result, echo=True)
 

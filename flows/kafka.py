@@ -14,7 +14,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from flows.lifecycle import BrokerWatch
+from flows.lifecycle import BrokerUnavailableError, BrokerWatch
 from schemas.errors import DeliveryError, HrmcondError
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ def client_callbacks() -> dict[str, Any]:
 
 
 def wait_for_broker(conf: Mapping[str, str], timeout_s: float = 30.0) -> None:
-    """Block until the cluster answers a metadata request, or raise after ``timeout_s``."""
+    """Block until the cluster answers a metadata request, or raise :class:`BrokerUnavailableError` (exit code 3)
+    after ``timeout_s``."""
     admin = AdminClient(dict(conf))
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
@@ -71,7 +72,9 @@ def wait_for_broker(conf: Mapping[str, str], timeout_s: float = 30.0) -> None:
         except KafkaException as err:
             last = err
             time.sleep(0.1)
-    raise HrmcondError(f"Kafka at {conf.get('bootstrap.servers')} did not answer within {timeout_s} s: {last}")
+    raise BrokerUnavailableError(
+        f"Kafka at {conf.get('bootstrap.servers')} did not answer within {timeout_s:g} s: {last}"
+    )
 
 
 def ensure_topics(conf: Mapping[str, str], topics: Iterable[str], partitions: int, timeout_s: float = 30.0) -> None:

@@ -87,6 +87,39 @@ def cluster_addresses(process_id: int | None, addresses: str | None, processes: 
     return entries
 
 
+def supervise(children: list[subprocess.Popen], stop_at: list[float]) -> None:
+    """Wait until every child has exited, one has failed, or (once a stop signal came, at ``stop_at[0]``)
+    ``STOP_GRACE_S`` have passed; the children still running are then the caller's to end (:func:`end_all`)."""
+    # Watch every child, not the first: a worker that failed leaves the others waiting for it in the cluster.
+    while None in (codes := [child.poll() for child in children]) and not any(codes):
+        if stop_at and time.monotonic() - stop_at[0] > STOP_GRACE_S:
+            # Seen in a tailing 2-process run: the workers took the stop request and never left Bytewax's
+            # loop. Ending them is a crash to recovery (it resumes from the last snapshot), and bounded.
+            log.warning("worker processes still running %.0f s after the stop signal: ending them", STOP_GRACE_S)
+            return
+        time.sleep(0.1)
+
+
+def end_all(children: list[subprocess.Popen]) -> None:
+    """SIGTERM to every child still running, SIGKILL to those still running ``STOP_GRACE_S`` later.
+
+    A worker whose peer died waits in Bytewax's cluster connection and never reaches the source that would act
+    on SIGTERM: waiting for it without a bound hung the parent for ever (a worker that could not open its
+    metrics port did this).
+    """
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for child in children:
+        try:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("worker process %d ignored SIGTERM for %.0f s: killing it", child.pid, STOP_GRACE_S)
+            child.kill()
+            child.wait()
+
+
 def spawn_cluster(argv: list[str], processes: int) -> None:
     """Re-run this command as ``processes`` local worker processes (``--process-id i --addresses ...``).
 
@@ -113,22 +146,9 @@ def spawn_cluster(argv: list[str], processes: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, forward)
     try:
-        # Watch every child, not the first: a worker that failed leaves the others waiting for it in the cluster.
-        while None in (codes := [child.poll() for child in children]) and not any(codes):
-            if stop_at and time.monotonic() - stop_at[0] > STOP_GRACE_S:
-                # Seen in a tailing 2-process run: the workers took the stop request and never left Bytewax's
-                # loop. Ending them is a crash to recovery (it resumes from the last snapshot), and bounded.
-                log.warning("worker processes still running %.0f s after the stop signal: ending them", STOP_GRACE_S)
-                for child in children:
-                    if child.poll() is None:
-                        child.kill()
-                break
-            time.sleep(0.1)
+        supervise(children, stop_at)
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-                child.wait()
+        end_all(children)
     codes = [child.returncode for child in children]
     if stop_at:
         return  # stopped on request: a worker ended by its signal or by the grace period is not a failure

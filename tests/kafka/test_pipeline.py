@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -318,6 +320,43 @@ def test_broker_gone_ends_the_run_with_a_clear_error(tmp_path, market):
     errors = [line for line in stderr.splitlines() if line.startswith("hrmcond run:")]
     assert len(errors) == 1 and "Kafka" in errors[0], stderr[-3000:]
     assert stderr.count("\n") < 60, f"{stderr.count(chr(10))} lines of output for one fault"
+
+
+def test_no_broker_at_start_is_one_line_and_exit_code_3(tmp_path):
+    """Nothing listens at the bootstrap address when the run starts: said as a broker that went away is."""
+    with socket.socket() as probe:  # the condition: the port is closed
+        assert probe.connect_ex(("127.0.0.1", port := free_port())) != 0
+    env = {
+        **os.environ,
+        "HRMCOND__KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
+        "HRMCOND__KAFKA__UNAVAILABLE_AFTER_S": "3",
+    }
+    start = time.monotonic()
+    done = subprocess.run(hrmcond("run"), env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert time.monotonic() - start < 3 + 30
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("hrmcond run:")]
+    assert len(errors) == 1 and f"127.0.0.1:{port} did not answer within 3 s" in errors[0], done.stderr[-3000:]
+
+
+def test_a_worker_that_cannot_serve_metrics_ends_the_cluster(tmp_path, kafka_cluster, kafka_topics):
+    """Worker 1's metrics port (port + 1) is taken: it exits with code 2 while worker 0 waits for it in Bytewax's
+    cluster connection, which does not act on SIGTERM. The parent used to wait for worker 0 for ever."""
+    _, path = make_config(tmp_path, kafka_cluster, new_topics(kafka_topics))
+    port = free_port()
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "metrics": {"port": port}}))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 1))
+        taken.listen()
+        start = time.monotonic()
+        done = subprocess.run(
+            hrmcond("run", "--config", str(path), "--processes", "2"), capture_output=True, text=True, timeout=180
+        )
+    assert f"cannot listen on 127.0.0.1:{port + 1}" in done.stderr, done.stderr[-3000:]  # the condition
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "a worker process failed (exit codes" in done.stderr.splitlines()[-1], done.stderr[-3000:]
+    assert time.monotonic() - start < 120
 
 
 def test_one_and_two_worker_processes_give_the_same_records(tmp_path, kafka_cluster, kafka_topics, market):

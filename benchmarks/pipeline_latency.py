@@ -7,8 +7,9 @@ shipped default model and every conditioning path on, but with a **live-mode** e
 (``load_engine(cfg, deterministic=False)``): retrieval has its real ``timeout_ms`` deadline and each context
 carries its stage latencies. Measured:
 
-- ``batch_ms``: wall time of one inference step (``ContextEngine.drafts``: normalisation, regime classifier,
-  retrieval, fusion, library update) per bar batch (the bars that close together; ``batch_size`` given);
+- ``batch_ms``: wall time of one inference step (``ContextEngine.drafts``: the wait for the previous batch's
+  library update where it still runs, normalisation, regime classifier, retrieval, fusion; its own library
+  update runs on the update thread) per bar batch (the bars that close together; ``batch_size`` given);
 - ``context_total_ms``: per context, the model latency its batch took (``StageLatencies.total_ms``: feature
   stacking + regime + RAG + fusion), with the stage split ``regime_ms`` / ``rag_ms``;
 - ``replay_s``, ``contexts_per_s``: the whole replay, ticks to merged JSONL, wall clock.

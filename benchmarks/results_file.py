@@ -73,9 +73,15 @@ def _throughput_table(name: str, r: dict) -> list[str]:
 
     def lat(x: dict) -> str:
         t, w = x["tick_to_context_ms"], x["bar_close_wait_ms"]
+        cpu = (
+            f"; {x['ticks_per_pipeline_cpu_s']:,.0f} ticks per pipeline CPU-second, load average "
+            f"{x['load_average_at_end']} at its end"
+            if "ticks_per_pipeline_cpu_s" in x
+            else ""
+        )
         return (
             f"p50 {t['p50']:,.0f} ms, p99 {t['p99']:,.0f} ms ({t['n']:,} contexts); "
-            f"bar-close wait p50 {w['p50']:.0f} ms, p99 {w['p99']:.0f} ms"
+            f"bar-close wait p50 {w['p50']:.0f} ms, p99 {w['p99']:.0f} ms{cpu}"
         )
 
     def per_cpu(x: dict) -> str:

@@ -595,9 +595,9 @@ class PatternLibrary:
             return Retrieval("error", error=err)
 
     @property
-    def idle(self) -> bool:
-        """No query is running (a timed-out one may still hold the index) and no update is writing."""
-        return self._lock.idle
+    def querying(self) -> bool:
+        """A query holds the index (between a caller's searches: one that timed out, its caller gone)."""
+        return self._lock.reading
 
     def close(self) -> None:
         """Stop the worker pool (queued queries are dropped; a running one finishes) and a compaction builder

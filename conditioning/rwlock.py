@@ -65,6 +65,12 @@ class RWLock:
                 self._cond.notify_all()
 
     @property
+    def reading(self) -> bool:
+        """A reader holds the lock."""
+        with self._cond:
+            return self._readers > 0
+
+    @property
     def idle(self) -> bool:
         """No reader or writer holds the lock (for tests and health checks)."""
         with self._cond:

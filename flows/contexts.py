@@ -118,13 +118,14 @@ class ContextEngine:
         )
 
     def drafts(self, bars: list[BarFeatures]) -> tuple[list[tuple[str, ContextDraft]], list[Pattern]]:
-        """Condition a batch; returns the drafts and the patterns this batch added to the library."""
-        if self.deterministic and self._last_update is not None:
-            self._last_update.result()  # replay: every query sees the library the input alone implies
+        """Condition a batch; returns the drafts and the patterns this batch adds to the library (on the update
+        thread: they are in it before the next batch's queries, :meth:`_settle`)."""
+        retrieve = self.deterministic or self.breaker.allows(time.monotonic_ns())
+        if retrieve:
+            self._settle()
         # One retrieval deadline for the whole batch: chunks after it fail open at once instead of each
         # waiting out its own timeout (N bars would otherwise wait N / INFER_ROWS timeouts).
         deadline = time.perf_counter() + self.system.config.rag.timeout_ms / 1e3
-        retrieve = self.deterministic or self.breaker.allows(time.monotonic_ns())
         drafts = [
             d
             for start in range(0, len(bars), INFER_ROWS)
@@ -145,23 +146,25 @@ class ContextEngine:
         ]
         if not self.cfg.pipeline.rag_online_updates:
             matured = []
-        behind = self._last_update is not None and not self._last_update.done()
-        if self.deterministic and matured:
-            # Replay: the update (hnswlib inserts, ~a quarter of a replay's time, the GIL released) runs while
-            # this batch's contexts go out and the next ticks are read; the next batch waits for it (above).
-            self._last_update = self._updater().submit(self.add_patterns, matured)
-        elif not matured or (not behind and self.system.pattern_rag.idle):
-            self.add_patterns(matured)
-        else:
-            # Live, a query stuck past its deadline holds the index (read side) until it returns, and the update
-            # needs it exclusively: waiting here held the batch's contexts with it (README, "Numbers"). Such an
-            # update, and every one after it until the queue drains (they apply in order), runs on a background
-            # thread instead. Not always: catching up, a background update competes with the next batch's
-            # queries for the cores (more contexts failed open in the demo than with inline updates). A
-            # pattern known at this bar end is eligible only for windows starting at or after it (library.py), so a
-            # later update changes no neighbour set.
-            self._last_update = self._updater().submit(self._add_logged, matured)
+        if matured:
+            # The update (hnswlib inserts, the GIL released: a quarter of a replay's time, a fifth of a live run's
+            # when it ran inline) runs on its own thread while this batch's contexts go out and the next ticks
+            # are read.
+            update = self.add_patterns if self.deterministic else self._add_logged
+            self._last_update = self._updater().submit(update, matured)
         return drafts, matured
+
+    def _settle(self) -> None:
+        """Before a batch's queries: the previous batch's library update is applied, so that every query sees the
+        library the input alone implies, live as in replay.
+
+        One exception, live: an update queued behind a query that overran its deadline (it holds the index until
+        it returns, and the update needs it exclusively) is not waited for, as waiting would hold this batch's
+        contexts with it (README, "Numbers"); it applies when the query lets go, in order with later ones."""
+        pending = self._last_update
+        if pending is None or (not self.deterministic and not pending.done() and self.system.pattern_rag.querying):
+            return
+        pending.result()  # a failed replay update is an error, as it was inline (live ones are logged)
 
     def _updater(self) -> ThreadPoolExecutor:
         if self._update_thread is None:  # one thread: updates apply in order

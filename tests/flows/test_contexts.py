@@ -207,6 +207,42 @@ def test_live_batch_does_not_wait_for_a_stuck_query_to_add_its_patterns(monkeypa
     ]
 
 
+def test_live_library_update_leaves_the_emitting_path_and_lands_before_the_next_query(monkeypatch):
+    """Live as in replay: a batch's contexts go out while its patterns are still being added, and the next batch's
+    queries see them (the library the input implies, whatever the timing)."""
+    import threading
+
+    gate = threading.Event()
+    write, knn = PatternRAG._write, PatternRAG._knn
+
+    def held_write(self, *args, **kwargs):
+        gate.wait(timeout=5)  # an inline update would hold the batch this long, then fail the first assert
+        return write(self, *args, **kwargs)
+
+    seen: list[int] = []
+
+    def counting_knn(self, *args, **kwargs):
+        seen.append(self._total)
+        return knn(self, *args, **kwargs)
+
+    engine = load_engine(load_config("deploy/local.yaml", env={}), deterministic=False)
+    rag = engine.system.pattern_rag
+    before = rag._total
+    monkeypatch.setattr(PatternRAG, "_write", held_write)
+    monkeypatch.setattr(PatternRAG, "_knn", counting_knn)
+    first = bars(3, seed=7, symbols=3, matured=True)
+    drafts, added = engine.drafts(first)
+    assert len(drafts) == 3 and len(added) == 3
+    assert rag._total == before, "the contexts waited for the library update"
+    opener = threading.Timer(0.3, gate.set)
+    opener.start()
+    seen.clear()
+    engine.drafts(bars(3, seed=8, symbols=3))
+    opener.join()
+    assert seen and set(seen) == {before + 3}, "the next batch queried before the update landed"
+    engine.close()
+
+
 def test_breaker_skips_a_stuck_index_then_probes_it(monkeypatch):
     calls = []
     stuck = {"on": True}

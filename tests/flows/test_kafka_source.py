@@ -48,6 +48,7 @@ class FakeConsumer:
         self.batches: list[list[FakeMessage]] = []
         self.high = 0
         self.frozen = False
+        self.queries = 0  # watermark queries sent to the broker (not answered from the last fetch)
 
     def assign(self, parts):
         pass
@@ -56,6 +57,7 @@ class FakeConsumer:
         return self.batches.pop(0) if self.batches else []
 
     def get_watermark_offsets(self, tp, timeout=None, cached=False):
+        self.queries += not cached
         if self.frozen and not cached:
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
         return 0, self.high
@@ -75,7 +77,7 @@ def partition(monkeypatch):
     part = source._TickPartition(cfg, "ticks", 0, 1, until_eof=False, resume=None)
     trades = [b'{"kind":"trade","symbol":"AAA","ts_ns":%d,"price":10,"size":1}' % (OPEN + i * S) for i in range(3)]
     part.consumer.batches = [[FakeMessage(i, raw) for i, raw in enumerate(trades)] + [FakeMessage(3, None, eof=True)]]
-    part.consumer.high = 3
+    part.head.high = 3
     part.next_batch()
     assert part.at_head and part.clock.now_ns == OPEN + 2 * S
     STOP.reset()
@@ -98,11 +100,13 @@ def test_a_confirmed_idle_head_lets_event_time_run_on(partition):
     # 70 s after the newest tick, less idle_close_ms (5 s): the 09:31 boundary has been passed
     assert beats and max(b.ts_ns for b in beats) == OPEN + 60 * S
     assert {b.symbol for b in beats} == {"AAA", "@ticks[0]"}
+    # asked on a connection of its own: on the consumer's, the query waits behind its fetch at the head
+    assert part.head.queries >= 60 and part.consumer.queries == 0
 
 
 def test_a_frozen_broker_holds_the_clock_warns_then_stops_the_run(partition, caplog):
     part, clock = partition
-    part.consumer.frozen = True
+    part.head.frozen = True
     with caplog.at_level(logging.WARNING, logger="flows.lifecycle"):
         held = idle_for(part, clock, 20)
     assert clock[0] - 1000.0 >= 20 > part.idle_close_ns / 1e9  # the wall clock moved past the idle grace
@@ -115,5 +119,5 @@ def test_a_frozen_broker_holds_the_clock_warns_then_stops_the_run(partition, cap
 
 def test_more_data_on_the_broker_is_not_idleness(partition):
     part, clock = partition
-    part.consumer.high = 10  # the broker holds messages the consumer has not fetched yet
+    part.head.high = 10  # the broker holds messages the consumer has not fetched yet
     assert idle_for(part, clock, 70) == []

@@ -1,6 +1,6 @@
 """SEC Rule 201 short-sale restriction (SSR) and Limit Up-Limit Down (LULD) state, per symbol, from ticks.
 
-Pure Python (no numpy needed, no Bytewax/Kafka/torch). Two layers:
+Pure Python and numpy (no Bytewax/Kafka/torch). Two layers:
 
 * pure functions of the rules: :func:`luld_percentage`, :func:`luld_bands`, :func:`ssr_trigger_price`, on the
   session clock of :mod:`schemas.session` (the exchange calendar: holidays, early closes, DST);
@@ -35,6 +35,8 @@ from collections import deque
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Literal, NamedTuple
+
+import numpy as np
 
 from schemas.errors import HrmcondError
 from schemas.layout import SsrLuldState
@@ -369,6 +371,48 @@ class SsrLuldTracker:
         if self._halted() or self._reference is None:
             return
         self._add_to_window(ts_ns, price)
+
+    def on_ticks(
+        self,
+        ts_ns: np.ndarray,
+        is_trade: np.ndarray,
+        price: np.ndarray,
+        size: np.ndarray,
+        bid: np.ndarray,
+        ask: np.ndarray,
+    ) -> None:
+        """Trades and quotes as columns (``[N]``, event order; NaN where a column does not apply to the row):
+        exactly :meth:`on_trade` / :meth:`on_quote` of each in turn. A run in which no tick can change more
+        than the NBBO (no deadline falls due, no trade can trigger SSR or enter the LULD reference window, no
+        quote can meet a band) is taken at once; anything else tick by tick."""
+        day = self._day
+        quote = ~is_trade
+        if day is not None and self._last_ts <= int(ts_ns[0]) and int(ts_ns[-1]) < self._next_deadline_ns:
+            t_ts, t_price = ts_ns[is_trade], price[is_trade]
+            in_session = (t_ts >= day.open_ns) & (t_ts < day.close_ns)
+            trades_idle = not in_session.any() or (
+                (self._ssr_triggered_today or not (t_price[in_session] <= self._ssr_threshold).any())
+                and (self._halted() or self._reference is None)
+            )
+            no_bands = self._feed_bands is None and self._bands_computed is None
+            q_bid, q_ask = bid[quote], ask[quote]
+            sound = ~((q_bid > q_ask) & (q_ask > 0.0))  # a crossed NBBO changes nothing (on_quote)
+            quotes_idle = no_bands or self._halted() or self._luld_closed_today
+            if not quotes_idle:
+                q_ts = ts_ns[quote][sound]
+                quotes_idle = not ((q_ts >= day.open_ns) & (q_ts < day.close_ns)).any()
+            if trades_idle and quotes_idle:
+                if sound.any():
+                    last = int(np.flatnonzero(sound)[-1])
+                    self._bid, self._ask = float(q_bid[last]), float(q_ask[last])
+                self._last_ts = int(ts_ns[-1])
+                return
+        columns = (ts_ns.tolist(), is_trade.tolist(), price.tolist(), size.tolist(), bid.tolist(), ask.tolist())
+        for t, trade, p, s, b, a in zip(*columns, strict=True):
+            if trade:
+                self.on_trade(t, p, s)
+            else:
+                self.on_quote(t, b, a)
 
     def on_quote(self, ts_ns: int, bid: float, ask: float) -> None:
         """A national best bid and offer (USD); a side of 0 or NaN is absent, negative or inf an error."""

@@ -776,21 +776,42 @@ def replay(
     ask_size: np.ndarray,
 ) -> list[BarFeatures]:
     """Feed one symbol's ticks (``[N]`` arrays in event order) and close every bar from the first tick's bar
-    to the last one's: what the dataflow does per key, without the dataflow (tests, benchmarks, replay)."""
+    to the last one's: what the dataflow does per key, without the dataflow (tests, benchmarks, replay). Each
+    bar's ticks go in at once (:meth:`SymbolFeatures.on_ticks`), one by one where it does not take them."""
     bar_ns = features.params.bar_ns
     out: list[BarFeatures] = []
     if len(ts_ns) == 0:
         return out
     next_end = int(ts_ns[0]) - int(ts_ns[0]) % bar_ns + bar_ns
-    on_trade, on_quote, close_bar = features.on_trade, features.on_quote, features.close_bar
+    columns = (ts_ns, is_trade, price, size, bid, bid_size, ask, ask_size)
+    cell = ts_ns // bar_ns
+    cuts = [0, *(np.flatnonzero(cell[1:] != cell[:-1]) + 1).tolist(), len(ts_ns)]
+    for lo, hi in zip(cuts[:-1], cuts[1:], strict=False):
+        while int(ts_ns[lo]) >= next_end:
+            out.append(features.close_bar(next_end))
+            next_end += bar_ns
+        run = [c[lo:hi] for c in columns]
+        if not features.on_ticks(*run):
+            feed_each(features, *run)
+    out.append(features.close_bar(next_end))
+    return out
+
+
+def feed_each(
+    features: SymbolFeatures,
+    ts_ns: np.ndarray,
+    is_trade: np.ndarray,
+    price: np.ndarray,
+    size: np.ndarray,
+    bid: np.ndarray,
+    bid_size: np.ndarray,
+    ask: np.ndarray,
+    ask_size: np.ndarray,
+) -> None:
+    """:meth:`SymbolFeatures.on_trade` / :meth:`SymbolFeatures.on_quote` of each tick (``[N]`` arrays) in turn."""
     columns = (a.tolist() for a in (ts_ns, is_trade, price, size, bid, bid_size, ask, ask_size))
     for t, trade, p, s, b, bs, a, a_s in zip(*columns, strict=True):
-        while t >= next_end:
-            out.append(close_bar(next_end))
-            next_end += bar_ns
         if trade:
-            on_trade(t, p, s)
+            features.on_trade(t, p, s)
         else:
-            on_quote(t, b, bs, a, a_s)
-    out.append(close_bar(next_end))
-    return out
+            features.on_quote(t, b, bs, a, a_s)

@@ -19,6 +19,7 @@ the shipped model). Measured, on an embedded broker (Tansu) and the same machine
   bar-close wait (from the produce time of the first tick at or past the bar end, to that closing tick).
 
 Figures depend on the machine's load: ``load_average_at_start``, and ``host`` (the machine) at the end.
+``BENCH_REPLAY_ONLY=1`` runs the replay part alone (with ``BENCH_LABEL``, into its own results file).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ PARTITIONS = 4
 #: Results go to ``throughput.json``, or ``throughput_<label>.json`` (e.g. the same benchmark over another
 #: checkout's code: ``PYTHONPATH=<checkout> BENCH_LABEL=main``).
 LABEL = os.environ.get("BENCH_LABEL")
+#: ``BENCH_REPLAY_ONLY=1``: the replay part only (no broker): a quick before/after of the replay path.
+REPLAY_ONLY = os.environ.get("BENCH_REPLAY_ONLY", "0") == "1"
 #: The latency runs end once no context has come for this long after the last tick was produced.
 QUIET_S = float(os.environ.get("BENCH_QUIET_S", "15"))
 HRMCOND = str(Path(sys.executable).with_name("hrmcond"))
@@ -303,6 +306,8 @@ def main() -> None:
     name = f"throughput_{LABEL}" if LABEL else "throughput"
     result["code"] = {"label": LABEL or "this checkout", "flows_from": str(Path(build_live_flow.__code__.co_filename))}
     write_results(name, result)  # as it goes: a later part that fails leaves the earlier figures
+    if REPLAY_ONLY:
+        return
     msgs = encoded(market)
     with EmbeddedBroker() as broker:
         cfg = bench_config(broker.bootstrap_servers)

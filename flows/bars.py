@@ -6,6 +6,10 @@ small reorder buffer and are released in event-time order once the symbol's wate
 reaches ``end``. A tick older than what was already released (or than a closed bar) is *late*: it comes back
 as a dead letter (reason ``late``) instead of being applied out of order or lost. Live ticks arrive as
 :class:`Received`, so that such a dead letter carries the original message and its topic/partition/offset.
+Replay's arrive as :class:`TickBlock` columns: a block that is in order goes into the buffer whole, and
+leaves it a bar of the grid at a time, through the feature state's columnar path (``SymbolFeatures.on_ticks``),
+with exactly the result of its ticks one by one (tests/flows/test_bars.py, tests/conditioning/features/
+test_state_columns.py).
 
 A tick implausibly far ahead of the symbol's clock (``max_ahead_ms`` past the newest tick or the watermark,
 whichever is later) does not move it: a corrupt timestamp (a year 2099, or just a day ahead) would make every

@@ -99,11 +99,16 @@ def _throughput_table(name: str, r: dict) -> list[str]:
         ]
     rows += [
         f"| replay from parquet, one process | {rep['ticks_per_s_wall']:,.0f} ticks/s wall "
-        f"({rep['ticks_per_s_reported']:,} as the replay reports it){per_cpu(rep)}, "
+        f"({rep.get('ticks_per_s_reported', 0):,} as the replay reports it){per_cpu(rep)}, "
         f"peak RSS {rep['peak_rss_mib']:,.0f} MiB |",
         f"| replay, `--processes 2` | {rep2['ticks_per_s_wall']:,.0f} ticks/s wall, {rep2['speedup']:.2f}x one"
         f"{per_cpu(rep2)} |",
     ]
+    if feats := r.get("replay_features_only"):
+        rows.append(
+            f"| replay, features only (no model, no library), one process | {feats['ticks_per_s_wall']:,.0f} ticks/s "
+            f"wall{per_cpu(feats)}, peak RSS {feats['peak_rss_mib'] or 0:,.0f} MiB |"
+        )
     if half and sat:
         rows += [
             f"| tick to context, paced at {half['rate_ticks_per_s']:,.0f} ticks/s (half the max) | {lat(half)} |",

@@ -11,7 +11,8 @@ the shipped model). Measured, on an embedded broker (Tansu) and the same machine
 - ``live``: ``hrmcond run --until-eof`` in-process (``build_live_flow``, one worker) over the same topic,
   start-up included and given separately (the flow built and run on an empty topic); ``ratio_to_raw``;
 - ``replay``: ``hrmcond replay --format canonical`` of the same day from parquet, as a subprocess: wall time,
-  the replay's own ticks/s line, peak RSS; and with ``--processes 2`` (the speed-up over one);
+  the replay's own ticks/s line, peak RSS; and with ``--processes 2`` (the speed-up over one); and with
+  ``--features-out`` only (no model, no pattern library: the source and the bar step alone);
 - ``latency``: the live pipeline tailing the topic (``hrmcond run`` subprocess) while the day is produced paced at
   half the measured live maximum, and unpaced (saturation). Per context: from the produce time of the tick
   that closed its bar (the first tick of every partition at or past the bar end plus the allowed lateness:
@@ -23,6 +24,7 @@ the shipped model). Measured, on an embedded broker (Tansu) and the same machine
   at the next wall-clock bar boundary, whatever the pipeline's speed (p50 46 s for a day it processed in 5 s).
 
 Figures depend on the machine's load: ``load_average_at_start``, and ``host`` (the machine) at the end.
+``BENCH_PARTS=replay`` runs the replay part alone (with ``BENCH_LABEL``, into its own results file).
 """
 
 from __future__ import annotations
@@ -202,30 +204,34 @@ def live(cfg: AppConfig, n: int) -> dict:
     return {"ticks": n, "wall_s": wall, "cpu_s": cpu, "ticks_per_cpu_s": n / cpu if cpu else None}
 
 
-def replay(ticks: Path, reference: Path, processes: int) -> dict:
-    """``hrmcond replay`` as a subprocess; its peak RSS (the largest of its processes) and its own ticks/s."""
+def replay(ticks: Path, reference: Path, processes: int, n: int, contexts: bool = True) -> dict:
+    """``hrmcond replay`` as a subprocess; its peak RSS (the largest of its processes) and its own ticks/s.
+    Without ``contexts``: ``--features-out`` only (the features, no model: the bar step's own speed)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [HRMCOND, "replay", "--config", str(CONFIG), "--format", "canonical", "--ticks", str(ticks)]
-        cmd += ["--reference", str(reference), "--out", f"{tmp}/ctx.jsonl", "--processes", str(processes)]
+        cmd += ["--reference", str(reference), "--processes", str(processes)]
+        cmd += ["--out", f"{tmp}/ctx.jsonl"] if contexts else ["--features-out", f"{tmp}/features.jsonl"]
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t0, c0 = time.perf_counter(), cpu_s(resource.RUSAGE_CHILDREN)
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         wall, cpu = time.perf_counter() - t0, cpu_s(resource.RUSAGE_CHILDREN) - c0
         peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    line = re.search(r"ticks in\s+([\d,]+)\s+\(([\d,]+) ticks/s end to end, ([\d.]+) s\)", done.stdout)
-    assert line, done.stdout[-2000:]
-    return {
+    out = {
         "processes": processes,
-        "ticks": int(line[1].replace(",", "")),
+        "contexts": contexts,
+        "ticks": n,
         "wall_s": wall,
-        "ticks_per_s_wall": int(line[1].replace(",", "")) / wall,
-        "ticks_per_s_reported": int(line[2].replace(",", "")),
+        "ticks_per_s_wall": n / wall,
         "cpu_s": cpu,  # every process of the replay, start-up included
-        "ticks_per_cpu_s": int(line[1].replace(",", "")) / cpu,
-        "reported_s": float(line[3]),
+        "ticks_per_cpu_s": n / cpu,
         # the largest child so far: replays run before any other subprocess, the largest one first
         "peak_rss_mib": peak_kib / 1024 if peak_kib > before else None,
     }
+    line = re.search(r"ticks in\s+([\d,]+)\s+\(([\d,]+) ticks/s end to end, ([\d.]+) s\)", done.stdout)
+    if contexts:  # (the summary comes with contexts)
+        assert line and int(line[1].replace(",", "")) == n, done.stdout[-2000:]
+        out |= {"ticks_per_s_reported": int(line[2].replace(",", "")), "reported_s": float(line[3])}
+    return out
 
 
 def read_contexts(conf: dict, topic: str, arrivals: dict, stop: threading.Event) -> None:
@@ -336,10 +342,12 @@ def main() -> None:
             ticks, reference = Path(tmp) / "ticks.parquet", Path(tmp) / "reference.csv"
             write_ticks(market.ticks, ticks)
             write_reference(market.reference, reference)
-            result["replay"] = replay(ticks, reference, 1)
-            result["replay_2_processes"] = replay(ticks, reference, 2)
+            # smallest first: peak RSS is only known for a child that is the largest so far
+            result["replay_features_only"] = replay(ticks, reference, 1, n, contexts=False)
+            result["replay"] = replay(ticks, reference, 1, n)
+            result["replay_2_processes"] = replay(ticks, reference, 2, n)
         result["replay_2_processes"]["speedup"] = result["replay"]["wall_s"] / result["replay_2_processes"]["wall_s"]
-        print("replay", result["replay"], result["replay_2_processes"], flush=True)
+        print("replay", result["replay"], result["replay_2_processes"], result["replay_features_only"], flush=True)
         write_results(name, result)  # as it goes: a later part that fails leaves the earlier figures
     with EmbeddedBroker() as broker:
         if "live" in PARTS:

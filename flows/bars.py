@@ -6,6 +6,10 @@ small reorder buffer and are released in event-time order once the symbol's wate
 reaches ``end``. A tick older than what was already released (or than a closed bar) is *late*: it comes back
 as a dead letter (reason ``late``) instead of being applied out of order or lost. Live ticks arrive as
 :class:`Received`, so that such a dead letter carries the original message and its topic/partition/offset.
+Replay's arrive as :class:`TickBlock` columns: a block that is in order goes into the buffer whole, and
+leaves it a bar of the grid at a time, through the feature state's columnar path (``SymbolFeatures.on_ticks``),
+with exactly the result of its ticks one by one (tests/flows/test_bars.py, tests/conditioning/features/
+test_state_columns.py).
 
 A tick implausibly far ahead of the symbol's clock (``max_ahead_ms`` past the newest tick or the watermark,
 whichever is later) does not move it: a corrupt timestamp (a year 2099, or just a day ahead) would make every
@@ -47,9 +51,10 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from bytewax.operators import StatefulLogic
 
 from conditioning.features.ssr_luld import SsrLuldInputError
@@ -110,14 +115,55 @@ class Received:
         return self.tick.kind
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class TickBlock:
+    """Trades and quotes of one symbol as columns, in stream order: replay's rows of a record batch that passed
+    validation, between two of the file clock's heartbeats (flows/sources/table.py). ``[N]`` arrays: ``ts_ns``
+    int64, ``is_trade`` bool, ``price``/``size`` float64 (NaN in quote rows), ``bid``/``bid_size``/``ask``/
+    ``ask_size`` float64 (NaN in trade rows). No ``seq``. The bar step takes a block whole where tick by tick
+    would do the same (:meth:`SymbolLogic._accept_block`), else as the ticks :meth:`ticks` makes of it."""
+
+    symbol: str
+    ts_ns: np.ndarray
+    is_trade: np.ndarray
+    price: np.ndarray
+    size: np.ndarray
+    bid: np.ndarray
+    bid_size: np.ndarray
+    ask: np.ndarray
+    ask_size: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ts_ns)
+
+    def columns(self, lo: int, hi: int) -> tuple[np.ndarray, ...]:
+        """Rows ``lo..hi-1``: ``(ts_ns, is_trade, price, size, bid, bid_size, ask, ask_size)``, views."""
+        columns = (self.ts_ns, self.is_trade, self.price, self.size, self.bid, self.bid_size, self.ask, self.ask_size)
+        return tuple(c[lo:hi] for c in columns)
+
+    def ticks(self, lo: int = 0, hi: int | None = None) -> list[Tick]:
+        """Rows ``lo..hi-1`` as the wire ticks they stand for (what the Kafka path would have decoded)."""
+        return _ticks(self.symbol, *self.columns(lo, len(self) if hi is None else hi))
+
+
+def _ticks(symbol: str, *columns: np.ndarray) -> list[Tick]:
+    out: list[Tick] = []
+    for t, trade, p, s, b, bs, a, a_s in zip(*(c.tolist() for c in columns), strict=True):
+        if trade:
+            out.append(WireTrade(symbol=symbol, ts_ns=t, price=p, size=s))
+        else:
+            out.append(WireQuote(symbol=symbol, ts_ns=t, bid=b, bid_size=bs, ask=a, ask_size=a_s))
+    return out
+
+
 def by_symbol(
     items: Iterable[Tick | Received | Heartbeat | DeadLetter],
-) -> list[DeadLetter | tuple[str, list[Tick | Received | Heartbeat]]]:
+) -> list[DeadLetter | tuple[str, list[Tick | Received | Heartbeat | TickBlock]]]:
     """A source's batch as the dataflow takes it: the dead letters, then each symbol's ticks and heartbeats as
     one list, in stream order. Only the order within a symbol means anything to the bar step, and a list per
     symbol costs the dataflow one item where a tick each cost it one per tick at every step."""
-    dead: list[DeadLetter | tuple[str, list[Tick | Received | Heartbeat]]] = []
-    symbols: dict[str, list[Tick | Received | Heartbeat]] = {}
+    dead: list[DeadLetter | tuple[str, list[Tick | Received | Heartbeat | TickBlock]]] = []
+    symbols: dict[str, list[Tick | Received | Heartbeat | TickBlock]] = {}
     for item in items:
         if isinstance(item, DeadLetter):
             dead.append(item)
@@ -147,6 +193,9 @@ class SymbolState:
     features: SymbolFeatures
     #: Reorder buffer: (ts_ns, arrival sequence, tick); the sequence keeps equal timestamps in arrival order.
     pending: list[tuple[int, int, Tick]] = field(default_factory=list)
+    #: The reorder buffer's blocks taken whole (_accept_block), oldest first, each ``[block, next row, arrival
+    #: sequence of its row 0]``: time-ordered among themselves, merged with ``pending`` by (ts_ns, sequence).
+    blocks: list[list] = field(default_factory=list)
     seq: int = 0
     newest_ns: int = 0
     #: Everything before this event time has been applied; a tick below it is late.
@@ -182,10 +231,11 @@ class SymbolLogic(StatefulLogic):
 
     # -- Bytewax hooks ------------------------------------------------------------------------------------
     def on_item(
-        self, values: list[Tick | Received | Heartbeat]
+        self, values: list[Tick | Received | Heartbeat | TickBlock]
     ) -> tuple[list[BarFeatures | DeadLetter | Heartbeat], bool]:
-        """The symbol's items of one input batch, in stream order (:func:`by_symbol`). A run of ticks that is
-        already in order is taken in one step (:meth:`_accept_run`); anything else goes item by item."""
+        """The symbol's items of one input batch, in stream order (:func:`by_symbol`). A block of columns or a
+        run of ticks that is already in order is taken in one step (:meth:`_accept_block`, :meth:`_accept_run`);
+        anything else goes tick by tick."""
         out: list[BarFeatures | DeadLetter | Heartbeat] = []
         run: list[Tick | Received] = []
         evicted = False
@@ -195,12 +245,17 @@ class SymbolLogic(StatefulLogic):
                 run = []
                 self._on_heartbeat(value, out)
                 evicted = value.evict
+            elif isinstance(value, TickBlock):
+                self._on_ticks(run, out)
+                run = []
+                if not self._accept_block(value, out):
+                    self._on_ticks(value.ticks(), out)
             else:
                 run.append(value)
         self._on_ticks(run, out)
         return out, StatefulLogic.DISCARD if evicted and self.state is None else StatefulLogic.RETAIN
 
-    def _on_ticks(self, run: list[Tick | Received], out: list) -> None:
+    def _on_ticks(self, run: Sequence[Tick | Received], out: list) -> None:
         if run and not self._accept_run(run, out):
             for value in run:
                 self._on_tick(value, out)
@@ -253,7 +308,7 @@ class SymbolLogic(StatefulLogic):
         else:
             self._accept(value, out)
 
-    def _accept_run(self, run: list[Tick | Received], out: list) -> bool:
+    def _accept_run(self, run: Sequence[Tick | Received], out: list) -> bool:
         """Take a run of ticks in one step where item by item would do exactly the same: no suspects held, no
         reference data, in event-time order, none late, none far ahead of the one before, no identity seen
         before. Buffered all at once, then the watermark advances once, to where the last tick takes it;
@@ -294,15 +349,35 @@ class SymbolLogic(StatefulLogic):
         self._advance(st.newest_ns - self.lateness_ns, out)
         return True
 
+    def _accept_block(self, block: TickBlock, out: list) -> bool:
+        """Take a block in one step where tick by tick would do exactly the same (:meth:`_accept_run`'s
+        conditions; a block has neither reference data nor ``seq``), and nothing of it is older than the ticks
+        buffered before it (so the buffered blocks stay in time order). Returns False, having done nothing,
+        where the block is not like that."""
+        st = self.state
+        if st is None or st.suspects or not len(block):
+            return False
+        ts = block.ts_ns
+        clock, first = self._clock(), int(ts[0])
+        if not clock or first < max(st.released_ns, st.newest_ns) or first > clock + self.ahead_ns:
+            return False
+        if len(ts) > 1 and ((ts[1:] < ts[:-1]).any() or (ts[1:] > np.maximum(ts[:-1], clock) + self.ahead_ns).any()):
+            return False
+        st.blocks.append([block, 0, st.seq])
+        st.seq += len(block)
+        st.newest_ns = int(ts[-1])
+        self._advance(st.newest_ns - self.lateness_ns, out)
+        return True
+
     def on_eof(self) -> tuple[list[BarFeatures | DeadLetter], bool]:
         out: list[BarFeatures | DeadLetter] = []
         st = self.state
         if st is not None and st.suspects:
             clock = self._clock() or min(_tick(v).ts_ns for v in st.suspects)
             self._settle(clock + self.ahead_ns, out, refute=True)
-        if st is not None and (st.pending or st.bar_end_ns):
+        if st is not None and (st.pending or st.blocks or st.bar_end_ns):
             # End of input: everything pending is final, and the bar holding the last tick closes.
-            last = max([t for t, _, _ in st.pending] + [st.released_ns])
+            last = max([t for t, _, _ in st.pending] + [int(b.ts_ns[-1]) for b, _, _ in st.blocks] + [st.released_ns])
             self._advance(last, out)
             if st.bar_end_ns:
                 self._close_through(st.bar_end_ns, out)
@@ -398,16 +473,75 @@ class SymbolLogic(StatefulLogic):
 
     # -- event time ---------------------------------------------------------------------------------------
     def _advance(self, watermark_ns: int, out: list) -> None:
-        """Apply every buffered tick at or before ``watermark_ns`` in order, closing bars on the way."""
+        """Apply every buffered tick at or before ``watermark_ns`` in (ts_ns, arrival) order, closing bars on
+        the way: the heap's one at a time, a block's as many as come before the heap's next."""
         st = self._st
-        while st.pending and st.pending[0][0] <= watermark_ns:
-            ts, _, tick = heapq.heappop(st.pending)
-            self._close_through(ts, out)
-            self._apply(tick, out)
-            st.released_ns = ts
+        while True:
+            top = st.pending[0] if st.pending else None
+            if st.blocks:
+                block, row, seq0 = st.blocks[0]
+                ts = block.ts_ns
+                if top is None or (int(ts[row]), seq0 + row) < top[:2]:
+                    hi = int(np.searchsorted(ts, watermark_ns, "right"))
+                    if top is not None:  # its rows at top's time come first if they arrived first
+                        hi = min(hi, int(np.searchsorted(ts, top[0], "right" if seq0 < top[1] else "left")))
+                    if hi <= row:
+                        break
+                    self._release(block, row, hi, out)
+                    if hi == len(block):
+                        st.blocks.pop(0)
+                    else:
+                        st.blocks[0][1] = hi
+                    continue
+            if top is None or top[0] > watermark_ns:
+                break
+            heapq.heappop(st.pending)
+            self._close_through(top[0], out)
+            self._apply(top[2], out)
+            st.released_ns = top[0]
         if watermark_ns > st.released_ns:
             self._close_through(watermark_ns, out)
             st.released_ns = max(st.released_ns, watermark_ns)
+
+    def _release(self, block: TickBlock, lo: int, hi: int, out: list) -> None:
+        """Apply rows ``lo..hi-1`` of ``block`` as :meth:`_advance` would one by one: per bar of the grid, close
+        the bars its first row closes (the later rows of the same bar close none) and apply its rows at once."""
+        ts = block.ts_ns[lo:hi]
+        bars = ts // self.bar_ns
+        cuts = [0, *(np.flatnonzero(bars[1:] != bars[:-1]) + 1).tolist(), len(ts)]
+        for a, b in zip(cuts[:-1], cuts[1:], strict=False):
+            self._close_through(int(ts[a]), out)
+            self._apply_rows(block, lo + a, lo + b, out)
+        self._st.released_ns = int(ts[-1])
+
+    def _apply_rows(self, block: TickBlock, lo: int, hi: int, out: list) -> None:
+        """:meth:`_apply` of rows ``lo..hi-1`` of ``block``, all in one bar of the grid."""
+        st = self._st
+        columns = block.columns(lo, hi)
+        ts = columns[0]
+        if self.cfg.session.regular_hours_only:
+            day = session_at(int(ts[0]), self.calendar)
+            if day != session_at(int(ts[-1]), self.calendar):  # across a date: as rare as it is simple
+                for tick in block.ticks(lo, hi):
+                    self._apply(tick, out)
+                return
+            inside = (ts >= day.open_ns) & (ts < day.close_ns)
+            if not inside.all():
+                METRICS.ticks_outside_session.inc(len(ts) - int(inside.sum()))
+                if not inside.any():
+                    return
+                columns = tuple(c[inside] for c in columns)
+                ts = columns[0]
+        if not st.bar_end_ns:
+            st.bar_end_ns = (int(ts[0]) // self.bar_ns + 1) * self.bar_ns
+        self._roll_features(int(ts[0]))
+        is_trade, bid, ask = columns[1], columns[4], columns[6]
+        if crossed := int((bid[~is_trade] > ask[~is_trade]).sum()):
+            METRICS.crossed_quotes.inc(crossed)
+        st.ticks_in_bar += len(ts)
+        if not st.features.on_ticks(*columns):
+            for tick in _ticks(block.symbol, *columns):  # one by one: each one refused is its own dead letter
+                self._feed(tick, out)
 
     def _close_through(self, ts_ns: int, out: list) -> None:
         """Close every bar that ends at or before ``ts_ns`` (bars are ``[end - bar, end)``)."""
@@ -442,29 +576,13 @@ class SymbolLogic(StatefulLogic):
         return [p for p in matured if p.outcome_end_ns <= session_at(p.end_ns - 1, self.calendar).close_ns]
 
     def _apply(self, tick: Tick, out: list) -> None:
-        try:
-            self._apply_checked(tick, out)
-        except SsrLuldInputError as err:
-            # The arrival checks refuse what the SSR/LULD rules cannot take, and those rules check before they
-            # change anything; should a tick still get through, it is dead-lettered, not a crash (a crash loop
-            # under recovery, where it would come back every restart).
-            out.append(_refused(tick, "rejected", str(err)))
-
-    def _apply_checked(self, tick: Tick, out: list) -> None:
-        st, f = self._st, self._st.features
-        if isinstance(tick, Reference | WireReference):
-            f.on_reference(tick.date or trading_date(tick.ts_ns), tick.prev_close, tick.tier)
-            return
-        if isinstance(tick, Status | WireStatus):
-            self._roll_features(tick.ts_ns)
-            f.on_status(
-                tick.ts_ns,
-                halted=tick.halted,
-                luld_pause=tick.luld_pause,
-                ssr=tick.ssr,
-                band_low=tick.band_low,
-                band_high=tick.band_high,
-            )
+        """Apply one tick of the reorder buffer: reference data and status to the SSR/LULD rules, a trade or a
+        quote of the regular session (when configured) to the open bar."""
+        st = self._st
+        if isinstance(tick, Reference | WireReference | Status | WireStatus):
+            if isinstance(tick, Status | WireStatus):
+                self._roll_features(tick.ts_ns)
+            self._feed(tick, out)
             return
         if self.cfg.session.regular_hours_only:
             day = session_at(tick.ts_ns, self.calendar)
@@ -475,12 +593,34 @@ class SymbolLogic(StatefulLogic):
             st.bar_end_ns = (tick.ts_ns // self.bar_ns + 1) * self.bar_ns
         self._roll_features(tick.ts_ns)
         st.ticks_in_bar += 1
-        if isinstance(tick, Trade | WireTrade):
-            f.on_trade(tick.ts_ns, tick.price, tick.size)
-        else:
-            if tick.crossed:
-                METRICS.crossed_quotes.inc()
-            f.on_quote(tick.ts_ns, tick.bid, tick.bid_size, tick.ask, tick.ask_size)
+        if isinstance(tick, Quote | WireQuote) and tick.crossed:
+            METRICS.crossed_quotes.inc()
+        self._feed(tick, out)
+
+    def _feed(self, tick: Tick, out: list) -> None:
+        """Into the feature state (and its SSR/LULD rules)."""
+        f = self._st.features
+        try:
+            if isinstance(tick, Trade | WireTrade):
+                f.on_trade(tick.ts_ns, tick.price, tick.size)
+            elif isinstance(tick, Quote | WireQuote):
+                f.on_quote(tick.ts_ns, tick.bid, tick.bid_size, tick.ask, tick.ask_size)
+            elif isinstance(tick, Reference | WireReference):
+                f.on_reference(tick.date or trading_date(tick.ts_ns), tick.prev_close, tick.tier)
+            else:
+                f.on_status(
+                    tick.ts_ns,
+                    halted=tick.halted,
+                    luld_pause=tick.luld_pause,
+                    ssr=tick.ssr,
+                    band_low=tick.band_low,
+                    band_high=tick.band_high,
+                )
+        except SsrLuldInputError as err:
+            # The arrival checks refuse what the SSR/LULD rules cannot take, and those rules check before they
+            # change anything; should a tick still get through, it is dead-lettered, not a crash (a crash loop
+            # under recovery, where it would come back every restart).
+            out.append(_refused(tick, "rejected", str(err)))
 
     def _roll_features(self, ts_ns: int) -> None:
         """Between sessions no bar is emitted, but the feature state must still see its bars closed (as

@@ -65,7 +65,7 @@ def _config(args: argparse.Namespace):
 
 # -- commands ---------------------------------------------------------------------------------------------
 def cmd_replay(args: argparse.Namespace) -> None:
-    from conditioning.artifacts import verify_model
+    from conditioning.manifest import verify_model
     from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
     from flows.runner import cluster_addresses, run_process, spawn_cluster
 
@@ -76,18 +76,21 @@ def cmd_replay(args: argparse.Namespace) -> None:
     cfg = _config(args)
     if outputs.contexts is not None:  # before any worker starts: inside one, a bad model ends in a traceback
         verify_model(cfg.model.dir, cfg.conditioning)
-    table, reference = load_input(args)
-    n_ticks = table.num_rows + len(reference)
     addresses = cluster_addresses(args.process_id, args.addresses, args.processes)
     if args.processes > 1 and addresses is None:
+        # Each worker process reads the input itself; this one only waits for them, so it reads it after
+        # them, for the count, instead of holding them up (the cores are theirs while they run).
         spawn_cluster(sys.argv[1:], args.processes)
+        table, reference = load_input(args)
     else:
+        table, reference = load_input(args)
         name = str(args.ticks or args.trades or args.lobster)
         flow = build_replay_flow(cfg, table, reference, outputs, source_name=name)
         log.info("replaying %d ticks, %d reference rows", table.num_rows, len(reference))
         run_process(flow, process_id=args.process_id or 0, addresses=addresses)
         if addresses is not None:
             return  # the parent merges once every worker is done
+    n_ticks = table.num_rows + len(reference)
     counts = finish_replay(outputs)
     print("wrote " + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items()))
     if outputs.contexts is not None and args.process_id is None:

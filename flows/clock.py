@@ -80,6 +80,18 @@ class EventClock:
         self.symbols[tick.symbol] = max(self.symbols.get(tick.symbol, 0), tick.ts_ns)
         return beats
 
+    def observe_run(self, first_ns: int, newest: dict[str, int]) -> list[Heartbeat]:
+        """:meth:`observe` of every tick of a time-ordered run of trades and quotes whose watermark stays below
+        the next bar boundary after its first tick (the caller cuts runs there): the heartbeats to send before
+        the run. ``newest``: each symbol of the run -> its newest time in the run. A clock without
+        ``max_ahead_ns`` only (a sorted file's), where every tick moves the clock."""
+        assert self.max_ahead_ns is None, "a run of ticks is observed at once only where none can be held back"
+        beats = self.advance(first_ns)
+        for symbol, ts_ns in newest.items():
+            self.symbols[symbol] = max(self.symbols.get(symbol, 0), ts_ns)
+        self.now_ns = max(self.now_ns, *newest.values())
+        return beats
+
     def advance(self, now_ns: int) -> list[Heartbeat]:
         """Move the clock to ``now_ns`` (if later); heartbeats for the bar boundary the watermark has reached."""
         self.now_ns = max(self.now_ns, now_ns)

@@ -28,7 +28,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink
 
 from conditioning.features.state import BarFeatures
-from flows.bars import Heartbeat, Received, SymbolLogic, Tick
+from flows.bars import Heartbeat, Received, SymbolLogic, Tick, TickBlock
 from flows.config import AppConfig
 from flows.contexts import ContextEngine, InferenceLogic, feature_record
 from flows.metrics import METRICS
@@ -46,12 +46,19 @@ class Sinks:
 
 
 def _count_ticks(
-    keyed: tuple[str, list[Tick | Received | Heartbeat]],
-) -> tuple[str, list[Tick | Received | Heartbeat]]:
+    keyed: tuple[str, list[Tick | Received | Heartbeat | TickBlock]],
+) -> tuple[str, list[Tick | Received | Heartbeat | TickBlock]]:
     """A symbol's share of a batch (flows/bars.py ``by_symbol``), counted by kind."""
-    kinds = Counter(item.kind for item in keyed[1] if not isinstance(item, Heartbeat))
+    kinds: Counter[str] = Counter()
+    for item in keyed[1]:
+        if isinstance(item, TickBlock):
+            trades = int(item.is_trade.sum())
+            kinds.update(trade=trades, quote=len(item) - trades)
+        elif not isinstance(item, Heartbeat):
+            kinds[item.kind] += 1
     for kind, n in kinds.items():
-        METRICS.ticks.labels(kind).inc(n)
+        if n:
+            METRICS.ticks.labels(kind).inc(n)
     return keyed
 
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from bytewax.dataflow import Dataflow
 
 from flows.config import AppConfig
-from flows.contexts import ContextEngine, load_engine
-from flows.dataflow import Sinks, build_flow
 from flows.sinks import JsonlPartSink, merge_parts
-from flows.sources.table import ReplayInput, TableSource
 from schemas.reference import ReferenceRow
+
+if TYPE_CHECKING:  # the graph and the models are imported where a flow is built (they pull in torch)
+    from bytewax.dataflow import Dataflow
+
+    from flows.contexts import ContextEngine
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ def build_replay_flow(
     engine: ContextEngine | None = None,
 ) -> Dataflow:
     """Contexts (with ``outputs.contexts``) or, without it, feature records only (no model needed)."""
+    from flows.contexts import load_engine
+    from flows.dataflow import Sinks, build_flow
+    from flows.sources.table import ReplayInput, TableSource
+
     for path in outputs.paths():
         path.parent.mkdir(parents=True, exist_ok=True)
     evict = cfg.pipeline.evict_idle_s

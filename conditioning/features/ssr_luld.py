@@ -1,6 +1,6 @@
 """SEC Rule 201 short-sale restriction (SSR) and Limit Up-Limit Down (LULD) state, per symbol, from ticks.
 
-Pure Python (no numpy needed, no Bytewax/Kafka/torch). Two layers:
+Pure Python and numpy (no Bytewax/Kafka/torch). Two layers:
 
 * pure functions of the rules: :func:`luld_percentage`, :func:`luld_bands`, :func:`ssr_trigger_price`, on the
   session clock of :mod:`schemas.session` (the exchange calendar: holidays, early closes, DST);
@@ -35,6 +35,8 @@ from collections import deque
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Literal, NamedTuple
+
+import numpy as np
 
 from schemas.errors import HrmcondError
 from schemas.layout import SsrLuldState
@@ -369,6 +371,128 @@ class SsrLuldTracker:
         if self._halted() or self._reference is None:
             return
         self._add_to_window(ts_ns, price)
+
+    def on_ticks(
+        self,
+        ts_ns: np.ndarray,
+        is_trade: np.ndarray,
+        price: np.ndarray,
+        size: np.ndarray,
+        bid: np.ndarray,
+        ask: np.ndarray,
+    ) -> None:
+        """Trades and quotes as columns (``[N]``, event order; NaN where a column does not apply to the row):
+        exactly :meth:`on_trade` / :meth:`on_quote` of each in turn. Where no deadline falls due in the run,
+        a run in which nothing but the NBBO can change (:meth:`_nbbo_only`) is taken at once, and one inside
+        the computed bands (:meth:`_inside_bands`) with a step per trade only; anything else tick by tick."""
+        day = self._day
+        if not (
+            day is not None
+            and self._last_ts <= int(ts_ns[0])
+            and int(ts_ns[-1]) < self._next_deadline_ns
+            and (
+                self._nbbo_only(ts_ns, is_trade, price, bid, ask)
+                or self._inside_bands(ts_ns, is_trade, price, size, bid, ask)
+            )
+        ):
+            self._each(ts_ns, is_trade, price, size, bid, ask)
+
+    def _each(self, *columns: np.ndarray) -> None:
+        for t, trade, p, s, b, a in zip(*(c.tolist() for c in columns), strict=True):
+            if trade:
+                self.on_trade(t, p, s)
+            else:
+                self.on_quote(t, b, a)
+
+    def _nbbo_only(
+        self, ts_ns: np.ndarray, is_trade: np.ndarray, price: np.ndarray, bid: np.ndarray, ask: np.ndarray
+    ) -> bool:
+        """Take a run (no deadline due in it) in which no trade can trigger SSR or enter the LULD reference
+        window and no quote can meet a band: only the NBBO moves, to the run's last sound quote. Returns False,
+        having done nothing, where the run is not like that."""
+        day = self._day
+        assert day is not None  # on_ticks checked it
+        t_ts, t_price = ts_ns[is_trade], price[is_trade]
+        in_session = (t_ts >= day.open_ns) & (t_ts < day.close_ns)
+        if in_session.any() and not (
+            (self._ssr_triggered_today or not (t_price[in_session] <= self._ssr_threshold).any())
+            and (self._halted() or self._reference is None)
+        ):
+            return False
+        quote = ~is_trade
+        q_bid, q_ask = bid[quote], ask[quote]
+        sound = ~((q_bid > q_ask) & (q_ask > 0.0))  # a crossed NBBO changes nothing (on_quote)
+        no_bands = self._feed_bands is None and self._bands_computed is None
+        if not (no_bands or self._halted() or self._luld_closed_today):
+            q_ts = ts_ns[quote][sound]
+            if ((q_ts >= day.open_ns) & (q_ts < day.close_ns)).any():
+                return False
+        if sound.any():
+            last = int(np.flatnonzero(sound)[-1])
+            self._bid, self._ask = float(q_bid[last]), float(q_ask[last])
+        self._last_ts = int(ts_ns[-1])
+        return True
+
+    def _inside_bands(
+        self,
+        ts_ns: np.ndarray,
+        is_trade: np.ndarray,
+        price: np.ndarray,
+        size: np.ndarray,
+        bid: np.ndarray,
+        ask: np.ndarray,
+    ) -> bool:
+        """Take a run (no deadline due in it) of the regular session, computed bands in effect and no limit
+        state, in which no quote meets the bands, no trade triggers SSR and the bands' doubling does not change:
+        each trade goes into the reference window with the NBBO it would have seen; should it move the bands
+        (or enter a limit state), the rest of the run goes tick by tick. Returns False, having done nothing,
+        where the run is not like that."""
+        day, first, last = self._day, int(ts_ns[0]), int(ts_ns[-1])
+        assert day is not None  # on_ticks checked it
+        bands = self._bands_computed
+        if (
+            bands is None
+            or self._reference is None
+            or self._feed_bands is not None
+            or self._limit_since_ns is not None
+            or self._halted()
+            or self._luld_closed_today
+            or not day.open_ns <= first <= last < day.close_ns
+            or self._doubled(first) != self._bands_doubled
+            or any(
+                first < edge <= last for edge in (day.open_ns + _OPEN_DOUBLING_NS, day.close_ns - _CLOSE_DOUBLING_NS)
+            )
+        ):
+            return False
+        t_price = price[is_trade]
+        if not self._ssr_triggered_today and (t_price <= self._ssr_threshold).any():
+            return False
+        quote = ~is_trade
+        q_bid, q_ask = bid[quote], ask[quote]
+        sound = ~((q_bid > q_ask) & (q_ask > 0.0))
+        lower, upper = bands
+        at_band = ((q_bid > 0.0) & (q_bid >= upper - BAND_TOLERANCE_USD)) | (
+            (q_ask > 0.0) & (q_ask <= lower + BAND_TOLERANCE_USD)
+        )
+        if (at_band & sound).any():
+            return False
+        sound_rows = np.flatnonzero(quote)[sound]
+        trade_rows = np.flatnonzero(is_trade)
+        bids, asks = q_bid[sound].tolist(), q_ask[sound].tolist()
+        before = (np.searchsorted(sound_rows, trade_rows) - 1).tolist()  # the last sound quote before each trade
+        for row, t, p, j in zip(trade_rows.tolist(), ts_ns[is_trade].tolist(), t_price.tolist(), before, strict=True):
+            if j >= 0:
+                self._bid, self._ask = bids[j], asks[j]
+            self._last_ts = t
+            self._add_to_window(t, p)
+            if self._bands_computed is not bands or self._limit_since_ns is not None:
+                rest = slice(row + 1, None)
+                self._each(ts_ns[rest], is_trade[rest], price[rest], size[rest], bid[rest], ask[rest])
+                return True
+        if bids:
+            self._bid, self._ask = bids[-1], asks[-1]
+        self._last_ts = last
+        return True
 
     def on_quote(self, ts_ns: int, bid: float, ask: float) -> None:
         """A national best bid and offer (USD); a side of 0 or NaN is absent, negative or inf an error."""

@@ -50,7 +50,7 @@ from conditioning.features.baseline import LevelBaseline
 from conditioning.features.liquidity import AMIHUD_SCALE
 from conditioning.features.pattern import PATTERN_BARS, pattern_outcome, pattern_vector
 from conditioning.features.realized import DEFAULT_MIN_RETURNS, RealizedMeasures, realized_measures
-from conditioning.features.spreads import is_valid_quote, mid_quote_volatility
+from conditioning.features.spreads import is_valid_quote, mid_quote_volatility, valid_quotes
 from conditioning.features.ssr_luld import SsrLuldTracker
 from conditioning.features.types import Pattern
 from conditioning.features.volume_profile import volume_at_price
@@ -373,6 +373,96 @@ class SymbolFeatures:
             bar.n_invalid_quotes += 1
         self._ssr.on_quote(ts_ns, bid, ask)
 
+    def on_ticks(
+        self,
+        ts_ns: np.ndarray,
+        is_trade: np.ndarray,
+        price: np.ndarray,
+        size: np.ndarray,
+        bid: np.ndarray,
+        bid_size: np.ndarray,
+        ask: np.ndarray,
+        ask_size: np.ndarray,
+    ) -> bool:
+        """Ticks of the open bar as columns (``[N]``, event order; trade rows with NaN quote columns and the
+        other way round): exactly :meth:`on_trade` / :meth:`on_quote` of each in turn, with numpy over the run.
+
+        Each tick sees the quote prevailing before it: the last quote of the run before it, or the state
+        before the run. Sums run in tick order (``cumsum``, not a pairwise ``sum``), so every accumulator ends
+        bit for bit where the tick-by-tick calls leave it. Returns False, having done nothing, unless the run
+        lies in event-time order inside the open bar and holds only values those methods take (the caller
+        then feeds the ticks one by one, which raises where it should).
+        """
+        n = len(ts_ns)
+        bar = self._bar
+        if bar is None or not n or not self._floor <= int(ts_ns[0]) <= int(ts_ns[-1]) < self._bar_end:
+            return False
+        quote = ~is_trade
+        p, s = price[is_trade], size[is_trade]
+        b, bs, a, as_ = bid[quote], bid_size[quote], ask[quote], ask_size[quote]
+        inf = math.inf
+        if not (
+            (np.diff(ts_ns) >= 0).all()
+            and ((p > 0.0) & (p < inf) & (s > 0.0) & (s < inf)).all()
+            and ((b >= 0.0) & (b < inf) & (bs >= 0.0) & (bs < inf) & (a >= 0.0) & (a < inf)).all()
+            and ((as_ >= 0.0) & (as_ < inf)).all()
+        ):
+            return False
+        self._ssr.on_ticks(ts_ns, is_trade, price, size, bid, ask)
+        q_ts, stale = ts_ns[quote], self._stale_ns
+        valid = valid_quotes(b, a)  # [Q]
+        mid = 0.5 * (b + a)
+        rel = (a - b) / mid
+        # the quote prevailing before each tick: its position among the run's quotes, -1 for the state before
+        last_quote = np.maximum.accumulate(np.where(quote, np.cumsum(quote) - 1, -1))  # [N], at or before the tick
+        before = np.concatenate(([-1], last_quote[:-1]))  # [N], strictly before the tick
+        prev_valid = np.concatenate(([self._q_valid], valid))  # [Q + 1]: the state before the run, then each quote
+        prev_ts = np.concatenate(([self._q_ts], q_ts))
+        prev_mid = np.concatenate(([self._q_mid], mid))
+        prev_rel = np.concatenate(([self._q_rel], rel))
+
+        if p.size:
+            k = before[is_trade] + 1  # into the prev_* arrays
+            fresh = prev_valid[k] & (ts_ns[is_trade] - prev_ts[k] <= stale)
+            if fresh.any():
+                m = prev_mid[k][fresh]
+                sf = s[fresh]
+                bar.eff_num = float(np.cumsum(np.concatenate(([bar.eff_num], sf * np.abs(p[fresh] - m) / m)))[-1])
+                bar.eff_volume = float(np.cumsum(np.concatenate(([bar.eff_volume], sf)))[-1])
+            bar.prices += p.tolist()
+            bar.sizes += s.tolist()
+        if b.size:
+            # time weight booked at each quote (_accrue): the previous quote's, from where it was booked to
+            accrued = np.concatenate(([self._accrued_to], q_ts[:-1]))  # [Q] (a valid previous quote booked to its ts)
+            end = np.minimum(q_ts, prev_ts[:-1] + stale)
+            booked = prev_valid[:-1] & (end > accrued)
+            if booked.any():
+                dt = (end - accrued)[booked]
+                bar.quoted_rel_time = float(
+                    np.cumsum(np.concatenate(([bar.quoted_rel_time], prev_rel[:-1][booked] * dt)))[-1]
+                )
+                bar.quoted_time += int(dt.sum())
+            # where the last quote leaves the booking: its ts if valid, else where the first of the invalid
+            # quotes that end the run booked to (those after it book nothing)
+            if valid[-1]:
+                self._accrued_to = int(q_ts[-1])
+            else:
+                j = int(np.flatnonzero(valid)[-1]) + 1 if valid.any() else 0
+                self._accrued_to = int(end[j]) if booked[j] else int(accrued[j])
+            bar.n_quotes += len(valid)
+            n_valid = int(valid.sum())
+            bar.n_invalid_quotes += len(valid) - n_valid
+            if n_valid:
+                mids = mid[valid]
+                changed = mids != np.concatenate(([self._last_mid], mids[:-1]))
+                bar.mids += mids[changed].tolist()
+                self._last_mid = float(mids[-1])
+                last = int(np.flatnonzero(valid)[-1])
+                self._q_ts, self._q_mid, self._q_rel = int(q_ts[last]), float(mid[last]), float(rel[last])
+            self._q_valid = bool(valid[-1])
+        self._floor = int(ts_ns[-1])
+        return True
+
     def on_reference(self, trading_date: date, prev_close: float, tier: int) -> None:
         """Reference data for the SSR/LULD tracker (prior close USD, LULD tier 1/2)."""
         self._ssr.on_reference(trading_date, prev_close, tier)
@@ -686,21 +776,42 @@ def replay(
     ask_size: np.ndarray,
 ) -> list[BarFeatures]:
     """Feed one symbol's ticks (``[N]`` arrays in event order) and close every bar from the first tick's bar
-    to the last one's: what the dataflow does per key, without the dataflow (tests, benchmarks, replay)."""
+    to the last one's: what the dataflow does per key, without the dataflow (tests, benchmarks, replay). Each
+    bar's ticks go in at once (:meth:`SymbolFeatures.on_ticks`), one by one where it does not take them."""
     bar_ns = features.params.bar_ns
     out: list[BarFeatures] = []
     if len(ts_ns) == 0:
         return out
     next_end = int(ts_ns[0]) - int(ts_ns[0]) % bar_ns + bar_ns
-    on_trade, on_quote, close_bar = features.on_trade, features.on_quote, features.close_bar
+    columns = (ts_ns, is_trade, price, size, bid, bid_size, ask, ask_size)
+    cell = ts_ns // bar_ns
+    cuts = [0, *(np.flatnonzero(cell[1:] != cell[:-1]) + 1).tolist(), len(ts_ns)]
+    for lo, hi in zip(cuts[:-1], cuts[1:], strict=False):
+        while int(ts_ns[lo]) >= next_end:
+            out.append(features.close_bar(next_end))
+            next_end += bar_ns
+        run = [c[lo:hi] for c in columns]
+        if not features.on_ticks(*run):
+            feed_each(features, *run)
+    out.append(features.close_bar(next_end))
+    return out
+
+
+def feed_each(
+    features: SymbolFeatures,
+    ts_ns: np.ndarray,
+    is_trade: np.ndarray,
+    price: np.ndarray,
+    size: np.ndarray,
+    bid: np.ndarray,
+    bid_size: np.ndarray,
+    ask: np.ndarray,
+    ask_size: np.ndarray,
+) -> None:
+    """:meth:`SymbolFeatures.on_trade` / :meth:`SymbolFeatures.on_quote` of each tick (``[N]`` arrays) in turn."""
     columns = (a.tolist() for a in (ts_ns, is_trade, price, size, bid, bid_size, ask, ask_size))
     for t, trade, p, s, b, bs, a, a_s in zip(*columns, strict=True):
-        while t >= next_end:
-            out.append(close_bar(next_end))
-            next_end += bar_ns
         if trade:
-            on_trade(t, p, s)
+            features.on_trade(t, p, s)
         else:
-            on_quote(t, b, bs, a, a_s)
-    out.append(close_bar(next_end))
-    return out
+            features.on_quote(t, b, bs, a, a_s)

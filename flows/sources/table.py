@@ -1,14 +1,15 @@
 """Bytewax source over a canonical tick table (replay of files and simulations).
 
-Rows are turned into the same ticks the Kafka path decodes (schemas/wire.py), in file order (the table is
+Rows stand for the same ticks the Kafka path decodes (schemas/wire.py), in file order (the table is
 time-sorted), a record batch at a time: the batch is validated a column at a time (:func:`valid_rows`), and
 a row that fails goes to the pydantic model, which says why. Two additions: the reference rows of every
 trading date up front (each stamped at the start of its date, so the per-symbol reorder buffer applies it at
 the right moment), and the file's event-time clock (flows/clock.py, no lateness: the file is sorted):
 whenever the stream crosses a bar boundary, every symbol seen so far gets a heartbeat, so quiet symbols close
-their bars exactly as they would with a continuous feed. Each batch goes out as per-symbol lists
-(flows/bars.py ``by_symbol``). A row that fails validation becomes a dead letter naming the file row (a reference
-row: ``reference SYMBOL DATE``).
+their bars exactly as they would with a continuous feed. Each batch goes out as per-symbol lists (as
+flows/bars.py ``by_symbol`` makes them): a symbol's valid rows between two heartbeats as one
+:class:`~flows.bars.TickBlock` of columns, never a Python object per row. A row that fails validation becomes a
+dead letter naming the file row (a reference row: ``reference SYMBOL DATE``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pydantic
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from tqdm import tqdm
 
-from flows.bars import Heartbeat, by_symbol
+from flows.bars import Heartbeat, TickBlock, by_symbol
 from flows.clock import EventClock
 from schemas.records import DeadLetter
 from schemas.reference import ReferenceRow
@@ -148,34 +149,55 @@ class _TablePartition(StatefulSourcePartition):
             self.progress.close()
             raise StopIteration
         batch = self.inp.ticks.slice(self.row, self.inp.batch_size)
+        dead, lists = self._batch(batch)
+        self.progress.update(batch.num_rows)
+        self.row += batch.num_rows
+        return dead + list(lists.items())
+
+    def _batch(self, batch: pa.Table) -> tuple[list, dict[str, list]]:
+        """A record batch as the dead letters of its refused rows and, per symbol, its heartbeats and its ticks:
+        each run of valid rows between two bar boundaries of the clock (or a refused row) as one
+        :class:`TickBlock` per symbol, a row that needs the pydantic model as its tick; in stream order."""
+        dead: list[DeadLetter] = []
+        lists: dict[str, list] = {}
+        n = batch.num_rows
         valid = valid_rows(batch, self.inp.limits)
-        c = {name: batch.column(name).to_numpy(zero_copy_only=False).tolist() for name in ("ts_ns", *_VALUES)}
-        symbols, kinds = batch.column("symbol").to_pylist(), batch.column("kind").to_pylist()
-        for i, ok in enumerate(valid.tolist()):
-            tick: Trade | Quote | WireTrade | WireQuote
-            if not ok:  # the model says why (or takes it after all)
-                row = batch.slice(i, 1).to_pylist()[0]
+        ts = batch.column("ts_ns").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        codes_enc = pc.dictionary_encode(pc.cast(batch.column("symbol"), pa.string()).combine_chunks())
+        codes = codes_enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        names = codes_enc.dictionary.to_pylist()
+        # rows grouped by symbol, in row order within each: (symbol code, row) is sorted
+        order = np.argsort(codes, kind="stable")
+        key = codes[order] * n + order
+        grouped = [ts[order], pc.equal(batch.column("kind"), "trade").to_numpy(zero_copy_only=False)[order]]
+        grouped += [batch.column(c).to_numpy(zero_copy_only=False).astype(np.float64)[order] for c in _VALUES]
+        # runs: cut where the clock's watermark enters another bar, and around each refused row
+        cell = (ts - self.clock.lateness_ns) // self.inp.bar_ns
+        bad = np.flatnonzero(~valid)
+        cuts = np.union1d(np.flatnonzero(cell[1:] != cell[:-1]) + 1, np.concatenate((bad, bad + 1)))
+        bounds = [0, *cuts[(cuts > 0) & (cuts < n)].tolist(), n]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=False):
+            if not valid[a]:  # one refused row: the model says why (or takes it after all)
+                row = batch.slice(a, 1).to_pylist()[0]
                 try:
                     tick = row_tick({k: [v] for k, v in row.items()}, 0, self.inp.limits)
                 except pydantic.ValidationError as err:
-                    out.append(_dead(row, err, f"{self.inp.source_name}:row {self.row + i}"))
+                    dead.append(_dead(row, err, f"{self.inp.source_name}:row {self.row + a}"))
                     continue
-            elif kinds[i] == "trade":
-                tick = WireTrade(symbol=symbols[i], ts_ns=c["ts_ns"][i], price=c["price"][i], size=c["size"][i])
-            else:
-                tick = WireQuote(
-                    symbol=symbols[i],
-                    ts_ns=c["ts_ns"][i],
-                    bid=c["bid"][i],
-                    bid_size=c["bid_size"][i],
-                    ask=c["ask"][i],
-                    ask_size=c["ask_size"][i],
-                )
-            out.extend(self.clock.observe(tick))
-            out.append(tick)
-        self.progress.update(batch.num_rows)
-        self.row += batch.num_rows
-        return by_symbol(out)
+                for beat in self.clock.observe(tick):
+                    lists.setdefault(beat.symbol, []).append(beat)
+                lists.setdefault(tick.symbol, []).append(tick)
+                continue
+            present = np.unique(codes[a:b])
+            lo = np.searchsorted(key, present * n + a).tolist()
+            hi = np.searchsorted(key, present * n + b).tolist()
+            symbols = [names[c] for c in present.tolist()]
+            newest = {symbol: int(grouped[0][h - 1]) for symbol, h in zip(symbols, hi, strict=True)}
+            for beat in self.clock.observe_run(int(ts[a]), newest):
+                lists.setdefault(beat.symbol, []).append(beat)
+            for symbol, i, j in zip(symbols, lo, hi, strict=True):
+                lists.setdefault(symbol, []).append(TickBlock(symbol, *(c[i:j] for c in grouped)))
+        return dead, lists
 
     def snapshot(self) -> tuple[int, EventClock]:
         return (self.row, copy.deepcopy(self.clock))

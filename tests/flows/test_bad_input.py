@@ -281,8 +281,8 @@ class CountingLogic(SymbolLogic):
 
     applied = 0
 
-    def _apply_checked(self, tick, out) -> None:
-        super()._apply_checked(tick, out)
+    def _apply(self, tick, out) -> None:
+        super()._apply(tick, out)
         CountingLogic.applied += 1
 
 

@@ -35,7 +35,7 @@ class _KafkaPartition(StatelessSinkPartition):
         except DeliveryError as err:
             # Raising would unwind through Bytewax (lifecycle.py); ending here snapshots nothing past the
             # undelivered records, so a restart with the same recovery store delivers them.
-            fatal(f"output to {self.topic!r} cannot be delivered: {err}")
+            fatal(f"Kafka did not take the output to {self.topic!r}: {err}")
 
     def close(self) -> None:
         self.write_batch([])

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from conditioning.features.batch import Ticks
-from conditioning.features.state import FeatureParams, SymbolFeatures
+from conditioning.features.columns import Ticks
+from conditioning.features.state import FeatureParams, SymbolFeatures, replay
 from conditioning.features.types import Pattern
 from schemas.layout import SsrLuldState
 from schemas.records import FeatureRecord
@@ -98,7 +98,7 @@ def features_of_ticks(
             if r.symbol == symbol:
                 features.on_reference(r.date, r.prev_close, r.tier)
         own = Ticks.from_canonical(ticks, symbol)
-        bars = own.replay(features)
+        bars = replay(features, own)
         ends = np.array([b.window_end_ns for b in bars], dtype=np.int64)
         ticks_in_bar = np.bincount(np.searchsorted(ends, own.ts_ns, side="right"), minlength=len(bars))
         rows.extend(

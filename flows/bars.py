@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from bytewax.operators import StatefulLogic
 
+from conditioning.features.columns import Ticks
 from conditioning.features.ssr_luld import SsrLuldInputError
 from conditioning.features.state import BarFeatures, FeatureParams, SymbolFeatures
 from conditioning.features.types import Pattern
@@ -118,37 +119,24 @@ class Received:
 @dataclass(frozen=True, slots=True, eq=False)
 class TickBlock:
     """Trades and quotes of one symbol as columns, in stream order: replay's rows of a record batch that passed
-    validation, between two of the file clock's heartbeats (flows/sources/table.py). ``[N]`` arrays: ``ts_ns``
-    int64, ``is_trade`` bool, ``price``/``size`` float64 (NaN in quote rows), ``bid``/``bid_size``/``ask``/
-    ``ask_size`` float64 (NaN in trade rows). No ``seq``. The bar step takes a block whole where tick by tick
-    would do the same (:meth:`SymbolLogic._accept_block`), else as the ticks :meth:`ticks` makes of it."""
+    validation, between two of the file clock's heartbeats (flows/sources/table.py). No ``seq``. The bar step
+    takes a block whole where tick by tick would do the same (:meth:`SymbolLogic._accept_block`), else as the
+    ticks :meth:`ticks` makes of it."""
 
     symbol: str
-    ts_ns: np.ndarray
-    is_trade: np.ndarray
-    price: np.ndarray
-    size: np.ndarray
-    bid: np.ndarray
-    bid_size: np.ndarray
-    ask: np.ndarray
-    ask_size: np.ndarray
+    columns: Ticks
 
     def __len__(self) -> int:
-        return len(self.ts_ns)
-
-    def columns(self, lo: int, hi: int) -> tuple[np.ndarray, ...]:
-        """Rows ``lo..hi-1``: ``(ts_ns, is_trade, price, size, bid, bid_size, ask, ask_size)``, views."""
-        columns = (self.ts_ns, self.is_trade, self.price, self.size, self.bid, self.bid_size, self.ask, self.ask_size)
-        return tuple(c[lo:hi] for c in columns)
+        return len(self.columns)
 
     def ticks(self, lo: int = 0, hi: int | None = None) -> list[Tick]:
         """Rows ``lo..hi-1`` as the wire ticks they stand for (what the Kafka path would have decoded)."""
-        return _ticks(self.symbol, *self.columns(lo, len(self) if hi is None else hi))
+        return _ticks(self.symbol, self.columns.rows(lo, len(self) if hi is None else hi))
 
 
-def _ticks(symbol: str, *columns: np.ndarray) -> list[Tick]:
+def _ticks(symbol: str, columns: Ticks) -> list[Tick]:
     out: list[Tick] = []
-    for t, trade, p, s, b, bs, a, a_s in zip(*(c.tolist() for c in columns), strict=True):
+    for t, trade, p, s, b, bs, a, a_s in zip(*(c.tolist() for c in columns.arrays()), strict=True):
         if trade:
             out.append(WireTrade(symbol=symbol, ts_ns=t, price=p, size=s))
         else:
@@ -357,7 +345,7 @@ class SymbolLogic(StatefulLogic):
         st = self.state
         if st is None or st.suspects or not len(block):
             return False
-        ts = block.ts_ns
+        ts = block.columns.ts_ns
         clock, first = self._clock(), int(ts[0])
         if not clock or first < max(st.released_ns, st.newest_ns) or first > clock + self.ahead_ns:
             return False
@@ -377,7 +365,9 @@ class SymbolLogic(StatefulLogic):
             self._settle(clock + self.ahead_ns, out, refute=True)
         if st is not None and (st.pending or st.blocks or st.bar_end_ns):
             # End of input: everything pending is final, and the bar holding the last tick closes.
-            last = max([t for t, _, _ in st.pending] + [int(b.ts_ns[-1]) for b, _, _ in st.blocks] + [st.released_ns])
+            last = max(
+                [t for t, _, _ in st.pending] + [int(b.columns.ts_ns[-1]) for b, _, _ in st.blocks] + [st.released_ns]
+            )
             self._advance(last, out)
             if st.bar_end_ns:
                 self._close_through(st.bar_end_ns, out)
@@ -480,7 +470,7 @@ class SymbolLogic(StatefulLogic):
             top = st.pending[0] if st.pending else None
             if st.blocks:
                 block, row, seq0 = st.blocks[0]
-                ts = block.ts_ns
+                ts = block.columns.ts_ns
                 if top is None or (int(ts[row]), seq0 + row) < top[:2]:
                     hi = int(np.searchsorted(ts, watermark_ns, "right"))
                     if top is not None:  # its rows at top's time come first if they arrived first
@@ -506,7 +496,7 @@ class SymbolLogic(StatefulLogic):
     def _release(self, block: TickBlock, lo: int, hi: int, out: list) -> None:
         """Apply rows ``lo..hi-1`` of ``block`` as :meth:`_advance` would one by one: per bar of the grid, close
         the bars its first row closes (the later rows of the same bar close none) and apply its rows at once."""
-        ts = block.ts_ns[lo:hi]
+        ts = block.columns.ts_ns[lo:hi]
         bars = ts // self.bar_ns
         cuts = [0, *(np.flatnonzero(bars[1:] != bars[:-1]) + 1).tolist(), len(ts)]
         for a, b in zip(cuts[:-1], cuts[1:], strict=False):
@@ -517,8 +507,8 @@ class SymbolLogic(StatefulLogic):
     def _apply_rows(self, block: TickBlock, lo: int, hi: int, out: list) -> None:
         """:meth:`_apply` of rows ``lo..hi-1`` of ``block``, all in one bar of the grid."""
         st = self._st
-        columns = block.columns(lo, hi)
-        ts = columns[0]
+        run = block.columns.rows(lo, hi)
+        ts = run.ts_ns
         if self.cfg.session.regular_hours_only:
             day = session_at(int(ts[0]), self.calendar)
             if day != session_at(int(ts[-1]), self.calendar):  # across a date: as rare as it is simple
@@ -530,17 +520,17 @@ class SymbolLogic(StatefulLogic):
                 METRICS.ticks_outside_session.inc(len(ts) - int(inside.sum()))
                 if not inside.any():
                     return
-                columns = tuple(c[inside] for c in columns)
-                ts = columns[0]
+                run = run.where(inside)
+                ts = run.ts_ns
         if not st.bar_end_ns:
             st.bar_end_ns = (int(ts[0]) // self.bar_ns + 1) * self.bar_ns
         self._roll_features(int(ts[0]))
-        is_trade, bid, ask = columns[1], columns[4], columns[6]
+        is_trade, bid, ask = run.is_trade, run.bid, run.ask
         if crossed := int((bid[~is_trade] > ask[~is_trade]).sum()):
             METRICS.crossed_quotes.inc(crossed)
         st.ticks_in_bar += len(ts)
-        if not st.features.on_ticks(*columns):
-            for tick in _ticks(block.symbol, *columns):  # one by one: each one refused is its own dead letter
+        if not st.features.on_ticks(run):
+            for tick in _ticks(block.symbol, run):  # one by one: each one refused is its own dead letter
                 self._feed(tick, out)
 
     def _close_through(self, ts_ns: int, out: list) -> None:

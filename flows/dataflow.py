@@ -52,7 +52,7 @@ def _count_ticks(
     kinds: Counter[str] = Counter()
     for item in keyed[1]:
         if isinstance(item, TickBlock):
-            trades = int(item.is_trade.sum())
+            trades = int(item.columns.is_trade.sum())
             kinds.update(trade=trades, quote=len(item) - trades)
         elif not isinstance(item, Heartbeat):
             kinds[item.kind] += 1

@@ -15,51 +15,12 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
+from conditioning.features.columns import Ticks
 from conditioning.features.liquidity import AMIHUD_SCALE
 from conditioning.features.realized import choose_tsrv_k, pilot_k
-from conditioning.features.state import BarFeatures, FeatureParams, SymbolFeatures, replay
+from conditioning.features.state import FeatureParams
 from conditioning.features.volume_profile import N_BUCKETS
-
-
-@dataclass(frozen=True, slots=True)
-class Ticks:
-    """One symbol's ticks in event order (``[N]`` arrays; trade rows have NaN bid/ask, quote rows NaN price)."""
-
-    ts_ns: np.ndarray  # int64
-    is_trade: np.ndarray  # bool
-    price: np.ndarray
-    size: np.ndarray
-    bid: np.ndarray
-    bid_size: np.ndarray
-    ask: np.ndarray
-    ask_size: np.ndarray
-
-    @classmethod
-    def from_canonical(cls, table: pa.Table, symbol: str) -> Ticks:
-        """Select ``symbol`` from a canonical tick table (``schemas.canonical``), keeping the row order."""
-        t = table.filter(pa.compute.equal(table["symbol"], symbol))
-
-        def col(name: str) -> np.ndarray:
-            return t[name].to_numpy(zero_copy_only=False).astype(np.float64)
-
-        return cls(
-            ts_ns=t["ts_ns"].to_numpy().astype(np.int64),
-            is_trade=(t["kind"].to_numpy(zero_copy_only=False) == "trade"),
-            price=col("price"),
-            size=col("size"),
-            bid=col("bid"),
-            bid_size=col("bid_size"),
-            ask=col("ask"),
-            ask_size=col("ask_size"),
-        )
-
-    def replay(self, features: SymbolFeatures) -> list[BarFeatures]:
-        """Stream these ticks through ``features`` (see :func:`state.replay`)."""
-        return replay(
-            features, self.ts_ns, self.is_trade, self.price, self.size, self.bid, self.bid_size, self.ask, self.ask_size
-        )
 
 
 @dataclass(frozen=True, slots=True)

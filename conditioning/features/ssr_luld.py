@@ -38,6 +38,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from conditioning.features.columns import Ticks
 from schemas.errors import HrmcondError
 from schemas.layout import SsrLuldState
 from schemas.session import XNYS, SessionCalendar, SessionDay, next_trading_day, session_at, session_day
@@ -372,44 +373,33 @@ class SsrLuldTracker:
             return
         self._add_to_window(ts_ns, price)
 
-    def on_ticks(
-        self,
-        ts_ns: np.ndarray,
-        is_trade: np.ndarray,
-        price: np.ndarray,
-        size: np.ndarray,
-        bid: np.ndarray,
-        ask: np.ndarray,
-    ) -> None:
-        """Trades and quotes as columns (``[N]``, event order; NaN where a column does not apply to the row):
+    def on_ticks(self, ticks: Ticks) -> None:
+        """Trades and quotes as columns (event order; NaN where a column does not apply to the row):
         exactly :meth:`on_trade` / :meth:`on_quote` of each in turn. Where no deadline falls due in the run,
         a run in which nothing but the NBBO can change (:meth:`_nbbo_only`) is taken at once, and one inside
         the computed bands (:meth:`_inside_bands`) with a step per trade only; anything else tick by tick."""
         day = self._day
         if not (
             day is not None
-            and self._last_ts <= int(ts_ns[0])
-            and int(ts_ns[-1]) < self._next_deadline_ns
-            and (
-                self._nbbo_only(ts_ns, is_trade, price, bid, ask)
-                or self._inside_bands(ts_ns, is_trade, price, size, bid, ask)
-            )
+            and self._last_ts <= int(ticks.ts_ns[0])
+            and int(ticks.ts_ns[-1]) < self._next_deadline_ns
+            and (self._nbbo_only(ticks) or self._inside_bands(ticks))
         ):
-            self._each(ts_ns, is_trade, price, size, bid, ask)
+            self._each(ticks)
 
-    def _each(self, *columns: np.ndarray) -> None:
+    def _each(self, ticks: Ticks) -> None:
+        columns = (ticks.ts_ns, ticks.is_trade, ticks.price, ticks.size, ticks.bid, ticks.ask)
         for t, trade, p, s, b, a in zip(*(c.tolist() for c in columns), strict=True):
             if trade:
                 self.on_trade(t, p, s)
             else:
                 self.on_quote(t, b, a)
 
-    def _nbbo_only(
-        self, ts_ns: np.ndarray, is_trade: np.ndarray, price: np.ndarray, bid: np.ndarray, ask: np.ndarray
-    ) -> bool:
+    def _nbbo_only(self, ticks: Ticks) -> bool:
         """Take a run (no deadline due in it) in which no trade can trigger SSR or enter the LULD reference
         window and no quote can meet a band: only the NBBO moves, to the run's last sound quote. Returns False,
         having done nothing, where the run is not like that."""
+        ts_ns, is_trade, price, bid, ask = ticks.ts_ns, ticks.is_trade, ticks.price, ticks.bid, ticks.ask
         day = self._day
         assert day is not None  # on_ticks checked it
         t_ts, t_price = ts_ns[is_trade], price[is_trade]
@@ -433,20 +423,13 @@ class SsrLuldTracker:
         self._last_ts = int(ts_ns[-1])
         return True
 
-    def _inside_bands(
-        self,
-        ts_ns: np.ndarray,
-        is_trade: np.ndarray,
-        price: np.ndarray,
-        size: np.ndarray,
-        bid: np.ndarray,
-        ask: np.ndarray,
-    ) -> bool:
+    def _inside_bands(self, ticks: Ticks) -> bool:
         """Take a run (no deadline due in it) of the regular session, computed bands in effect and no limit
         state, in which no quote meets the bands, no trade triggers SSR and the bands' doubling does not change:
         each trade goes into the reference window with the NBBO it would have seen; should it move the bands
         (or enter a limit state), the rest of the run goes tick by tick. Returns False, having done nothing,
         where the run is not like that."""
+        ts_ns, is_trade, price, bid, ask = ticks.ts_ns, ticks.is_trade, ticks.price, ticks.bid, ticks.ask
         day, first, last = self._day, int(ts_ns[0]), int(ts_ns[-1])
         assert day is not None  # on_ticks checked it
         bands = self._bands_computed
@@ -486,8 +469,7 @@ class SsrLuldTracker:
             self._last_ts = t
             self._add_to_window(t, p)
             if self._bands_computed is not bands or self._limit_since_ns is not None:
-                rest = slice(row + 1, None)
-                self._each(ts_ns[rest], is_trade[rest], price[rest], size[rest], bid[rest], ask[rest])
+                self._each(ticks.rows(row + 1, len(ticks)))
                 return True
         if bids:
             self._bid, self._ask = bids[-1], asks[-1]

@@ -47,6 +47,7 @@ from typing import NamedTuple
 import numpy as np
 
 from conditioning.features.baseline import LevelBaseline
+from conditioning.features.columns import Ticks
 from conditioning.features.liquidity import AMIHUD_SCALE
 from conditioning.features.pattern import PATTERN_BARS, pattern_outcome, pattern_vector
 from conditioning.features.realized import DEFAULT_MIN_RETURNS, RealizedMeasures, realized_measures
@@ -373,18 +374,8 @@ class SymbolFeatures:
             bar.n_invalid_quotes += 1
         self._ssr.on_quote(ts_ns, bid, ask)
 
-    def on_ticks(
-        self,
-        ts_ns: np.ndarray,
-        is_trade: np.ndarray,
-        price: np.ndarray,
-        size: np.ndarray,
-        bid: np.ndarray,
-        bid_size: np.ndarray,
-        ask: np.ndarray,
-        ask_size: np.ndarray,
-    ) -> bool:
-        """Ticks of the open bar as columns (``[N]``, event order; trade rows with NaN quote columns and the
+    def on_ticks(self, ticks: Ticks) -> bool:
+        """Ticks of the open bar as columns (event order; trade rows with NaN quote columns and the
         other way round): exactly :meth:`on_trade` / :meth:`on_quote` of each in turn, with numpy over the run.
 
         Each tick sees the quote prevailing before it: the last quote of the run before it, or the state
@@ -393,13 +384,14 @@ class SymbolFeatures:
         lies in event-time order inside the open bar and holds only values those methods take (the caller
         then feeds the ticks one by one, which raises where it should).
         """
+        ts_ns, is_trade, price, size = ticks.ts_ns, ticks.is_trade, ticks.price, ticks.size
         n = len(ts_ns)
         bar = self._bar
         if bar is None or not n or not self._floor <= int(ts_ns[0]) <= int(ts_ns[-1]) < self._bar_end:
             return False
         quote = ~is_trade
         p, s = price[is_trade], size[is_trade]
-        b, bs, a, as_ = bid[quote], bid_size[quote], ask[quote], ask_size[quote]
+        b, bs, a, as_ = ticks.bid[quote], ticks.bid_size[quote], ticks.ask[quote], ticks.ask_size[quote]
         inf = math.inf
         if not (
             (np.diff(ts_ns) >= 0).all()
@@ -408,7 +400,7 @@ class SymbolFeatures:
             and ((as_ >= 0.0) & (as_ < inf)).all()
         ):
             return False
-        self._ssr.on_ticks(ts_ns, is_trade, price, size, bid, ask)
+        self._ssr.on_ticks(ticks)
         q_ts, stale = ts_ns[quote], self._stale_ns
         valid = valid_quotes(b, a)  # [Q]
         mid = 0.5 * (b + a)
@@ -764,52 +756,32 @@ class SymbolFeatures:
         return vector
 
 
-def replay(
-    features: SymbolFeatures,
-    ts_ns: np.ndarray,
-    is_trade: np.ndarray,
-    price: np.ndarray,
-    size: np.ndarray,
-    bid: np.ndarray,
-    bid_size: np.ndarray,
-    ask: np.ndarray,
-    ask_size: np.ndarray,
-) -> list[BarFeatures]:
-    """Feed one symbol's ticks (``[N]`` arrays in event order) and close every bar from the first tick's bar
-    to the last one's: what the dataflow does per key, without the dataflow (tests, benchmarks, replay). Each
-    bar's ticks go in at once (:meth:`SymbolFeatures.on_ticks`), one by one where it does not take them."""
+def replay(features: SymbolFeatures, ticks: Ticks) -> list[BarFeatures]:
+    """Feed one symbol's ticks (event order) and close every bar from the first tick's bar to the last one's:
+    what the dataflow does per key, without the dataflow (tests, benchmarks, replay). Each bar's ticks go in
+    at once (:meth:`SymbolFeatures.on_ticks`), one by one where it does not take them."""
     bar_ns = features.params.bar_ns
     out: list[BarFeatures] = []
+    ts_ns = ticks.ts_ns
     if len(ts_ns) == 0:
         return out
     next_end = int(ts_ns[0]) - int(ts_ns[0]) % bar_ns + bar_ns
-    columns = (ts_ns, is_trade, price, size, bid, bid_size, ask, ask_size)
     cell = ts_ns // bar_ns
     cuts = [0, *(np.flatnonzero(cell[1:] != cell[:-1]) + 1).tolist(), len(ts_ns)]
     for lo, hi in zip(cuts[:-1], cuts[1:], strict=False):
         while int(ts_ns[lo]) >= next_end:
             out.append(features.close_bar(next_end))
             next_end += bar_ns
-        run = [c[lo:hi] for c in columns]
-        if not features.on_ticks(*run):
-            feed_each(features, *run)
+        run = ticks.rows(lo, hi)
+        if not features.on_ticks(run):
+            feed_each(features, run)
     out.append(features.close_bar(next_end))
     return out
 
 
-def feed_each(
-    features: SymbolFeatures,
-    ts_ns: np.ndarray,
-    is_trade: np.ndarray,
-    price: np.ndarray,
-    size: np.ndarray,
-    bid: np.ndarray,
-    bid_size: np.ndarray,
-    ask: np.ndarray,
-    ask_size: np.ndarray,
-) -> None:
-    """:meth:`SymbolFeatures.on_trade` / :meth:`SymbolFeatures.on_quote` of each tick (``[N]`` arrays) in turn."""
-    columns = (a.tolist() for a in (ts_ns, is_trade, price, size, bid, bid_size, ask, ask_size))
+def feed_each(features: SymbolFeatures, ticks: Ticks) -> None:
+    """:meth:`SymbolFeatures.on_trade` / :meth:`SymbolFeatures.on_quote` of each tick in turn."""
+    columns = (a.tolist() for a in ticks.arrays())
     for t, trade, p, s, b, bs, a, a_s in zip(*columns, strict=True):
         if trade:
             features.on_trade(t, p, s)

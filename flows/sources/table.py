@@ -26,6 +26,7 @@ import pydantic
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from tqdm import tqdm
 
+from conditioning.features.columns import Ticks
 from flows.bars import Heartbeat, TickBlock, by_symbol
 from flows.clock import EventClock
 from schemas.records import DeadLetter
@@ -196,7 +197,7 @@ class _TablePartition(StatefulSourcePartition):
             for beat in self.clock.observe_run(int(ts[a]), newest):
                 lists.setdefault(beat.symbol, []).append(beat)
             for symbol, i, j in zip(symbols, lo, hi, strict=True):
-                lists.setdefault(symbol, []).append(TickBlock(symbol, *(c[i:j] for c in grouped)))
+                lists.setdefault(symbol, []).append(TickBlock(symbol, Ticks(*(c[i:j] for c in grouped))))
         return dead, lists
 
     def snapshot(self) -> tuple[int, EventClock]:

@@ -203,8 +203,7 @@ def test_snapshot_round_trip_continues_identically():
 
 def blocks_of(market, symbol: str, cuts: list[int]) -> list[TickBlock]:
     t = Ticks.from_canonical(market.ticks, symbol)
-    columns = (t.ts_ns, t.is_trade, t.price, t.size, t.bid, t.bid_size, t.ask, t.ask_size)
-    return [TickBlock(symbol, *(c[a:b] for c in columns)) for a, b in zip(cuts[:-1], cuts[1:], strict=False)]
+    return [TickBlock(symbol, t.rows(a, b)) for a, b in zip(cuts[:-1], cuts[1:], strict=False)]
 
 
 def test_a_block_gives_what_its_ticks_give():
@@ -229,7 +228,7 @@ def test_a_block_gives_what_its_ticks_give():
         ]
         clock = 0
         for block in blocks:
-            end = int(block.ts_ns[0]) // MIN * MIN
+            end = int(block.columns.ts_ns[0]) // MIN * MIN
             if end > clock:
                 items.append(Heartbeat(symbol, end, 1))
                 clock = end

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from conditioning.features.baseline import LevelBaseline
 from conditioning.features.batch import Ticks
-from conditioning.features.state import FeatureParams, SymbolFeatures
+from conditioning.features.state import FeatureParams, SymbolFeatures, replay
 from schemas.layout import OUTCOME_NAMES, PATTERN_DIM, REGIME_FEATURE_DIM, SsrLuldState
 
 from .conftest import NS, T0, synthetic_ticks
@@ -22,7 +22,7 @@ PARAMS = FeatureParams(bar_ns=MIN, lookback_ns=10 * MIN)
 
 
 def test_features_have_the_documented_shapes(ticks: Ticks) -> None:
-    bars = ticks.replay(SymbolFeatures("SYM", PARAMS))
+    bars = replay(SymbolFeatures("SYM", PARAMS), ticks)
     b = bars[-1]
     assert b.regime_features.shape == (REGIME_FEATURE_DIM,) and b.pattern.shape == (PATTERN_DIM,)
     assert b.pattern.dtype == np.float32 and b.window_end_ns - b.window_start_ns == PARAMS.lookback_ns
@@ -42,26 +42,22 @@ def test_features_have_the_documented_shapes(ticks: Ticks) -> None:
 def test_pickle_mid_stream_resumes_identically() -> None:
     t = synthetic_ticks(5, minutes=60)
     half = int(np.searchsorted(t.ts_ns, T0 + 30 * MIN))  # split on a bar end, where the dataflow snapshots
-    first = Ticks(*(a[:half] for a in vars_of(t)))
-    second = Ticks(*(a[half:] for a in vars_of(t)))
-    straight = t.replay(SymbolFeatures("SYM", PARAMS))
+    first = t.rows(0, half)
+    second = t.rows(half, len(t))
+    straight = replay(SymbolFeatures("SYM", PARAMS), t)
     sf = SymbolFeatures("SYM", PARAMS)
-    head = first.replay(sf)  # closes the bar ending at the split
+    head = replay(sf, first)  # closes the bar ending at the split
     restored = pickle.loads(pickle.dumps(sf))
-    tail = [b for b in second.replay(restored) if b.window_end_ns > head[-1].window_end_ns]
+    tail = [b for b in replay(restored, second) if b.window_end_ns > head[-1].window_end_ns]
     for a, b in zip(straight, head + tail, strict=True):
         assert a.window_end_ns == b.window_end_ns
         np.testing.assert_array_equal(a.regime_features, b.regime_features)
         np.testing.assert_array_equal(a.pattern, b.pattern)
 
 
-def vars_of(t: Ticks) -> list[np.ndarray]:
-    return [t.ts_ns, t.is_trade, t.price, t.size, t.bid, t.bid_size, t.ask, t.ask_size]
-
-
 def test_memory_is_bounded_by_the_window() -> None:
     sf = SymbolFeatures("SYM", PARAMS)
-    synthetic_ticks(6, minutes=120).replay(sf)
+    replay(sf, synthetic_ticks(6, minutes=120))
     assert len(sf._bars) == PARAMS.lookback_bars
     assert len(sf._pending) <= PARAMS.pattern_horizon_bars
 
@@ -104,8 +100,8 @@ def test_pattern_and_shape_features_are_scale_invariant(price_scale: float, size
         t.ask * price_scale,
         t.ask_size,
     )
-    a = t.replay(SymbolFeatures("SYM", PARAMS))[-1]
-    b = scaled.replay(SymbolFeatures("SYM", PARAMS))[-1]
+    a = replay(SymbolFeatures("SYM", PARAMS), t)[-1]
+    b = replay(SymbolFeatures("SYM", PARAMS), scaled)[-1]
     np.testing.assert_allclose(a.pattern, b.pattern, atol=2e-4)
     np.testing.assert_allclose(a.volume_profile, b.volume_profile, atol=1e-9)
     np.testing.assert_allclose([a.rv, a.tsrv, a.bpv], [b.rv, b.tsrv, b.bpv], rtol=1e-6)

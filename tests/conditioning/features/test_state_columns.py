@@ -4,6 +4,7 @@ tick in turn, bit for bit: every bar record and the whole state after it, SSR/LU
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -23,13 +24,9 @@ def tick_by_tick(features: SymbolFeatures, t: Ticks) -> list:
         while int(t.ts_ns[i]) >= next_end:
             out.append(features.close_bar(next_end))
             next_end += bar_ns
-        feed_each(features, *(c[i : i + 1] for c in columns(t)))
+        feed_each(features, t.rows(i, i + 1))
     out.append(features.close_bar(next_end))
     return out
-
-
-def columns(t: Ticks) -> tuple[np.ndarray, ...]:
-    return (t.ts_ns, t.is_trade, t.price, t.size, t.bid, t.bid_size, t.ask, t.ask_size)
 
 
 def assert_identical(a: SymbolFeatures, bars_a: list, b: SymbolFeatures, bars_b: list) -> None:
@@ -51,7 +48,7 @@ def assert_identical(a: SymbolFeatures, bars_a: list, b: SymbolFeatures, bars_b:
 def test_synthetic_streams(seed: int, params: FeatureParams) -> None:
     t = synthetic_ticks(seed)  # crossed, locked, one-sided quotes; a silence; quotes only; same-ns bursts
     a, b = SymbolFeatures("SYM", params), SymbolFeatures("SYM", params)
-    assert_identical(a, replay(a, *columns(t)), b, tick_by_tick(b, t))
+    assert_identical(a, replay(a, t), b, tick_by_tick(b, t))
 
 
 def test_simulated_market_with_ssr_and_luld() -> None:
@@ -66,7 +63,7 @@ def test_simulated_market_with_ssr_and_luld() -> None:
             if r.symbol == symbol:
                 for f in (a, b):
                     f.on_reference(r.date, r.prev_close, r.tier)
-        bars_a = replay(a, *columns(t))
+        bars_a = replay(a, t)
         assert_identical(a, bars_a, b, tick_by_tick(b, t))
         states |= {bar.ssr_luld_state.name for bar in bars_a}
     assert {"SSR_ACTIVE", "HALTED"} <= states
@@ -75,13 +72,13 @@ def test_simulated_market_with_ssr_and_luld() -> None:
 def test_a_run_it_cannot_take_changes_nothing() -> None:
     t = synthetic_ticks(1, minutes=5)
     f = SymbolFeatures("SYM")
-    run = [c[:50] for c in columns(t)]
-    assert not f.on_ticks(*run)  # no open bar yet: the first tick opens it, one by one
-    feed_each(f, *(c[:1] for c in run))
+    run = t.rows(0, 50)
+    assert not f.on_ticks(run)  # no open bar yet: the first tick opens it, one by one
+    feed_each(f, run.rows(0, 1))
     before = pickle.dumps(f)
-    bad_price = run[2].copy()
-    bad_price[np.flatnonzero(run[1])[3]] = -1.0
-    past_the_bar = run[0] + 60 * 10**9
-    for columns_ in ([run[0], run[1], bad_price, *run[3:]], [past_the_bar, *run[1:]], [run[0][::-1], *run[1:]]):
-        assert not f.on_ticks(*(c[1:] for c in columns_))
+    bad_price = run.price.copy()
+    bad_price[np.flatnonzero(run.is_trade)[3]] = -1.0
+    past_the_bar = run.ts_ns + 60 * 10**9
+    for bad in (replace(run, price=bad_price), replace(run, ts_ns=past_the_bar), replace(run, ts_ns=run.ts_ns[::-1])):
+        assert not f.on_ticks(bad.rows(1, len(bad)))
         assert pickle.dumps(f) == before

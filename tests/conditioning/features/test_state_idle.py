@@ -73,7 +73,7 @@ def assert_same_record(a, b, *, matured: bool = True) -> None:
 def test_closing_idle_bars_at_once_equals_closing_them_one_by_one(seed: int, gap_min: int) -> None:
     # gaps shorter than the window, longer than the window, longer than the pattern history
     t = with_gap(synthetic_ticks(seed, minutes=90), after_min=60, gap_min=gap_min)
-    every = t.replay(SymbolFeatures("SYM", PARAMS))
+    every = replay(SymbolFeatures("SYM", PARAMS), t)
     jumped = dataflow_replay(SymbolFeatures("SYM", PARAMS), t)
     assert len(jumped) <= len(every) - gap_min + 1  # the gap (and the built-in silence) closed in one call
     by_end = {b.window_end_ns: b for b in every}
@@ -93,7 +93,7 @@ def test_closing_idle_bars_at_once_equals_closing_them_one_by_one(seed: int, gap
 
 def test_a_long_idle_stretch_costs_the_window_not_its_length(monkeypatch) -> None:
     sf = SymbolFeatures("SYM", PARAMS)
-    synthetic_ticks(4, minutes=60).replay(sf)
+    replay(sf, synthetic_ticks(4, minutes=60))
     full_closes = []
     monkeypatch.setattr(sf, "_close_open_bar", lambda f=sf._close_open_bar: full_closes.append(1) or f())
     pushes = []
@@ -134,10 +134,6 @@ def test_fifo_keeps_the_window_contiguous_and_bounded() -> None:
 
 def test_replay_helper_matches_dataflow_replay_without_gaps() -> None:
     t = synthetic_ticks(5, minutes=30)
-    a = replay(SymbolFeatures("SYM", PARAMS), *vars_of(t))
+    a = replay(SymbolFeatures("SYM", PARAMS), t)
     b = dataflow_replay(SymbolFeatures("SYM", PARAMS), t)
     assert [x.window_end_ns for x in a] == [x.window_end_ns for x in b]
-
-
-def vars_of(t: Ticks) -> list[np.ndarray]:
-    return [t.ts_ns, t.is_trade, t.price, t.size, t.bid, t.bid_size, t.ask, t.ask_size]

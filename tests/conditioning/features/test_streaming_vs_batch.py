@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from conditioning.features.batch import Ticks, window_features
-from conditioning.features.state import FeatureParams, SymbolFeatures
+from conditioning.features.state import FeatureParams, SymbolFeatures, replay
 
 RTOL = 1e-9
 
 
 def assert_streaming_matches_batch(ticks: Ticks, params: FeatureParams, symbol: str = "SYM") -> int:
-    bars = ticks.replay(SymbolFeatures(symbol, params))
+    bars = replay(SymbolFeatures(symbol, params), ticks)
     ends = np.array([b.window_end_ns for b in bars])
     ref = window_features(ticks, ends, params)
     got = {

@@ -11,7 +11,7 @@ Loss. ``MSE(rv) + BCE(direction)`` (both order 1 at the start). AdamW, cosine de
 Conditioning (mode ``film``). The context is ``ConditioningSystem.fuse`` of the recorded inputs, the same
 function the live path runs (parity: tests/conditioning/test_value.py); the regime classifier is frozen (it is
 trained on its own labels, conditioning/train.py), everything after it is trained jointly with the HRM:
-``regime_proj``, ``direction_proj``, the RAG head, the fusion gate and FiLM.
+the state head (regime features, probabilities and pattern -> context), the RAG head, the fusion gate and FiLM.
 
 Raw inputs (mode ``raw`` and the HAR baselines): ``RAW_NAMES``.
 """
@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from conditioning.reference_hrm import HrmSize, ReferenceHRM
-from conditioning.system import ConditioningSystem, pattern_direction
+from conditioning.system import ConditioningSystem
 
 HAR_NAMES = ("trail_log_rv_5", "trail_log_rv_30", "trail_log_rv_day")
 
@@ -168,12 +168,15 @@ def windows(data: Data, rows: np.ndarray, seq_len: int) -> np.ndarray:
 
 def contexts(system: ConditioningSystem, data: Data, rows: np.ndarray) -> Tensor:
     """The context of ``rows`` from their recorded inputs: ``ConditioningSystem.fuse``, as live."""
-    with torch.no_grad():
-        probs = torch.softmax(system.regime_classifier(torch.from_numpy(data.regime_features[rows])), dim=-1)
-    direction = pattern_direction(torch.from_numpy(data.pattern[rows]))
+    regime_x = torch.from_numpy(data.regime_features[rows]) if system.enable_regime else None
+    probs = None
+    if regime_x is not None:
+        with torch.no_grad():
+            probs = torch.softmax(system.regime_classifier(regime_x), dim=-1)
+    pattern = torch.from_numpy(data.pattern[rows])
     summary = torch.from_numpy(data.rag_summary[rows])
     has_rag = torch.from_numpy(data.has_rag[rows])
-    return system.fuse(probs, direction, summary, has_rag if system.enable_rag else None, len(rows))
+    return system.fuse(regime_x, probs, pattern, summary, has_rag if system.enable_rag else None, len(rows))
 
 
 def _forward(fit: Fitted, data: Data, rows: np.ndarray, seq_len: int, ctx_rows: np.ndarray | None = None) -> Tensor:

@@ -34,6 +34,12 @@ def make_system(rng, regime, rag, hybrid, fail_open, library=200) -> Conditionin
     return system
 
 
+def regime_part(system: ConditioningSystem, x: dict[str, torch.Tensor], probs: torch.Tensor) -> torch.Tensor:
+    """The regime part of the context as the module table defines it: the state head on the regime features,
+    their probabilities and the pattern."""
+    return system.state_context(x["regime_features"], probs, x["pattern_features"])
+
+
 def inputs(rng, batch=6) -> dict[str, torch.Tensor]:
     return {
         "regime_features": torch.from_numpy(rng.standard_normal((batch, 20)).astype(np.float32)),
@@ -46,14 +52,13 @@ def test_total_conditioning_budget():
     counts = {name: count_parameters(m) for name, m in system.named_children()}
     assert counts == {
         "regime_classifier": 20_232,
-        "regime_proj": 8 * 256,
-        "direction_proj": 8 * 256,
+        "state_head": (147 * 128 + 128) + (128 * 256 + 256),  # [x 10 (no volume profile), p 8, pattern 128, d 1]
         "pattern_rag": 17_088,
         "fusion": (512 * 32 + 32) + (32 * 256 + 256),
         "film_layer": 81_920,
     }
     assert all(c <= 100_000 for c in counts.values())
-    assert count_parameters(system) == sum(counts.values()) == 148_200 <= 300_000
+    assert count_parameters(system) == sum(counts.values()) == 196_072 <= 300_000
 
 
 @pytest.mark.parametrize(("regime", "rag", "hybrid", "fail_open"), FLAGS)
@@ -65,7 +70,7 @@ def test_every_flag_combination_is_a_defined_path(rng, regime, rag, hybrid, fail
     assert out.rag_status == ("ok" if rag else "disabled")
     assert (out.regime_probs is not None) == regime
     with torch.no_grad():
-        regime_ctx = system.regime_proj(torch.softmax(system.regime_classifier(x["regime_features"]), -1))
+        regime_ctx = regime_part(system, x, torch.softmax(system.regime_classifier(x["regime_features"]), -1))
         rag_ctx = system.pattern_rag(x["pattern_features"], timeout_ms=500)
     if not regime and not rag:
         expected = torch.zeros(6, 256)
@@ -95,7 +100,7 @@ def test_rag_timeout_fail_open_falls_back_to_the_regime_part(rng, regime, hybrid
     out = system.condition(x)
     assert time.perf_counter() - t0 < 0.5 + 0.3  # the deadline (timeout_ms = 500), not the 1 s search
     assert out.rag_status == "timeout"
-    expected = system.regime_proj(out.regime_probs) if regime else torch.zeros(6, 256)
+    expected = regime_part(system, x, out.regime_probs) if regime else torch.zeros(6, 256)
     torch.testing.assert_close(out.context, expected)
 
 
@@ -123,17 +128,19 @@ def test_retrieval_not_asked_is_unavailable(rng, fail_open):
         with pytest.raises(RagUnavailableError, match="unavailable"):
             system.condition(inputs(rng), retrieve=False)
         return
-    out = system.condition(inputs(rng), retrieve=False)
+    x = inputs(rng)
+    out = system.condition(x, retrieve=False)
     assert out.rag_status == "unavailable"
-    torch.testing.assert_close(out.context, system.regime_proj(out.regime_probs))
+    torch.testing.assert_close(out.context, regime_part(system, x, out.regime_probs))
 
 
 @pytest.mark.parametrize("fail_open", [False, True])
 def test_empty_library_is_a_cold_start_not_a_failure(rng, fail_open):
     system = make_system(rng, True, True, True, fail_open, library=0)
-    out = system.condition(inputs(rng))
+    x = inputs(rng)
+    out = system.condition(x)
     assert out.rag_status == "empty"
-    torch.testing.assert_close(out.context, system.regime_proj(out.regime_probs))
+    torch.testing.assert_close(out.context, regime_part(system, x, out.regime_probs))
 
 
 def test_hybrid_rows_without_neighbours_keep_the_regime_part(rng):
@@ -141,7 +148,7 @@ def test_hybrid_rows_without_neighbours_keep_the_regime_part(rng):
     x = inputs(rng, batch=2)
     late, early = 10**18, 0  # the first row's window opens after everything is known, the second before
     out = system.condition(x, query_windows=np.array([[late, late + 1], [early, early + 1]]))
-    regime_ctx = system.regime_proj(out.regime_probs)
+    regime_ctx = regime_part(system, x, out.regime_probs)
     assert not torch.allclose(out.context[0], regime_ctx[0])
     torch.testing.assert_close(out.context[1], regime_ctx[1])
 
@@ -191,3 +198,20 @@ def test_condition_reports_stage_latencies(rng, monkeypatch):
     assert all(v >= 0 for v in lat.values())
     assert lat["rag"] >= 250.0 > max(lat["regime"], lat["fusion"])  # booked to the stage that took it
     assert lat["total"] == pytest.approx(lat["regime"] + lat["rag"] + lat["fusion"], rel=1e-9)
+
+
+def test_state_head_reads_the_state_but_not_the_volume_profile(rng):
+    """The regime part reads the regime features and the pattern themselves (not only the 8 probabilities), but
+    not the volume-at-price profile, whose tick-grid aliasing names symbols (system.py, ``STATE_FEATURES``)."""
+    system = make_system(rng, True, False, False, True)
+    x = inputs(rng)
+    probs = torch.softmax(system.regime_classifier(x["regime_features"]), -1)
+    with torch.no_grad():
+        base = regime_part(system, x, probs)
+        profile = x["regime_features"].clone()
+        profile[:, 7:17] += 1.0  # volume_profile_0..9
+        torch.testing.assert_close(regime_part(system, {**x, "regime_features": profile}, probs), base)
+        spread = x["regime_features"].clone()
+        spread[:, 17] += 1.0  # log_spread_quoted_rel_tw_rel
+        assert not torch.allclose(regime_part(system, {**x, "regime_features": spread}, probs), base)
+        assert not torch.allclose(regime_part(system, {**x, "pattern_features": -x["pattern_features"]}, probs), base)

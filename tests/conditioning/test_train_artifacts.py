@@ -79,7 +79,7 @@ def test_artifacts_round_trip_and_refusals(rng, tmp_path):
     raw, _ = raw_features(rng, 200)
     normalizer = FeatureNormalizer.fit(raw)
     manifest = save_model(tmp_path, system, normalizer, training_fingerprint="abc123", extra={"kappa": 0.9})
-    assert manifest["parameter_counts"]["total"] == 148_200
+    assert manifest["parameter_counts"]["total"] == 196_072
     x = {"regime_features": torch.from_numpy(normalizer.transform(raw[:8])), "pattern_features": torch.randn(8, 128)}
     loaded = load_model(tmp_path)
     torch.testing.assert_close(loaded.system.condition(x).context, system.condition(x).context)

@@ -182,6 +182,7 @@ def cmd_produce(args: argparse.Namespace) -> None:
         reference,
         speed=args.speed,
         partitions=cfg.kafka.topics.partitions,
+        unavailable_after_s=cfg.kafka.unavailable_after_s,
     )
     print(f"produced {n} messages")
 

@@ -80,11 +80,18 @@ def wait_for_broker(conf: Mapping[str, str], timeout_s: float = 30.0) -> None:
 def ensure_topics(conf: Mapping[str, str], topics: Iterable[str], partitions: int, timeout_s: float = 30.0) -> None:
     """Create the topics that do not exist yet, and wait until their metadata shows every partition.
 
-    Some brokers (Tansu) do not auto-create topics, and Bytewax's ``KafkaSource`` requires them to exist.
+    Some brokers (Tansu) do not auto-create topics, and Bytewax's ``KafkaSource`` requires them to exist. A
+    cluster that does not answer the first metadata request within ``timeout_s`` raises
+    :class:`BrokerUnavailableError` (one line, exit code 3), not librdkafka's exception.
     """
     admin = AdminClient(dict(conf))
     wanted = sorted(set(topics))
-    existing = admin.list_topics(timeout=timeout_s).topics
+    try:
+        existing = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as err:
+        raise BrokerUnavailableError(
+            f"Kafka at {conf.get('bootstrap.servers')} did not answer within {timeout_s:g} s: {_describe(err.args[0])}"
+        ) from None
     missing = [t for t in wanted if t not in existing]
     if missing:
         futures = admin.create_topics([NewTopic(t, partitions, 1) for t in missing], operation_timeout=timeout_s)

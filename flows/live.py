@@ -8,7 +8,7 @@ from bytewax.dataflow import Dataflow
 from flows.config import AppConfig
 from flows.contexts import ContextEngine, load_engine
 from flows.dataflow import Sinks, build_flow
-from flows.kafka import ensure_topics, wait_for_broker
+from flows.kafka import ensure_topics
 from flows.sinks import KafkaRecordSink
 from flows.sources.kafka import StopWatch, TickSource
 
@@ -21,9 +21,8 @@ def build_live_flow(cfg: AppConfig, *, until_eof: bool, engine: ContextEngine | 
     """
     k = cfg.kafka
     # A broker that is not there at start is said in one line with exit code 3 within the configured bound,
-    # as one that goes away later is (flows/lifecycle.py), not as a traceback from the first admin request.
-    wait_for_broker(k.client_config(), k.unavailable_after_s)
-    ensure_topics(k.client_config(), k.topic_names(), k.topics.partitions)
+    # as one that goes away later is (flows/lifecycle.py).
+    ensure_topics(k.client_config(), k.topic_names(), k.topics.partitions, timeout_s=k.unavailable_after_s)
     sinks = Sinks(
         contexts=KafkaRecordSink(k, k.topics.contexts),
         features=KafkaRecordSink(k, k.topics.features) if k.topics.features else None,

@@ -58,14 +58,16 @@ def produce_table(
     *,
     speed: float = 0.0,
     partitions: int = 3,
+    unavailable_after_s: float = 30.0,
 ) -> int:
     """Produce every tick keyed by symbol; ``speed`` > 0 paces event time at ``speed`` x real time.
 
     Each tick leaves at ``t0 + (ts_ns - first ts_ns) / speed`` of wall time. The wait serves delivery reports:
     ``poll`` blocks until its timeout or until a report arrives, so it is repeated until the tick's time
-    (a single ``poll`` returned at the first report and ran ~46x too fast at ``--speed 1``).
+    (a single ``poll`` returned at the first report and ran ~46x too fast at ``--speed 1``). A cluster silent
+    for ``unavailable_after_s`` at the start ends it with :class:`BrokerUnavailableError`.
     """
-    ensure_topics(conf, [topic], partitions)
+    ensure_topics(conf, [topic], partitions, timeout_s=unavailable_after_s)
     producer = CheckedProducer(conf)
     n, t0_event, t0_wall = 0, None, time.monotonic()
     for tick in table_ticks(table, reference):

@@ -35,6 +35,7 @@ from flows.metrics import sample
 from flows.producer import produce_table, table_ticks
 from flows.replay import ReplayOutputs, build_replay_flow, finish_replay
 from flows.runner import run_process
+from schemas.canonical import write_ticks
 from schemas.records import ContextRecord, DeadLetter
 from schemas.session import session_day, trading_date
 from schemas.ticks import decode_tick
@@ -322,8 +323,9 @@ def test_broker_gone_ends_the_run_with_a_clear_error(tmp_path, market):
     assert stderr.count("\n") < 60, f"{stderr.count(chr(10))} lines of output for one fault"
 
 
-def test_no_broker_at_start_is_one_line_and_exit_code_3(tmp_path):
-    """Nothing listens at the bootstrap address when the run starts: said as a broker that went away is."""
+@pytest.mark.parametrize("command", ["run", "produce"])
+def test_no_broker_at_start_is_one_line_and_exit_code_3(tmp_path, command, market):
+    """Nothing listens at the bootstrap address when the command starts: said as a broker that went away is."""
     with socket.socket() as probe:  # the condition: the port is closed
         assert probe.connect_ex(("127.0.0.1", port := free_port())) != 0
     env = {
@@ -331,12 +333,17 @@ def test_no_broker_at_start_is_one_line_and_exit_code_3(tmp_path):
         "HRMCOND__KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{port}",
         "HRMCOND__KAFKA__UNAVAILABLE_AFTER_S": "3",
     }
+    argv = ["run"]
+    if command == "produce":
+        ticks = tmp_path / "ticks.parquet"
+        write_ticks(market.ticks, ticks)
+        argv = ["produce", "--format", "canonical", "--ticks", str(ticks)]
     start = time.monotonic()
-    done = subprocess.run(hrmcond("run"), env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(hrmcond(*argv), env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr[-3000:]
     assert time.monotonic() - start < 3 + 30
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    errors = [line for line in done.stderr.splitlines() if line.startswith("hrmcond run:")]
+    errors = [line for line in done.stderr.splitlines() if line.startswith(f"hrmcond {command}:")]
     assert len(errors) == 1 and f"127.0.0.1:{port} did not answer within 3 s" in errors[0], done.stderr[-3000:]
 
 

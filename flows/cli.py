@@ -78,19 +78,22 @@ def cmd_replay(args: argparse.Namespace) -> None:
         verify_model(cfg.model.dir, cfg.conditioning)
     addresses = cluster_addresses(args.process_id, args.addresses, args.processes)
     if args.processes > 1 and addresses is None:
-        # Each worker process reads the input itself; this one only waits for them, so it reads it after
-        # them, for the count, instead of holding them up (the cores are theirs while they run).
+        # Each worker process reads the input itself; this one only waits for them (the cores are theirs
+        # while they run) and takes the input's size from worker 0 rather than reading it all again.
         spawn_cluster(sys.argv[1:], args.processes)
-        table, reference = load_input(args)
+        n_ticks = int(outputs.input_size_path.read_text())
+        outputs.input_size_path.unlink()
     else:
         table, reference = load_input(args)
+        n_ticks = table.num_rows + len(reference)
         name = str(args.ticks or args.trades or args.lobster)
         flow = build_replay_flow(cfg, table, reference, outputs, source_name=name)
         log.info("replaying %d ticks, %d reference rows", table.num_rows, len(reference))
         run_process(flow, process_id=args.process_id or 0, addresses=addresses)
         if addresses is not None:
+            if args.process_id == 0:
+                outputs.input_size_path.write_text(str(n_ticks))
             return  # the parent merges once every worker is done
-    n_ticks = table.num_rows + len(reference)
     counts = finish_replay(outputs)
     print("wrote " + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items()))
     if outputs.contexts is not None and args.process_id is None:

@@ -31,6 +31,12 @@ class ReplayOutputs:
         assert main is not None, "a replay writes contexts or features"
         return self.dead_letters or main.with_name(main.stem + ".dead-letters.jsonl")
 
+    @property
+    def input_size_path(self) -> Path:
+        """Where worker 0 of a ``--processes N`` replay leaves the number of input rows for the parent."""
+        main = self.dead_letters_path
+        return main.with_name(f".{main.name}.input-size")
+
     def paths(self) -> list[Path]:
         return [p for p in (self.contexts, self.features, self.dead_letters_path) if p is not None]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,15 +95,16 @@ def test_rows_outside_the_wire_limits_become_dead_letters(tmp_path, monkeypatch)
     assert ctx.ssr_luld_state == "NORMAL"
 
 
-def test_replay_two_processes_byte_identical(tmp_path, sim_files):
+def test_replay_two_processes_byte_identical(tmp_path, sim_files, capsys):
     # With the online pattern library on (deploy/local.yaml): the patterns the replay matures change the
     # answers of later queries, so this also checks that they join the library at the same points.
     ticks, ref, _ = sim_files
     args = ["--format", "canonical", "--ticks", str(ticks), "--reference", str(ref)]
     out1, feat1 = replay(tmp_path, "one", *args)
+    summary_of_one = capsys.readouterr().out
     out2 = tmp_path / "two" / "ctx.jsonl"
     feat2 = tmp_path / "two" / "feat.jsonl"
-    subprocess.run(
+    two = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -120,7 +122,13 @@ def test_replay_two_processes_byte_identical(tmp_path, sim_files):
         ],
         check=True,
         timeout=300,
+        capture_output=True,
+        text=True,
     )
+    # the parent reports the input's size, taken from worker 0, and leaves only the outputs behind
+    size = re.compile(r"ticks in\s+([\d,]+)")
+    assert size.search(summary_of_one)[1] == size.search(two.stdout)[1]
+    assert sorted(p.name for p in out2.parent.iterdir()) == ["ctx.dead-letters.jsonl", "ctx.jsonl", "feat.jsonl"]
     assert out1.read_bytes() == out2.read_bytes()
     assert feat1.read_bytes() == feat2.read_bytes()
     contexts = read(out1, ContextRecord)

@@ -120,7 +120,6 @@ def online_updates(patterns: list[Pattern], n_library: int, call: int, rag_cls=P
     result["wall_ms_per_pattern"], result["cpu_ms_per_pattern"] = stream_into(rag, stream, call)
     result["write_hold_max_ms"] = float(np.max(holds))
     result["write_hold_p99_ms"] = float(np.percentile(holds, 99))
-    result["compactions"] = getattr(rag, "_compactions", 0)
     rag.close()
 
     # The same stream with queries running: what the 60 ms deadline sees.

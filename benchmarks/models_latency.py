@@ -13,15 +13,13 @@ Writes benchmarks/results/models_latency.json. Run: ``.venv/bin/python benchmark
 torch gets one intra-op thread: on a 2-core box the other core serves the RAG worker thread and the
 dataflow; at these sizes a second torch thread buys little and adds jitter.
 
-``online_updates``: the shipped model's 10k library (conditioning/pretrained/default: real pattern vectors;
-synthetic clustered ones make hnswlib's graph repair look 4x cheaper than it is on these) receives
-``ONLINE_STREAM`` (2N) more patterns, near-repeats of its own, i.e. every one evicts
-the oldest and the index is compacted twice (the second time on the last pattern, so the builder's work is
-all counted). Per call size: wall ms per pattern seen by the caller, process CPU ms per pattern (all threads,
-the compaction builder included), the longest and the p99 exclusive-lock hold, compactions; then the same
-stream again with a thread querying (B=64, the 60 ms deadline, 2 ms apart): query p50/p99/max and how many
-failed open. ``update_point_reference``: what re-adding an existing label costs in hnswlib on a full 10k index
-(``updatePoint``, graph repair), the path every online update took before the library used fresh labels.
+``online_updates``: the shipped model's 10k library (conditioning/pretrained/default: real pattern vectors)
+receives ``ONLINE_STREAM`` (2N) more patterns, near-repeats of its own, i.e. every one evicts the oldest. Per
+call size: wall ms per pattern seen by the caller, process CPU ms per pattern (all threads), the longest and the
+p99 exclusive-lock hold; then the same stream again with a thread querying (B=64, the 60 ms deadline, 2 ms
+apart): query p50/p99/max and how many failed open. ``update_point_reference``: what an HNSW index (hnswlib,
+M=16, ef_construction=200) on a full 10k library costs per pattern, re-adding an existing label
+(``updatePoint``, graph repair) and inserting a fresh one: the library's two earlier designs (docs/models.md).
 """
 
 from __future__ import annotations
@@ -120,7 +118,6 @@ def online_updates(patterns: list[Pattern], n_library: int, call: int, rag_cls=P
     result["wall_ms_per_pattern"], result["cpu_ms_per_pattern"] = stream_into(rag, stream, call)
     result["write_hold_max_ms"] = float(np.max(holds))
     result["write_hold_p99_ms"] = float(np.percentile(holds, 99))
-    result["compactions"] = getattr(rag, "_compactions", 0)
     rag.close()
 
     # The same stream with queries running: what the 60 ms deadline sees.

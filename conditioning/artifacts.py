@@ -6,7 +6,7 @@ Layout of a model directory::
                          sha256 of every other file
     model.safetensors    ConditioningSystem.state_dict() (all components, whatever the flags)
     normalizer.json      the feature normaliser's to_dict()
-    patterns/            PatternRAG.save_library(): patterns.hnsw + patterns.npz
+    patterns/            PatternRAG.save_library(): patterns.npz (format 3; format 2 adds patterns.hnsw)
 
 Loading refuses, with ``ArtifactMismatchError`` (one line naming the field or file, the expected and the
 found value): another manifest format, a file whose sha256 differs from the manifest's (a flipped byte or a

@@ -1,61 +1,50 @@
-"""The pattern library: the k nearest stored patterns of a query and their known outcomes (hnswlib + numpy, no torch;
-the torch head that turns them into a context is conditioning/rag.py).
+"""The pattern library: the k nearest stored patterns of a query and their known outcomes (exact search with hnswlib's
+brute-force index + numpy, no torch; the torch head that turns them into a context is conditioning/rag.py).
 
-Index. hnswlib HNSW, cosine space (``d = 1 - cos``; the pattern vectors are z-scored shapes, so direction
-matters and scale does not), ``M = 16`` links per node, ``ef_construction = 200``, ``ef = 64`` at query
-time (``ef`` is not saved by hnswlib and is set again on load); tests/conditioning/test_rag.py checks recall@10 >=
-0.95 against brute force, also after many rounds of online updates and compactions (query times:
-docs/models.md).
+Search. Exact k-NN in cosine space (``d = 1 - cos``; the pattern vectors are z-scored shapes, so direction
+matters and scale does not) over the live entries: an ``hnswlib.BFIndex`` in inner-product space holding unit
+vectors, queried with unit vectors. Both are normalised by :func:`unit_vectors`, a bit-exact copy of hnswlib's
+own ``normalize_vector``, and the distances come from hnswlib's SIMD inner product, so every distance is the one
+an hnswlib HNSW index over the same patterns reports; ties are broken by entry number, as there.
+
+Why exact, not HNSW (docs/models.md, "Pattern library: exact search"): the pipeline adds one pattern and asks
+one query per bar. An exact query over N = 10k entries costs ~0.27 ms (N dot products of 128 floats) and an
+insert ~2 us; an HNSW insert at ``M = 16``, ``ef_construction = 200`` cost ~0.35 ms and, with the rebuilds an
+evicting index needs (mark_deleted keeps the space; a full rebuild every N/2 inserts), ~0.9 ms a pattern
+amortised, for a query of ~0.13 ms whose recall@10 on the pipeline's own queries was 0.88 (flat distance
+profiles: all 10 found for 46% of bars). Exact costs linearly in N: past ~30k entries an HNSW index would again
+be cheaper per bar.
 
 Library. The newest ``max_patterns`` (N) entries. Entry number ``e`` (0, 1, 2, ... in insertion order, never
-reused) is its hnswlib label; its metadata (outcome, window, unit vector) lives in row ``e % N`` of ring
+reused) is its label in the index; its metadata (outcome, window, unit vector) lives in row ``e % N`` of ring
 arrays, so the live entries ``[total - N, total)`` occupy distinct rows and ``Retrieval.labels`` are rows.
-Adding entry ``e`` first evicts ``e - N`` with ``mark_deleted`` (hnswlib then never returns it) and then
-inserts ``e`` fresh. The index has room for ``2N`` elements, deleted ones included; re-adding a label instead
-(an in-place ``updatePoint``, graph repair) costs an order of magnitude more than a fresh insert at these
-settings (docs/models.md, "Pattern library: online updates").
-
-Compaction. When the index holds ``1.5N`` elements, a replacement is built on a background thread from the
-entries that will be live when it is swapped in: the live entries from ``swap_at - N`` on (``swap_at`` is the
-entry number at which the old index is full), then every entry added meanwhile, all in entry order. Queries
-and updates go on against the old index while it builds; the update that reaches ``swap_at`` waits for the
-builder (outside the write lock) and swaps the index under the write lock. The swap point and the builder's
-input depend only on the entries added, never on timing, so the same entries in the same order give the same
-index and a byte-identical saved library; deletes and inserts are interleaved entry by entry, so the result
-does not depend on how the entries were split between calls either. One call with more than N patterns keeps
-its newest N in a freshly built index (everything older would be evicted within the call).
-
-Writes hold the exclusive lock for at most ``WRITE_CHUNK`` inserts at a time; a writer that releases the
-lock lets the readers that were waiting in before it takes the lock again, so a long update cannot starve
-queries (nor a stream of queries an update).
+An update deletes the entries it evicts from the index (``delete_vector``: the last slot moves into the hole)
+and adds the new ones; the index then holds exactly the live entries, whatever the order of the calls.
 
 Point in time. An entry is added only once its outcome is known (``as_of_ns`` enforces it when given). A
 query with a window ``[start_ns, end_ns)`` uses only entries whose outcome was known before the window
 started, ``outcome_end_ns <= start_ns``: this excludes entries overlapping the window (embargo) and, in a
-backtest over a full-history library, every later entry. Candidates are over-fetched (4k) and filtered; a
-row left with fewer than k is searched again, exactly over the ``_unit`` copies when few entries are eligible,
-else with an hnswlib filter.
+backtest over a full-history library, every later entry. When few entries are eligible (``EXACT_MAX``) they are
+searched with numpy over the ``_unit`` copies; otherwise the nearest 4k are fetched and filtered, and a row left
+with fewer than k is searched again over the eligible entries only, with an hnswlib filter.
 
 Concurrency and deadline. hnswlib is not safe under concurrent ``add_items`` and ``knn_query``, so every
-access to the live index holds a readers-writer lock (queries share it, updates are exclusive, writers are
-preferred over newly arriving readers); the index being built is private to its builder until the swap.
-Updates, loads and saves are serialised by a second (writers') lock, so a save sees whole updates. A running
-C++ query cannot be cancelled: queries run on a small worker pool and the caller waits for at most
-``timeout_ms``. On a miss it gets ``None`` (status ``timeout``) while the worker finishes and releases the
-lock itself, in a ``finally``; a query still queued when its caller gives up never runs.
+access to the index holds a readers-writer lock (queries share it, updates are exclusive, writers are
+preferred over newly arriving readers); an update holds it for a few microseconds a pattern. Updates, loads
+and saves are serialised by a second (writers') lock, so a save sees whole updates. A running C++ query cannot
+be cancelled: queries run on a small worker pool and the caller waits for at most ``timeout_ms``. On a miss it
+gets ``None`` (status ``timeout``) while the worker finishes and releases the lock itself, in a ``finally``; a
+query still queued when its caller gives up never runs.
 
-Saved format (``LIBRARY_FORMAT`` 2): ``patterns.hnsw`` (the live index, deleted elements included, labels =
-entry numbers) and ``patterns.npz`` (rows of the ring, ``total``, and ``swap_at`` of a pending compaction,
-which a loaded library resumes, so it continues exactly as the saved one would have).
+Saved format (``LIBRARY_FORMAT`` 3): ``patterns.npz``, the ring rows of the live entries (unit vector, outcome,
+window, symbol) and ``total``. Format 2 (an HNSW index ``patterns.hnsw`` beside the metadata, which the shipped
+model still has) loads too: its unit vectors are read from the index.
 """
 
 from __future__ import annotations
 
-import atexit
-import queue
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -73,13 +62,19 @@ from schemas.records import RagStatus
 
 OVERFETCH = 4
 #: Up to this many eligible entries, the point-in-time fallback is an exact numpy search over them (an hnswlib
-#: filter calls back into Python for every node it visits, which is slow when few entries pass).
+#: filter calls back into Python for every entry it visits, which is slow when few entries pass).
 EXACT_MAX = 4_096
-#: Most inserts per hold of the exclusive lock: short enough that a waiting query keeps its deadline.
-WRITE_CHUNK = 16
-#: The compaction builder adds the base entries in pieces of this many, checking for cancellation in between.
-BUILD_CHUNK = 256
-LIBRARY_FORMAT = 2
+LIBRARY_FORMAT = 3
+
+
+def unit_vectors(x: np.ndarray) -> np.ndarray:
+    """``x [n, D]`` float32 -> ``x / |x|`` as hnswlib's ``normalize_vector`` computes it, bit for bit: the float32
+    sum of squares accumulated in index order, then ``x * (1 / (sqrt(sum) + 1e-30))``."""
+    x = np.asarray(x, dtype=np.float32)
+    sum_sq = np.zeros(len(x), dtype=np.float32)
+    for column in x.T:  # in order: a pairwise or blocked sum would round differently
+        sum_sq += column * column
+    return x * (np.float32(1.0) / (np.sqrt(sum_sq) + np.float32(1e-30)))[:, None]
 
 
 def _known_by(outcome_end_ns: np.ndarray, start_ns: int, label: int) -> bool:
@@ -102,88 +97,6 @@ def _distinct_rows(query: np.ndarray, starts: np.ndarray | None) -> tuple[np.nda
     return first, inverse
 
 
-def _stored(index: hnswlib.Index, labels: np.ndarray) -> np.ndarray:
-    """The vectors ``index`` stores for ``labels`` (unit norm): ``[n, D]`` float32. Fetched in pieces:
-    ``get_items`` holds the GIL for the whole call, and a whole library at once would stall every query thread."""
-    parts = [index.get_items(labels[start : start + BUILD_CHUNK]) for start in range(0, len(labels), BUILD_CHUNK)]
-    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, index.dim), np.float32)
-
-
-#: Compactions whose builder may be running. A daemon thread still inside hnswlib's C++ when the interpreter
-#: finalises is unwound by pthread_exit and the process aborts ("terminate called without an active
-#: exception"), so they are stopped at exit, while threads still run normally.
-_BUILDERS: weakref.WeakSet[_Compaction] = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_builders() -> None:
-    builders = list(_BUILDERS)
-    for compaction in builders:
-        compaction.cancel()
-    for compaction in builders:
-        compaction.join(timeout=10.0)  # it stops after the piece it is adding
-
-
-class _Compaction:
-    """A replacement index built on a background thread from ``(labels, vectors)`` pieces, in the order fed.
-
-    ``swap_at``: the entry number at which the update path swaps it in. The index is private to the builder
-    until :meth:`finish` returns it, so building takes no lock. ``None`` from :meth:`finish` (the build failed
-    or was cancelled) makes the caller build the same index itself.
-    """
-
-    def __init__(self, rag: PatternLibrary, swap_at: int, labels: np.ndarray, vectors: np.ndarray):
-        self.swap_at = swap_at
-        self._rag = rag
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._cancel = threading.Event()
-        self._index: hnswlib.Index | None = None
-        self._labels: list[np.ndarray] = []
-        self._units: list[np.ndarray] = []  # the new index's stored (unit) vectors, fetched as it grows
-        self.error: BaseException | None = None
-        for start in range(0, len(labels), BUILD_CHUNK):
-            self._queue.put((labels[start : start + BUILD_CHUNK], vectors[start : start + BUILD_CHUNK]))
-        self._thread = threading.Thread(target=self._run, name="pattern-rag-compaction", daemon=True)
-        _BUILDERS.add(self)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            index = self._rag._new_index()
-            while (item := self._queue.get()) is not None:
-                if self._cancel.is_set():
-                    return
-                self._rag._build_add(index, *item)
-                self._labels.append(item[0])
-                self._units.append(_stored(index, item[0]))
-            self._index = index
-        except BaseException as err:  # noqa: BLE001 - reported through finish(); the caller rebuilds
-            self.error = err
-
-    def feed(self, labels: np.ndarray, vectors: np.ndarray) -> None:
-        self._queue.put((labels, vectors))
-
-    def finish(self) -> tuple[hnswlib.Index, np.ndarray, np.ndarray] | None:
-        """Wait for the build: (index, labels [n], stored unit vectors [n, D]), or None."""
-        self._queue.put(None)
-        self._thread.join()
-        if self._cancel.is_set() or self._index is None or not self._labels:
-            return None
-        return self._index, np.concatenate(self._labels), np.concatenate(self._units)
-
-    def cancel(self) -> None:
-        """Stop without waiting: the builder drops its private index after the piece it is adding."""
-        self._cancel.set()
-        self._queue.put(None)
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-    @property
-    def building(self) -> bool:
-        return self._thread.is_alive()
-
-
 @dataclass(frozen=True)
 class Retrieval:
     """Outcome of one batched query. Arrays are ``None`` unless ``status == "ok"``."""
@@ -201,20 +114,9 @@ class Retrieval:
 
 
 class PatternLibrary:
-    """The newest ``max_patterns`` patterns in an hnswlib index, searched point in time within a deadline."""
+    """The newest ``max_patterns`` patterns, searched exactly and point in time within a deadline."""
 
-    def __init__(
-        self,
-        pattern_dim: int,
-        *,
-        max_patterns: int = 10_000,
-        k: int = 10,
-        m: int = 16,
-        ef_construction: int = 200,
-        ef_search: int = 64,
-        workers: int = 2,
-        seed: int = 0,
-    ):
+    def __init__(self, pattern_dim: int, *, max_patterns: int = 10_000, k: int = 10, workers: int = 2):
         for name, value in (
             ("pattern_dim", pattern_dim),
             ("max_patterns", max_patterns),
@@ -225,57 +127,32 @@ class PatternLibrary:
                 raise ValueError(f"{type(self).__name__}: {name} must be >= 1, got {value}")
         self.pattern_dim = pattern_dim
         self.max_patterns, self.k = max_patterns, k
-        self._hnsw = {"M": m, "ef_construction": ef_construction, "random_seed": seed}
-        self._ef = max(ef_search, OVERFETCH * k)
-        # Index room, deleted elements included: N live + N spare. A compaction starts when the spare is half
-        # used, so its builder has N/2 online entries' time before the update path needs it.
-        self._capacity = 2 * max_patterns
-        self._compact_at = self._capacity - max(1, max_patterns // 2)
         self._lock = RWLock()
         self._update_lock = threading.Lock()  # one mutator (update, clear, load) or save at a time
-        self._compaction: _Compaction | None = None
-        self._compactions = 0  # swaps done (tests, benchmarks)
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None
         self._pool_guard = threading.Lock()
         self._reset_library()
 
     # ------------------------------------------------------------------ library (writers)
-    def _new_index(self) -> hnswlib.Index:
-        index = hnswlib.Index(space="cosine", dim=self.pattern_dim)
-        index.init_index(max_elements=self._capacity, **self._hnsw)
-        index.set_ef(self._ef)
-        return index
-
-    def _build_add(self, index: hnswlib.Index, labels: np.ndarray, vectors: np.ndarray) -> None:
-        """Add entries to an index being built (no lock: nobody else sees it). A seam for tests."""
-        # One thread: the graph (and the saved index) is then a function of the insertion order alone.
-        index.add_items(vectors, labels, num_threads=1)
-
     def _reset_library(self) -> None:
-        self._index = self._new_index()
         n = self.max_patterns
+        self._index = hnswlib.BFIndex(space="ip", dim=self.pattern_dim)  # unit vectors: 1 - ip is the cosine distance
+        self._index.init_index(max_elements=n)
         self._total = 0  # entries ever added = the next entry number; entry e lives in row e % max_patterns
         self._symbol = np.zeros(n, dtype=object)
         self._start_ns = np.zeros(n, dtype=np.int64)
         self._end_ns = np.zeros(n, dtype=np.int64)
         self._outcome_end_ns = np.zeros(n, dtype=np.int64)
         self._outcome = np.zeros((n, OUTCOME_DIM), dtype=np.float32)
-        self._unit = np.zeros((n, self.pattern_dim), dtype=np.float32)  # the index's unit vectors, for exact search
+        self._unit = np.zeros((n, self.pattern_dim), dtype=np.float32)  # the index's unit vectors, for numpy search
         self._outcome_mean = np.zeros(OUTCOME_DIM, dtype=np.float32)
         self._outcome_std = np.ones(OUTCOME_DIM, dtype=np.float32)
 
-    def _drop_compaction(self) -> None:
-        if self._compaction is not None:
-            self._compaction.cancel()
-            self._compaction = None
-
     def clear_library(self) -> None:
         """Empty the library (an exclusive update: running queries finish first)."""
-        with self._update_lock:
-            self._drop_compaction()
-            with self._lock.write():
-                self._reset_library()
+        with self._update_lock, self._lock.write():
+            self._reset_library()
 
     @property
     def size(self) -> int:
@@ -309,60 +186,28 @@ class PatternLibrary:
     def update_pattern_library(self, patterns: Sequence[Pattern], *, as_of_ns: int | None = None) -> None:
         """Add patterns (oldest first); beyond ``max_patterns`` the oldest entries are evicted.
 
-        All patterns are validated before any is added, so a bad one leaves the library untouched. Queries
-        run between the chunks of a long update (each chunk is applied whole) and see its prefix.
+        All patterns are validated before any is added, so a bad one leaves the library untouched. The update
+        is applied whole under the exclusive lock (microseconds a pattern): queries see all of it or none.
         """
         for p in patterns:
             self._check(p, as_of_ns)
         patterns = list(patterns)
         if not patterns:
             return
-        vectors = np.stack([np.asarray(p.vector, dtype=np.float32) for p in patterns])  # [n, D]
-        with self._update_lock:
-            if len(patterns) > self.max_patterns:  # all but the newest N would be evicted within this call
-                self._replace(
-                    patterns[-self.max_patterns :],
-                    vectors[-self.max_patterns :],
-                    skipped=len(patterns) - self.max_patterns,
-                )
-                return
-            done = 0
-            while True:
-                self._maintain()
-                if done == len(patterns):
-                    return
-                if self._compaction is not None:
-                    room = self._compaction.swap_at - self._total
-                else:
-                    room = self._compact_at - self._index.element_count
-                n = min(WRITE_CHUNK, len(patterns) - done, room)
-                self._write(patterns[done : done + n], vectors[done : done + n])
-                done += n
-
-    def _maintain(self) -> None:
-        """Swap in a finished compaction at its entry number; start one when the index is 3/4 full."""
-        if self._compaction is not None and self._total >= self._compaction.swap_at:
-            self._swap()
-        if self._compaction is None and self._index.element_count >= self._compact_at:
-            self._start_compaction(self._total + self._capacity - self._index.element_count)
-
-    def _write(self, patterns: list[Pattern], vectors: np.ndarray) -> None:
-        """Insert ``n <= WRITE_CHUNK`` entries under the exclusive lock, each evicting the entry N before it."""
         n_max = self.max_patterns
-        labels = self._total + np.arange(len(patterns), dtype=np.int64)  # [n]
-        rows = labels % n_max
-        with self._lock.write():
-            index = self._index
-            for j, label in enumerate(labels.tolist()):
-                if label >= n_max:
-                    index.mark_deleted(label - n_max)  # its row is overwritten below
-                index.add_items(vectors[j : j + 1], [label], num_threads=1)
-            unit = index.get_items(labels)  # [n, D] as stored: unit norm
-            self._set_rows(rows, patterns, unit)
-            self._total += len(patterns)
-            self._refresh_outcome_stats()
-        if self._compaction is not None:
-            self._compaction.feed(labels, unit)
+        skipped = max(0, len(patterns) - n_max)  # evicted within this call: never stored
+        patterns = patterns[skipped:]
+        unit = unit_vectors(np.stack([np.asarray(p.vector, dtype=np.float32) for p in patterns]))  # [n, D]
+        with self._update_lock:
+            labels = self._total + skipped + np.arange(len(patterns), dtype=np.int64)  # [n] entry numbers
+            evicted = range(self._total - self.size, min(self._total, int(labels[-1]) + 1 - n_max))
+            with self._lock.write():
+                for label in evicted:
+                    self._index.delete_vector(label)
+                self._index.add_items(unit, labels)
+                self._set_rows(labels % n_max, patterns, unit)
+                self._total = int(labels[-1]) + 1
+                self._refresh_outcome_stats()
 
     def _set_rows(self, rows: np.ndarray, patterns: list[Pattern], unit: np.ndarray) -> None:
         self._unit[rows] = unit
@@ -379,80 +224,52 @@ class PatternLibrary:
         self._outcome_mean = live.mean(axis=0)
         self._outcome_std = np.maximum(live.std(axis=0), 1e-8).astype(np.float32)
 
-    def _start_compaction(self, swap_at: int) -> None:
-        """Build, in the background, the index of the entries live at ``swap_at``: those from ``swap_at - N``
-        that exist now, then each one added until then (fed by ``_write``)."""
-        labels = np.arange(max(0, swap_at - self.max_patterns, self._total - self.size), self._total, dtype=np.int64)
-        self._compaction = _Compaction(self, swap_at, labels, self._unit[labels % self.max_patterns].copy())
-
-    def _swap(self) -> None:
-        """Wait for the builder (no lock held: queries go on), then swap its index in under the write lock."""
-        assert self._compaction is not None  # called when the update reached its swap_at
-        built = self._compaction.finish()
-        live = self._live()
-        rows = live % self.max_patterns
-        if built is None or not np.array_equal(built[1], live):  # failed or stopped (close()): the same build, here
-            index = self._new_index()
-            for start in range(0, len(live), BUILD_CHUNK):
-                self._build_add(index, live[start : start + BUILD_CHUNK], self._unit[rows[start : start + BUILD_CHUNK]])
-            built = index, live, _stored(index, live)
-        unit = self._unit.copy()
-        unit[rows] = built[2]  # as the new index stores them (what a copy loaded from a save would see)
-        old = self._index
-        with self._lock.write():
-            self._index, self._unit = built[0], unit
-        del old  # freed outside the lock
-        self._compaction = None
-        self._compactions += 1
-
-    def _replace(self, patterns: list[Pattern], vectors: np.ndarray, skipped: int) -> None:
-        """The library becomes ``patterns`` (N of them, the newest of a call): built aside, swapped in whole."""
-        self._drop_compaction()
-        labels = self._total + skipped + np.arange(len(patterns), dtype=np.int64)  # [N]
-        index = self._new_index()
-        index.add_items(vectors, labels, num_threads=1)
-        unit = _stored(index, labels)
-        with self._lock.write():
-            self._index, self._total = index, int(labels[-1]) + 1
-            self._set_rows(labels % self.max_patterns, patterns, unit)
-            self._refresh_outcome_stats()
-
     def save_library(self, directory: str | Path) -> None:
-        """Write ``patterns.hnsw`` (the hnswlib index) and ``patterns.npz`` (entry metadata)."""
+        """Write ``patterns.npz``: the live entries' ring rows (unit vectors and metadata) and ``total``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with self._update_lock:  # whole updates only; queries go on
-            if not self._lock.acquire_read():
-                raise RuntimeError("unreachable: untimed read lock")
-            try:
-                self._index.save_index(str(directory / "patterns.hnsw"))
-                n = self.size
-                np.savez(
-                    directory / "patterns.npz",
-                    library_format=LIBRARY_FORMAT,
-                    pattern_dim=self.pattern_dim,
-                    max_patterns=self.max_patterns,
-                    total=self._total,
-                    swap_at=-1 if self._compaction is None else self._compaction.swap_at,
-                    symbol=self._symbol[:n].astype(str),
-                    start_ns=self._start_ns[:n],
-                    end_ns=self._end_ns[:n],
-                    outcome_end_ns=self._outcome_end_ns[:n],
-                    outcome=self._outcome[:n],
-                )
-            finally:
-                self._lock.release_read()
+            n = self.size
+            np.savez(
+                directory / "patterns.npz",
+                library_format=LIBRARY_FORMAT,
+                pattern_dim=self.pattern_dim,
+                max_patterns=self.max_patterns,
+                total=self._total,
+                unit=self._unit[:n],
+                symbol=self._symbol[:n].astype(str),
+                start_ns=self._start_ns[:n],
+                end_ns=self._end_ns[:n],
+                outcome_end_ns=self._outcome_end_ns[:n],
+                outcome=self._outcome[:n],
+            )
+
+    def _saved_units(self, directory: Path, meta: dict, live: np.ndarray) -> np.ndarray:
+        """The saved unit vectors in row order: ``[n, D]``; format 2 keeps them in its HNSW index only."""
+        if "unit" in meta:
+            return meta["unit"]
+        index = hnswlib.Index(space="cosine", dim=self.pattern_dim)
+        index.load_index(str(directory / "patterns.hnsw"))
+        try:
+            unit = np.asarray(index.get_items(live), dtype=np.float32)  # [n, D] in entry order, as stored
+        except RuntimeError as err:
+            raise ValueError(
+                f"pattern library at {directory} is inconsistent: the index lacks live entries of the metadata ({err})"
+            ) from err
+        rows = np.empty_like(unit)
+        rows[live % self.max_patterns] = unit
+        return rows
 
     def load_library(self, directory: str | Path) -> None:
-        """Replace the library with one written by ``save_library``; refuses another dimension, capacity or
-        format (a library from before format 2: rebuild it, ``make model`` / ``hrmcond build-patterns``)."""
+        """Replace the library with one written by ``save_library`` (format 3) or the HNSW format 2; refuses
+        another dimension or capacity, and format 1 (rebuild it: ``make model`` / ``hrmcond build-patterns``)."""
         directory = Path(directory)
         with np.load(directory / "patterns.npz", allow_pickle=False) as z:
             meta = {key: z[key] for key in z.files}
         found = int(meta["library_format"]) if "library_format" in meta else 1
-        if found != LIBRARY_FORMAT:
+        if found not in (2, LIBRARY_FORMAT):
             raise ValueError(
-                f"pattern library at {directory} has format {found}, this {type(self).__name__} reads "
+                f"pattern library at {directory} has format {found}, this {type(self).__name__} reads 2 and "
                 f"{LIBRARY_FORMAT}: rebuild it (make model, or hrmcond build-patterns)"
             )
         for key in ("pattern_dim", "max_patterns"):
@@ -461,38 +278,26 @@ class PatternLibrary:
                     f"pattern library at {directory} has {key}={int(meta[key])}, this "
                     f"{type(self).__name__} has {getattr(self, key)}"
                 )
-        index = hnswlib.Index(space="cosine", dim=self.pattern_dim)
-        index.load_index(str(directory / "patterns.hnsw"), max_elements=self._capacity)
-        index.set_ef(self._ef)
         n, total = len(meta["start_ns"]), int(meta["total"])
+        if n != min(total, self.max_patterns):
+            raise ValueError(f"pattern library at {directory} is inconsistent: {n} live entries of {total}")
         live = np.arange(total - n, total, dtype=np.int64)
-        try:
-            unit = _stored(index, live)  # [n, D]
-        except RuntimeError as err:
-            raise ValueError(
-                f"pattern library at {directory} is inconsistent: the index lacks live entries of the metadata ({err})"
-            ) from err
-        if n != min(total, self.max_patterns) or index.element_count > self._capacity:
-            raise ValueError(
-                f"pattern library at {directory} is inconsistent: {n} live entries of {total}, "
-                f"index of {index.element_count} elements"
-            )
-        rows = live % self.max_patterns
-        with self._update_lock:
-            self._drop_compaction()
-            with self._lock.write():
-                self._reset_library()
-                self._index, self._total = index, total
-                self._unit[rows], self._symbol[:n] = unit, meta["symbol"]  # saved in row order
-                for key in ("start_ns", "end_ns", "outcome_end_ns", "outcome"):
-                    getattr(self, f"_{key}")[:n] = meta[key]
-                self._refresh_outcome_stats()
-            if int(meta["swap_at"]) >= 0:  # resume the pending compaction: the same index, swapped in the same place
-                self._start_compaction(int(meta["swap_at"]))
+        unit = self._saved_units(directory, meta, live)  # [n, D] rows
+        if unit.shape != (n, self.pattern_dim):
+            raise ValueError(f"pattern library at {directory} is inconsistent: unit vectors of shape {unit.shape}")
+        with self._update_lock, self._lock.write():
+            self._reset_library()
+            self._total = total
+            self._unit[:n], self._symbol[:n] = unit, meta["symbol"]  # saved in row order
+            for key in ("start_ns", "end_ns", "outcome_end_ns", "outcome"):
+                getattr(self, f"_{key}")[:n] = meta[key]
+            self._index.add_items(self._unit[live % self.max_patterns], live)
+            self._refresh_outcome_stats()
 
     # ------------------------------------------------------------------ queries (readers)
     def _knn(self, query: np.ndarray, k: int, filter=None) -> tuple[np.ndarray, np.ndarray]:
-        """The one call into hnswlib's search; the read lock is held. (A seam for tests that slow it down.)"""
+        """The one call into hnswlib's search, ``query`` unit rows; the read lock is held. (A seam for tests that
+        slow it down.)"""
         return self._index.knn_query(query, k=k, num_threads=1, filter=filter)
 
     def _search(self, query: np.ndarray, starts: np.ndarray | None, deadline: float) -> Retrieval:
@@ -503,11 +308,12 @@ class PatternLibrary:
             if n == 0:
                 return Retrieval("empty")
             k = min(self.k, n)
-            labels, dist = self._knn(query, min(n, k * OVERFETCH) if starts is not None else k)  # [B, kf]
-            labels = labels.astype(np.int64) % self.max_patterns  # entry numbers -> rows
-            if starts is not None:
-                labels, dist = self._point_in_time(query, starts, labels, dist, k, n)
-            labels, dist = labels[:, :k], dist[:, :k]
+            unit = unit_vectors(query)
+            if starts is None:
+                labels, dist = self._knn(unit, k)  # [B, k]
+                labels = labels.astype(np.int64) % self.max_patterns  # entry numbers -> rows
+            else:
+                labels, dist = self._point_in_time(query, unit, starts, k, n)
             valid = labels >= 0
             safe = np.where(valid, labels, 0)
             return Retrieval(
@@ -519,19 +325,29 @@ class PatternLibrary:
         finally:
             self._lock.release_read()
 
-    def _point_in_time(self, query, starts, labels, dist, k, n):
-        """Keep neighbours with ``outcome_end_ns <= start_ns`` of their query, padded with -1: [B, k] x 2."""
-        ok = self._outcome_end_ns[labels] <= starts[:, None]  # [B, kf]
+    def _point_in_time(self, query, unit, starts, k, n):
+        """Per row, the k nearest entries known when its window started (``outcome_end_ns <= start_ns``), padded with
+        -1: rows [B, k], distances [B, k]. ``unit``: the rows as the index reads them. Few eligible: numpy over
+        them; else the nearest 4k of the index, filtered, and where that leaves fewer than k, a search of the
+        index over the eligible only."""
+        eligible = np.count_nonzero(self._outcome_end_ns[:n] <= starts[:, None], axis=1)  # [B]
         out_l = np.full((len(query), k), -1, dtype=np.int64)
         out_d = np.ones((len(query), k), dtype=np.float32)
+        many = np.flatnonzero(eligible > EXACT_MAX)
+        if len(many):
+            labels, dist = self._knn(unit[many], min(n, k * OVERFETCH))  # [M, kf]
+            labels = labels.astype(np.int64) % self.max_patterns  # entry numbers -> rows
+            ok = self._outcome_end_ns[labels] <= starts[many, None]  # [M, kf]
         for i in range(len(query)):
-            keep_l, keep_d = labels[i, ok[i]][:k], dist[i, ok[i]][:k]
-            eligible = int(np.count_nonzero(self._outcome_end_ns[:n] <= starts[i]))
-            if len(keep_l) < min(k, eligible) and eligible <= EXACT_MAX:  # over-fetch fell short, few are eligible
-                keep_l, keep_d = self._exact_known(query[i], int(starts[i]), min(k, eligible), n)
-            elif len(keep_l) < min(k, eligible):  # over-fetch was not enough: filtered graph search
+            want = min(k, int(eligible[i]))
+            if eligible[i] <= EXACT_MAX:
+                keep_l, keep_d = self._exact_known(query[i], int(starts[i]), want, n)
+            else:
+                j = int(np.searchsorted(many, i))
+                keep_l, keep_d = labels[j, ok[j]][:k], dist[j, ok[j]][:k]
+            if len(keep_l) < want:  # the nearest 4k were mostly too recent
                 known = partial(_known_by, self._outcome_end_ns, int(starts[i]))
-                keep_l, keep_d = self._knn(query[i : i + 1], min(k, eligible), known)
+                keep_l, keep_d = self._knn(unit[i : i + 1], want, known)
                 keep_l, keep_d = keep_l[0].astype(np.int64) % self.max_patterns, keep_d[0]
             out_l[i, : len(keep_l)], out_d[i, : len(keep_d)] = keep_l, keep_d
         return out_l, out_d
@@ -600,11 +416,7 @@ class PatternLibrary:
         return self._lock.reading
 
     def close(self) -> None:
-        """Stop the worker pool (queued queries are dropped; a running one finishes) and a compaction builder
-        (a later update that needs its index builds it itself)."""
-        compaction = self._compaction
-        if compaction is not None and compaction.building:
-            compaction.cancel()
+        """Stop the worker pool (queued queries are dropped; a running one finishes)."""
         with self._pool_guard:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)

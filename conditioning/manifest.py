@@ -18,7 +18,8 @@ from schemas.layout import FEATURE_LAYOUT_VERSION
 
 #: 2: the manifest records a sha256 per file (``files``); format 1 had none and is refused.
 MANIFEST_FORMAT = 2
-#: Every file of a model directory besides the manifest, as the manifest's ``files`` names them.
+#: Every file of a model directory besides the manifest, as the manifest's ``files`` names them. ``patterns.hnsw``
+#: exists in a format-2 library only (conditioning/library.py); a format-3 directory records it as ``missing``.
 MODEL_FILES = ("model.safetensors", "normalizer.json", "patterns/patterns.hnsw", "patterns/patterns.npz")
 
 

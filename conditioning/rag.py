@@ -1,5 +1,5 @@
-"""Pattern retrieval as a context: the k nearest library patterns of a query (conditioning/library.py: hnswlib
-index, point in time, deadline) and their known outcomes -> a learned ``[B, context_dim]`` context.
+"""Pattern retrieval as a context: the k nearest library patterns of a query (conditioning/library.py: exact
+search, point in time, deadline) and their known outcomes -> a learned ``[B, context_dim]`` context.
 
 Context. Per query, with similarities ``s_i = 1 - d_i`` of the valid neighbours and weights ``w =
 softmax(s / temperature)``: the weighted mean and weighted std of the standardised outcomes

@@ -147,9 +147,9 @@ class ContextEngine:
         if not self.cfg.pipeline.rag_online_updates:
             matured = []
         if matured:
-            # The update (hnswlib inserts, the GIL released: a quarter of a replay's time, a fifth of a live run's
-            # when it ran inline) runs on its own thread while this batch's contexts go out and the next ticks
-            # are read.
+            # The update runs on its own thread while this batch's contexts go out and the next ticks are read: it
+            # costs microseconds a pattern (conditioning/library.py), but takes the index exclusively, so it waits
+            # for a query still running (one that overran its deadline), and the contexts must not wait with it.
             update = self.add_patterns if self.deterministic else self._add_logged
             self._last_update = self._updater().submit(update, matured)
         return drafts, matured

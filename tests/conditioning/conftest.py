@@ -38,7 +38,7 @@ def make_patterns(vectors: np.ndarray, first_id: int = 0, horizon_bars: int = 5,
 
 
 def brute_force_knn(library: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Exact cosine k-NN (the oracle for hnswlib): indices ``[Q, k]``, most similar first."""
+    """Exact cosine k-NN with numpy (the oracle for the library): indices ``[Q, k]``, most similar first."""
     a = library / np.linalg.norm(library, axis=1, keepdims=True)
     q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     return np.argsort(-(q @ a.T), axis=1, kind="stable")[:, :k]

@@ -5,7 +5,7 @@ point-in-time library.
 Data: a features-only replay (``ReplayOutputs(contexts=None, features=...)``, the dataflow's own feature path)
 of the TAQ sample (XXX, 2018-01-02/03) and the LOBSTER AAPL day (2012-06-21): ~1,100 matured patterns with
 their outcome ``fwd_log_rv`` (log realised variance of the 5 bars after the pattern). Neighbours come from
-``PatternRAG.retrieve`` (hnswlib, k = 10) with each query's window set to its own pattern window, so only
+``PatternRAG.retrieve`` (exact search, k = 10) with each query's window set to its own pattern window, so only
 patterns whose outcome was known before the query's window *started* are eligible: no overlap, no look-ahead.
 
 Null: the k neighbours are no better than k patterns drawn uniformly from the eligible part of the same
@@ -174,5 +174,5 @@ def test_point_in_time_fallback_is_exact_and_fast_when_few_patterns_are_eligible
     expected = eligible[brute_force_knn(vectors[eligible], queries.numpy(), len(eligible))]  # [64, 6]
     assert np.array_equal(res.labels[:, : len(eligible)], expected)
     assert np.all(res.labels[:, len(eligible) :] == -1)
-    assert elapsed_ms < 60, elapsed_ms  # generous: ~0.1 ms a row here, ~4 ms a row with the hnswlib filter
+    assert elapsed_ms < 60, elapsed_ms  # generous: ~0.1 ms a row here, ~4 ms a row with an hnswlib filter
     rag.close()

@@ -213,11 +213,11 @@ def test_live_library_update_leaves_the_emitting_path_and_lands_before_the_next_
     import threading
 
     gate = threading.Event()
-    write, knn = PatternRAG._write, PatternRAG._knn
+    update, knn = PatternRAG.update_pattern_library, PatternRAG._knn
 
-    def held_write(self, *args, **kwargs):
+    def held_update(self, *args, **kwargs):
         gate.wait(timeout=5)  # an inline update would hold the batch this long, then fail the first assert
-        return write(self, *args, **kwargs)
+        return update(self, *args, **kwargs)
 
     seen: list[int] = []
 
@@ -228,7 +228,7 @@ def test_live_library_update_leaves_the_emitting_path_and_lands_before_the_next_
     engine = load_engine(load_config("deploy/local.yaml", env={}), deterministic=False)
     rag = engine.system.pattern_rag
     before = rag._total
-    monkeypatch.setattr(PatternRAG, "_write", held_write)
+    monkeypatch.setattr(PatternRAG, "update_pattern_library", held_update)
     monkeypatch.setattr(PatternRAG, "_knn", counting_knn)
     first = bars(3, seed=7, symbols=3, matured=True)
     drafts, added = engine.drafts(first)

@@ -216,6 +216,11 @@ class SymbolLogic(StatefulLogic):
         self.calendar = cfg.session.calendar
         #: Built on the first item (Bytewax's builder is not told the key), or restored from a snapshot.
         self.state = state
+        #: Released block rows not yet applied, ``(block, lo, hi, bar of the grid)``, all in that bar
+        #: (:meth:`_release`): a bar's rows released in pieces (the watermark trails the newest tick) go to the
+        #: feature state in one call. Applied before anything else touches the state or the output, and by the
+        #: end of every call, so a snapshot never holds any.
+        self._held: tuple[TickBlock, int, int, int] | None = None
 
     # -- Bytewax hooks ------------------------------------------------------------------------------------
     def on_item(
@@ -237,13 +242,17 @@ class SymbolLogic(StatefulLogic):
                 self._on_ticks(run, out)
                 run = []
                 if not self._accept_block(value, out):
+                    self._apply_held(out)
                     self._on_ticks(value.ticks(), out)
             else:
                 run.append(value)
         self._on_ticks(run, out)
+        self._apply_held(out)
         return out, StatefulLogic.DISCARD if evicted and self.state is None else StatefulLogic.RETAIN
 
     def _on_ticks(self, run: Sequence[Tick | Received], out: list) -> None:
+        if run:
+            self._apply_held(out)
         if run and not self._accept_run(run, out):
             for value in run:
                 self._on_tick(value, out)
@@ -251,8 +260,10 @@ class SymbolLogic(StatefulLogic):
     def _on_heartbeat(self, value: Heartbeat, out: list) -> None:
         if self.state is not None:
             if self.state.suspects:
+                self._apply_held(out)
                 self._settle(max(self._clock(), value.ts_ns) + self.ahead_ns, out, refute=False)
             self._advance(value.ts_ns, out)
+            self._apply_held(out)
         out.append(value)  # after the bars it closed: they travel the same channel, in order
         if value.evict:
             self.state = None
@@ -371,6 +382,7 @@ class SymbolLogic(StatefulLogic):
             self._advance(last, out)
             if st.bar_end_ns:
                 self._close_through(st.bar_end_ns, out)
+            self._apply_held(out)
         return out, StatefulLogic.RETAIN
 
     def snapshot(self) -> SymbolState | None:
@@ -495,14 +507,31 @@ class SymbolLogic(StatefulLogic):
 
     def _release(self, block: TickBlock, lo: int, hi: int, out: list) -> None:
         """Apply rows ``lo..hi-1`` of ``block`` as :meth:`_advance` would one by one: per bar of the grid, close
-        the bars its first row closes (the later rows of the same bar close none) and apply its rows at once."""
+        the bars its first row closes (the later rows of the same bar close none) and apply its rows at once
+        (held, to go with the rows of the same bar that the block releases next: :attr:`_held`)."""
         ts = block.columns.ts_ns[lo:hi]
-        bars = ts // self.bar_ns
-        cuts = [0, *(np.flatnonzero(bars[1:] != bars[:-1]) + 1).tolist(), len(ts)]
+        bar_ns = self.bar_ns
+        last = int(ts[-1])
+        if int(ts[0]) // bar_ns == last // bar_ns:  # the common case: one bar, nothing to search
+            cuts = [0, len(ts)]
+        else:
+            bars = ts // bar_ns
+            cuts = [0, *(np.flatnonzero(bars[1:] != bars[:-1]) + 1).tolist(), len(ts)]
         for a, b in zip(cuts[:-1], cuts[1:], strict=False):
             self._close_through(int(ts[a]), out)
-            self._apply_rows(block, lo + a, lo + b, out)
-        self._st.released_ns = int(ts[-1])
+            bar, held = int(ts[a]) // bar_ns, self._held
+            if held is not None and held[0] is block and held[2] == lo + a and held[3] == bar:
+                self._held = (block, held[1], lo + b, bar)
+            else:
+                self._apply_held(out)
+                self._held = (block, lo + a, lo + b, bar)
+        self._st.released_ns = last
+
+    def _apply_held(self, out: list) -> None:
+        if self._held is not None:
+            block, lo, hi, _ = self._held
+            self._held = None
+            self._apply_rows(block, lo, hi, out)
 
     def _apply_rows(self, block: TickBlock, lo: int, hi: int, out: list) -> None:
         """:meth:`_apply` of rows ``lo..hi-1`` of ``block``, all in one bar of the grid."""
@@ -536,6 +565,8 @@ class SymbolLogic(StatefulLogic):
     def _close_through(self, ts_ns: int, out: list) -> None:
         """Close every bar that ends at or before ``ts_ns`` (bars are ``[end - bar, end)``)."""
         st = self._st
+        if not st.bar_end_ns or st.bar_end_ns <= ts_ns:  # (held rows may be what opens the bar)
+            self._apply_held(out)
         while st.bar_end_ns and st.bar_end_ns <= ts_ns:
             end = st.bar_end_ns
             bar = st.features.close_bar(end)
@@ -568,6 +599,7 @@ class SymbolLogic(StatefulLogic):
     def _apply(self, tick: Tick, out: list) -> None:
         """Apply one tick of the reorder buffer: reference data and status to the SSR/LULD rules, a trade or a
         quote of the regular session (when configured) to the open bar."""
+        self._apply_held(out)
         st = self._st
         if isinstance(tick, Reference | WireReference | Status | WireStatus):
             if isinstance(tick, Status | WireStatus):

@@ -539,13 +539,14 @@ class SymbolLogic(StatefulLogic):
         run = block.columns.rows(lo, hi)
         ts = run.ts_ns
         if self.cfg.session.regular_hours_only:
-            day = session_at(int(ts[0]), self.calendar)
-            if day != session_at(int(ts[-1]), self.calendar):  # across a date: as rare as it is simple
+            first, last = int(ts[0]), int(ts[-1])
+            day = session_at(first, self.calendar)
+            if day != session_at(last, self.calendar):  # across a date: as rare as it is simple
                 for tick in block.ticks(lo, hi):
                     self._apply(tick, out)
                 return
-            inside = (ts >= day.open_ns) & (ts < day.close_ns)
-            if not inside.all():
+            if not day.open_ns <= first <= last < day.close_ns:  # (in time order: the ends say if all are inside)
+                inside = (ts >= day.open_ns) & (ts < day.close_ns)
                 METRICS.ticks_outside_session.inc(len(ts) - int(inside.sum()))
                 if not inside.any():
                     return
@@ -555,7 +556,7 @@ class SymbolLogic(StatefulLogic):
             st.bar_end_ns = (int(ts[0]) // self.bar_ns + 1) * self.bar_ns
         self._roll_features(int(ts[0]))
         is_trade, bid, ask = run.is_trade, run.bid, run.ask
-        if crossed := int((bid[~is_trade] > ask[~is_trade]).sum()):
+        if crossed := int(np.count_nonzero((bid > ask) & ~is_trade)):
             METRICS.crossed_quotes.inc(crossed)
         st.ticks_in_bar += len(ts)
         if not st.features.on_ticks(run):

@@ -216,11 +216,11 @@ class SymbolLogic(StatefulLogic):
         self.calendar = cfg.session.calendar
         #: Built on the first item (Bytewax's builder is not told the key), or restored from a snapshot.
         self.state = state
-        #: Released block rows not yet applied, ``(block, lo, hi, bar of the grid)``, all in that bar
-        #: (:meth:`_release`): a bar's rows released in pieces (the watermark trails the newest tick) go to the
-        #: feature state in one call. Applied before anything else touches the state or the output, and by the
-        #: end of every call, so a snapshot never holds any.
-        self._held: tuple[TickBlock, int, int, int] | None = None
+        #: Released block rows not yet applied, all in one bar of the grid: ``(bar, [(block, lo, hi), ...])``
+        #: (:meth:`_release`). A bar's rows released in pieces (the watermark trails the newest tick; a bar's
+        #: rows span blocks) go to the feature state in one call. Applied before anything else touches the
+        #: state or the output, and by the end of every call, so a snapshot never holds any.
+        self._held: tuple[int, list[tuple[TickBlock, int, int]]] | None = None
 
     # -- Bytewax hooks ------------------------------------------------------------------------------------
     def on_item(
@@ -520,18 +520,28 @@ class SymbolLogic(StatefulLogic):
         for a, b in zip(cuts[:-1], cuts[1:], strict=False):
             self._close_through(int(ts[a]), out)
             bar, held = int(ts[a]) // bar_ns, self._held
-            if held is not None and held[0] is block and held[2] == lo + a and held[3] == bar:
-                self._held = (block, held[1], lo + b, bar)
-            else:
+            if held is None or held[0] != bar:
                 self._apply_held(out)
-                self._held = (block, lo + a, lo + b, bar)
+                self._held = held = (bar, [])
+            pieces = held[1]
+            if pieces and pieces[-1][0] is block and pieces[-1][2] == lo + a:
+                pieces[-1] = (block, pieces[-1][1], lo + b)
+            else:
+                pieces.append((block, lo + a, lo + b))
         self._st.released_ns = last
 
     def _apply_held(self, out: list) -> None:
-        if self._held is not None:
-            block, lo, hi, _ = self._held
-            self._held = None
-            self._apply_rows(block, lo, hi, out)
+        """Apply the held rows: one piece as it is, several (of consecutive blocks) joined into one run."""
+        if self._held is None:
+            return
+        pieces = self._held[1]
+        self._held = None
+        if len(pieces) == 1:
+            self._apply_rows(*pieces[0], out)
+            return
+        runs = (block.columns.rows(lo, hi).arrays() for block, lo, hi in pieces)
+        joined = TickBlock(pieces[0][0].symbol, Ticks(*(np.concatenate(c) for c in zip(*runs, strict=True))))
+        self._apply_rows(joined, 0, len(joined), out)
 
     def _apply_rows(self, block: TickBlock, lo: int, hi: int, out: list) -> None:
         """:meth:`_apply` of rows ``lo..hi-1`` of ``block``, all in one bar of the grid."""

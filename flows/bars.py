@@ -216,6 +216,11 @@ class SymbolLogic(StatefulLogic):
         self.calendar = cfg.session.calendar
         #: Built on the first item (Bytewax's builder is not told the key), or restored from a snapshot.
         self.state = state
+        #: Released block rows not yet applied, all in one bar of the grid: ``(bar, [(block, lo, hi), ...])``
+        #: (:meth:`_release`). A bar's rows released in pieces (the watermark trails the newest tick; a bar's
+        #: rows span blocks) go to the feature state in one call. Applied before anything else touches the
+        #: state or the output, and by the end of every call, so a snapshot never holds any.
+        self._held: tuple[int, list[tuple[TickBlock, int, int]]] | None = None
 
     # -- Bytewax hooks ------------------------------------------------------------------------------------
     def on_item(
@@ -237,13 +242,17 @@ class SymbolLogic(StatefulLogic):
                 self._on_ticks(run, out)
                 run = []
                 if not self._accept_block(value, out):
+                    self._apply_held(out)
                     self._on_ticks(value.ticks(), out)
             else:
                 run.append(value)
         self._on_ticks(run, out)
+        self._apply_held(out)
         return out, StatefulLogic.DISCARD if evicted and self.state is None else StatefulLogic.RETAIN
 
     def _on_ticks(self, run: Sequence[Tick | Received], out: list) -> None:
+        if run:
+            self._apply_held(out)
         if run and not self._accept_run(run, out):
             for value in run:
                 self._on_tick(value, out)
@@ -251,8 +260,10 @@ class SymbolLogic(StatefulLogic):
     def _on_heartbeat(self, value: Heartbeat, out: list) -> None:
         if self.state is not None:
             if self.state.suspects:
+                self._apply_held(out)
                 self._settle(max(self._clock(), value.ts_ns) + self.ahead_ns, out, refute=False)
             self._advance(value.ts_ns, out)
+            self._apply_held(out)
         out.append(value)  # after the bars it closed: they travel the same channel, in order
         if value.evict:
             self.state = None
@@ -371,6 +382,7 @@ class SymbolLogic(StatefulLogic):
             self._advance(last, out)
             if st.bar_end_ns:
                 self._close_through(st.bar_end_ns, out)
+            self._apply_held(out)
         return out, StatefulLogic.RETAIN
 
     def snapshot(self) -> SymbolState | None:
@@ -495,14 +507,41 @@ class SymbolLogic(StatefulLogic):
 
     def _release(self, block: TickBlock, lo: int, hi: int, out: list) -> None:
         """Apply rows ``lo..hi-1`` of ``block`` as :meth:`_advance` would one by one: per bar of the grid, close
-        the bars its first row closes (the later rows of the same bar close none) and apply its rows at once."""
+        the bars its first row closes (the later rows of the same bar close none) and apply its rows at once
+        (held, to go with the rows of the same bar that the block releases next: :attr:`_held`)."""
         ts = block.columns.ts_ns[lo:hi]
-        bars = ts // self.bar_ns
-        cuts = [0, *(np.flatnonzero(bars[1:] != bars[:-1]) + 1).tolist(), len(ts)]
+        bar_ns = self.bar_ns
+        last = int(ts[-1])
+        if int(ts[0]) // bar_ns == last // bar_ns:  # the common case: one bar, nothing to search
+            cuts = [0, len(ts)]
+        else:
+            bars = ts // bar_ns
+            cuts = [0, *(np.flatnonzero(bars[1:] != bars[:-1]) + 1).tolist(), len(ts)]
         for a, b in zip(cuts[:-1], cuts[1:], strict=False):
             self._close_through(int(ts[a]), out)
-            self._apply_rows(block, lo + a, lo + b, out)
-        self._st.released_ns = int(ts[-1])
+            bar, held = int(ts[a]) // bar_ns, self._held
+            if held is None or held[0] != bar:
+                self._apply_held(out)
+                self._held = held = (bar, [])
+            pieces = held[1]
+            if pieces and pieces[-1][0] is block and pieces[-1][2] == lo + a:
+                pieces[-1] = (block, pieces[-1][1], lo + b)
+            else:
+                pieces.append((block, lo + a, lo + b))
+        self._st.released_ns = last
+
+    def _apply_held(self, out: list) -> None:
+        """Apply the held rows: one piece as it is, several (of consecutive blocks) joined into one run."""
+        if self._held is None:
+            return
+        pieces = self._held[1]
+        self._held = None
+        if len(pieces) == 1:
+            self._apply_rows(*pieces[0], out)
+            return
+        runs = (block.columns.rows(lo, hi).arrays() for block, lo, hi in pieces)
+        joined = TickBlock(pieces[0][0].symbol, Ticks(*(np.concatenate(c) for c in zip(*runs, strict=True))))
+        self._apply_rows(joined, 0, len(joined), out)
 
     def _apply_rows(self, block: TickBlock, lo: int, hi: int, out: list) -> None:
         """:meth:`_apply` of rows ``lo..hi-1`` of ``block``, all in one bar of the grid."""
@@ -510,13 +549,14 @@ class SymbolLogic(StatefulLogic):
         run = block.columns.rows(lo, hi)
         ts = run.ts_ns
         if self.cfg.session.regular_hours_only:
-            day = session_at(int(ts[0]), self.calendar)
-            if day != session_at(int(ts[-1]), self.calendar):  # across a date: as rare as it is simple
+            first, last = int(ts[0]), int(ts[-1])
+            day = session_at(first, self.calendar)
+            if day != session_at(last, self.calendar):  # across a date: as rare as it is simple
                 for tick in block.ticks(lo, hi):
                     self._apply(tick, out)
                 return
-            inside = (ts >= day.open_ns) & (ts < day.close_ns)
-            if not inside.all():
+            if not day.open_ns <= first <= last < day.close_ns:  # (in time order: the ends say if all are inside)
+                inside = (ts >= day.open_ns) & (ts < day.close_ns)
                 METRICS.ticks_outside_session.inc(len(ts) - int(inside.sum()))
                 if not inside.any():
                     return
@@ -526,7 +566,7 @@ class SymbolLogic(StatefulLogic):
             st.bar_end_ns = (int(ts[0]) // self.bar_ns + 1) * self.bar_ns
         self._roll_features(int(ts[0]))
         is_trade, bid, ask = run.is_trade, run.bid, run.ask
-        if crossed := int((bid[~is_trade] > ask[~is_trade]).sum()):
+        if crossed := int(np.count_nonzero((bid > ask) & ~is_trade)):
             METRICS.crossed_quotes.inc(crossed)
         st.ticks_in_bar += len(ts)
         if not st.features.on_ticks(run):
@@ -536,6 +576,8 @@ class SymbolLogic(StatefulLogic):
     def _close_through(self, ts_ns: int, out: list) -> None:
         """Close every bar that ends at or before ``ts_ns`` (bars are ``[end - bar, end)``)."""
         st = self._st
+        if not st.bar_end_ns or st.bar_end_ns <= ts_ns:  # (held rows may be what opens the bar)
+            self._apply_held(out)
         while st.bar_end_ns and st.bar_end_ns <= ts_ns:
             end = st.bar_end_ns
             bar = st.features.close_bar(end)
@@ -568,6 +610,7 @@ class SymbolLogic(StatefulLogic):
     def _apply(self, tick: Tick, out: list) -> None:
         """Apply one tick of the reorder buffer: reference data and status to the SSR/LULD rules, a trade or a
         quote of the regular session (when configured) to the open bar."""
+        self._apply_held(out)
         st = self._st
         if isinstance(tick, Reference | WireReference | Status | WireStatus):
             if isinstance(tick, Status | WireStatus):

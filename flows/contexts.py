@@ -34,6 +34,7 @@ from conditioning.system import ConditioningOutput, ConditioningSystem
 from flows.bars import Heartbeat
 from flows.breaker import RetrievalBreaker
 from flows.config import AppConfig
+from flows.feature_records import feature_record
 from flows.metrics import METRICS
 from schemas.records import (
     FAILED_OPEN,
@@ -41,9 +42,7 @@ from schemas.records import (
     ConditioningInputs,
     ContextRecord,
     FeatureRecord,
-    MaturedPattern,
     StageLatencies,
-    finite_or_none,
 )
 
 log = logging.getLogger(__name__)
@@ -62,36 +61,6 @@ class ContextDraft:
     rag_status: str
     latency: StageLatencies | None
     inputs: ConditioningInputs | None = None
-
-
-def feature_record(bar: BarFeatures) -> FeatureRecord:
-    return FeatureRecord(
-        symbol=bar.symbol,
-        window_start_ns=bar.window_start_ns,
-        window_end_ns=bar.window_end_ns,
-        n_trades=bar.n_trades,
-        n_quotes=bar.n_quotes,
-        rv=finite_or_none([bar.rv])[0],
-        tsrv=finite_or_none([bar.tsrv])[0],
-        bpv=finite_or_none([bar.bpv])[0],
-        amihud=finite_or_none([bar.amihud])[0],
-        ssr_luld_state=bar.ssr_luld_state.name,
-        volume_profile=finite_or_none(bar.volume_profile),
-        spread=finite_or_none(bar.spread),
-        regime_features=finite_or_none(bar.regime_features),
-        pattern=[float(x) for x in bar.pattern],
-        matured=[
-            MaturedPattern(
-                start_ns=p.start_ns,
-                end_ns=p.end_ns,
-                outcome_end_ns=p.outcome_end_ns,
-                outcome=[float(x) for x in p.outcome],
-            )
-            for p in bar.matured
-            if np.isfinite(p.outcome).all()
-        ],
-        flags=list(bar.flags),
-    )
 
 
 class ContextEngine:

@@ -21,6 +21,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -30,10 +31,13 @@ from bytewax.outputs import DynamicSink
 from conditioning.features.state import BarFeatures
 from flows.bars import Heartbeat, Received, SymbolLogic, Tick, TickBlock
 from flows.config import AppConfig
-from flows.contexts import ContextEngine, InferenceLogic, feature_record
+from flows.feature_records import feature_record
 from flows.metrics import METRICS
 from flows.sinks import Keyed
 from schemas.records import ContextRecord, DeadLetter, FeatureRecord
+
+if TYPE_CHECKING:  # the models are imported only where a flow conditions (they pull in torch)
+    from flows.contexts import ContextEngine
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,8 @@ def build_flow(
         return flow
     if sinks.contexts is None:
         raise ValueError("a conditioning flow needs a contexts sink")
+    from flows.contexts import InferenceLogic
+
     ctx_engine = engine()
     one_key = op.key_on("all_bars", bar_split.trues, lambda _: "model")
     drafts = op.key_rm(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,6 @@ def build_replay_flow(
     engine: ContextEngine | None = None,
 ) -> Dataflow:
     """Contexts (with ``outputs.contexts``) or, without it, feature records only (no model needed)."""
-    from flows.contexts import load_engine
     from flows.dataflow import Sinks, build_flow
     from flows.sources.table import ReplayInput, TableSource
 
@@ -71,8 +71,15 @@ def build_replay_flow(
         features=JsonlPartSink(outputs.features) if outputs.features else None,
         dead_letters=JsonlPartSink(outputs.dead_letters_path),
     )
-    make_engine = (lambda: engine or load_engine(cfg, deterministic=True)) if outputs.contexts else None
+    make_engine = functools.partial(_engine, cfg, engine) if outputs.contexts else None
     return build_flow(cfg, TableSource(inp), sinks, make_engine)
+
+
+def _engine(cfg: AppConfig, engine: ContextEngine | None) -> ContextEngine:
+    """The given engine, else the configured model's, loaded only for a flow that conditions (torch)."""
+    from flows.contexts import load_engine
+
+    return engine or load_engine(cfg, deterministic=True)
 
 
 def finish_replay(outputs: ReplayOutputs) -> dict[str, int]:

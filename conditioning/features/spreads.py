@@ -37,11 +37,6 @@ def is_valid_quote(bid: float, ask: float) -> bool:
     return 0.0 < bid < ask < math.inf
 
 
-def valid_quotes(bid: np.ndarray, ask: np.ndarray) -> np.ndarray:
-    """:func:`is_valid_quote` of each ``(bid, ask)`` pair: ``[N]`` bool."""
-    return (bid > 0.0) & (bid < ask) & (ask < math.inf)
-
-
 def mid_quote_volatility(log_mids: np.ndarray) -> float:
     """``sqrt(mean((log M_b - log M_{b-1})^2))`` over consecutive finite end-of-bar log mids; NaN if none."""
     x = np.asarray(log_mids, dtype=np.float64)

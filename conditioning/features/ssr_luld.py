@@ -376,14 +376,14 @@ class SsrLuldTracker:
     def on_ticks(self, ticks: Ticks) -> None:
         """Trades and quotes as columns (event order; NaN where a column does not apply to the row):
         exactly :meth:`on_trade` / :meth:`on_quote` of each in turn. Where no deadline falls due in the run,
-        a run in which nothing but the NBBO can change (:meth:`_nbbo_only`) is taken at once, and one inside
-        the computed bands (:meth:`_inside_bands`) with a step per trade only; anything else tick by tick."""
+        a run inside the computed bands (:meth:`_inside_bands`) is taken with a step per trade only, and one in
+        which nothing but the NBBO can change (:meth:`_nbbo_only`) at once; anything else tick by tick."""
         day = self._day
         if not (
             day is not None
             and self._last_ts <= int(ticks.ts_ns[0])
             and int(ticks.ts_ns[-1]) < self._next_deadline_ns
-            and (self._nbbo_only(ticks) or self._inside_bands(ticks))
+            and (self._inside_bands(ticks) or self._nbbo_only(ticks))
         ):
             self._each(ticks)
 
@@ -425,11 +425,12 @@ class SsrLuldTracker:
 
     def _inside_bands(self, ticks: Ticks) -> bool:
         """Take a run (no deadline due in it) of the regular session, computed bands in effect and no limit
-        state, in which no quote meets the bands, no trade triggers SSR and the bands' doubling does not change:
-        each trade goes into the reference window with the NBBO it would have seen; should it move the bands
-        (or enter a limit state), the rest of the run goes tick by tick. Returns False, having done nothing,
-        where the run is not like that."""
-        ts_ns, is_trade, price, bid, ask = ticks.ts_ns, ticks.is_trade, ticks.price, ticks.bid, ticks.ask
+        state, the bands' doubling not changing in it: one loop over the rows, where a quote only becomes the
+        NBBO the next trade sees (none meets a band) and a trade goes into the reference window. From the first
+        row that breaks that (a quote at a band, a trade at the SSR trigger) or after a trade that moves the
+        bands, the rest of the run goes tick by tick. Returns False, having done nothing, where
+        the run is not like that."""
+        ts_ns = ticks.ts_ns
         day, first, last = self._day, int(ts_ns[0]), int(ts_ns[-1])
         assert day is not None  # on_ticks checked it
         bands = self._bands_computed
@@ -447,33 +448,33 @@ class SsrLuldTracker:
             )
         ):
             return False
-        t_price = price[is_trade]
-        if not self._ssr_triggered_today and (t_price <= self._ssr_threshold).any():
-            return False
-        quote = ~is_trade
-        q_bid, q_ask = bid[quote], ask[quote]
-        sound = ~((q_bid > q_ask) & (q_ask > 0.0))
-        lower, upper = bands
-        at_band = ((q_bid > 0.0) & (q_bid >= upper - BAND_TOLERANCE_USD)) | (
-            (q_ask > 0.0) & (q_ask <= lower + BAND_TOLERANCE_USD)
-        )
-        if (at_band & sound).any():
-            return False
-        sound_rows = np.flatnonzero(quote)[sound]
-        trade_rows = np.flatnonzero(is_trade)
-        bids, asks = q_bid[sound].tolist(), q_ask[sound].tolist()
-        before = (np.searchsorted(sound_rows, trade_rows) - 1).tolist()  # the last sound quote before each trade
-        for row, t, p, j in zip(trade_rows.tolist(), ts_ns[is_trade].tolist(), t_price.tolist(), before, strict=True):
-            if j >= 0:
-                self._bid, self._ask = bids[j], asks[j]
-            self._last_ts = t
-            self._add_to_window(t, p)
-            if self._bands_computed is not bands or self._limit_since_ns is not None:
-                self._each(ticks.rows(row + 1, len(ticks)))
-                return True
-        if bids:
-            self._bid, self._ask = bids[-1], asks[-1]
-        self._last_ts = last
+        at_upper, at_lower = bands[1] - BAND_TOLERANCE_USD, bands[0] + BAND_TOLERANCE_USD  # _evaluate_limit
+        trigger = -math.inf if self._ssr_triggered_today else self._ssr_threshold
+        ts = ts_ns.tolist()
+        bid, ask = self._bid, self._ask
+        columns = (ticks.is_trade.tolist(), ticks.price.tolist(), ticks.bid.tolist(), ticks.ask.tolist())
+        for i, (t, trade, p, b, a) in enumerate(zip(ts, *columns, strict=True)):
+            if trade:
+                if p <= trigger:
+                    break
+                self._bid, self._ask, self._last_ts = bid, ask, t
+                if self._window_add(t, p):  # _add_to_window (the doubling does not change in the run)
+                    self._update_computed_bands(t)
+                    self._evaluate_limit(t)
+                    self._each(ticks.rows(i + 1, len(ts)))
+                    return True
+            elif not b > a > 0.0:  # (a crossed NBBO changes nothing: on_quote)
+                if (b > 0.0 and b >= at_upper) or (0.0 < a <= at_lower):
+                    break
+                bid, ask = b, a
+        else:
+            self._bid, self._ask, self._last_ts = bid, ask, last
+            return True
+        # row i is not like that: the rows before it are applied, it and the rest go tick by tick
+        self._bid, self._ask = bid, ask
+        if i:
+            self._last_ts = ts[i - 1]
+        self._each(ticks.rows(i, len(ts)))
         return True
 
     def on_quote(self, ts_ns: int, bid: float, ask: float) -> None:
@@ -674,6 +675,12 @@ class SsrLuldTracker:
         return self._day.open_ns <= ts_ns < self._day.close_ns and not self._luld_closed_today
 
     def _add_to_window(self, ts_ns: int, price: float) -> None:
+        if self._window_add(ts_ns, price) or self._doubled(ts_ns) != self._bands_doubled:
+            self._update_computed_bands(ts_ns)
+            self._evaluate_limit(ts_ns)
+
+    def _window_add(self, ts_ns: int, price: float) -> bool:
+        """Add a trade to the reference window; True when the window's mean moved the reference price (set)."""
         second = ts_ns // _NS_PER_S
         buckets = self._buckets
         if buckets and buckets[-1][0] == second:
@@ -695,11 +702,8 @@ class SsrLuldTracker:
         ref = self._ref_price
         if ref is None or abs(mean - ref) >= REFERENCE_MOVE_THRESHOLD * ref:
             self._ref_price = mean
-            self._update_computed_bands(ts_ns)
-            self._evaluate_limit(ts_ns)
-        elif self._doubled(ts_ns) != self._bands_doubled:
-            self._update_computed_bands(ts_ns)
-            self._evaluate_limit(ts_ns)
+            return True
+        return False
 
     def _doubled(self, ts_ns: int) -> bool:
         assert self._day is not None and self._reference is not None  # computed bands need the day's reference

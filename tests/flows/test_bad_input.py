@@ -16,7 +16,7 @@ from conditioning.features.ssr_luld import SsrLuldInputError
 from conditioning.features.state import BarFeatures, SymbolFeatures
 from flows.bars import MAX_SUSPECTS, Heartbeat, Received, SymbolLogic
 from flows.config import PipelineConfig
-from flows.contexts import feature_record
+from flows.feature_records import feature_record
 from flows.sources.kafka import decode_message
 from schemas.records import DeadLetter
 from schemas.session import session_day

@@ -95,6 +95,22 @@ def test_rows_outside_the_wire_limits_become_dead_letters(tmp_path, monkeypatch)
     assert ctx.ssr_luld_state == "NORMAL"
 
 
+def test_features_only_replay_does_not_import_torch(tmp_path):
+    # --features-out needs no model: the process must not pay torch's start-up (seconds of CPU).
+    ticks = tmp_path / "t.csv"
+    ticks.write_text(
+        "ts_ns,symbol,kind,price,size,bid,bid_size,ask,ask_size\n"
+        "1514903400000000000,AAA,trade,10.0,100,,,,\n"
+        "1514903402000000000,AAA,trade,10.01,100,,,,\n"
+    )
+    feats = tmp_path / "f.jsonl"
+    args = ["replay", "--config", CONFIG, "--format", "canonical", "--ticks", str(ticks), "--features-out", str(feats)]
+    probe = f"import sys; from flows.cli import main; main({args!r}); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], check=True, timeout=120, capture_output=True, text=True)
+    assert len(read(feats, FeatureRecord)) == 1  # the replay ran
+    assert done.stdout.splitlines()[-1] == "False"
+
+
 def test_replay_two_processes_byte_identical(tmp_path, sim_files, capsys):
     # With the online pattern library on (deploy/local.yaml): the patterns the replay matures change the
     # answers of later queries, so this also checks that they join the library at the same points.

@@ -1,4 +1,4 @@
-"""``SymbolFeatures.on_ticks`` (a bar's ticks as columns, numpy over the run) == ``on_trade``/``on_quote`` of each
+"""``SymbolFeatures.on_ticks`` (a bar's ticks as columns, taken in one pass) == ``on_trade``/``on_quote`` of each
 tick in turn, bit for bit: every bar record and the whole state after it, SSR/LULD tracker included."""
 
 from __future__ import annotations

@@ -16,13 +16,13 @@ import argparse
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from peak_rss import command, peak_rss_mib
 from results_file import write_results
 
 from schemas.canonical import CANONICAL_SCHEMA, write_ticks
@@ -51,16 +51,9 @@ def one_off_day(symbols: int, every_ns: int) -> pa.Table:
 def replay_peak_rss_mib(ticks: Path, out: Path, evict_idle_s: int | None) -> tuple[float, float]:
     """Peak RSS (MiB) and wall time (s) of one replay in a fresh process."""
     env = {**os.environ, "HRMCOND__PIPELINE__EVICT_IDLE_S": "null" if evict_idle_s is None else str(evict_idle_s)}
-    code = (
-        "import resource, sys; from flows.cli import main; main(sys.argv[1:]); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"
-    )
     started = time.perf_counter()
     done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code,
+        command(
             "replay",
             "--config",
             str(REPO / "deploy" / "local.yaml"),
@@ -70,7 +63,7 @@ def replay_peak_rss_mib(ticks: Path, out: Path, evict_idle_s: int | None) -> tup
             str(ticks),
             "--features-out",
             str(out),
-        ],
+        ),
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -78,7 +71,7 @@ def replay_peak_rss_mib(ticks: Path, out: Path, evict_idle_s: int | None) -> tup
     )
     if done.returncode:
         raise SystemExit(f"replay failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return int(done.stderr.strip().splitlines()[-1]) / 1024, time.perf_counter() - started
+    return peak_rss_mib(done.stderr), time.perf_counter() - started
 
 
 def main() -> None:

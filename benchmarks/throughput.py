@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
+from peak_rss import command, peak_rss_mib
 from results_file import write_results
 
 from conditioning.sim.market import MarketConfig, full_session, simulate_market
@@ -205,17 +206,15 @@ def live(cfg: AppConfig, n: int) -> dict:
 
 
 def replay(ticks: Path, reference: Path, processes: int, n: int, contexts: bool = True) -> dict:
-    """``hrmcond replay`` as a subprocess; its peak RSS (the largest of its processes) and its own ticks/s.
-    Without ``contexts``: ``--features-out`` only (the features, no model: the bar step's own speed)."""
+    """``hrmcond replay`` as a subprocess; its own ticks/s and, with one process, its peak RSS (benchmarks/
+    peak_rss.py). Without ``contexts``: ``--features-out`` only (the features, no model: the bar step's own speed)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [HRMCOND, "replay", "--config", str(CONFIG), "--format", "canonical", "--ticks", str(ticks)]
+        cmd = command("replay", "--config", str(CONFIG), "--format", "canonical", "--ticks", str(ticks))
         cmd += ["--reference", str(reference), "--processes", str(processes)]
         cmd += ["--out", f"{tmp}/ctx.jsonl"] if contexts else ["--features-out", f"{tmp}/features.jsonl"]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t0, c0 = time.perf_counter(), cpu_s(resource.RUSAGE_CHILDREN)
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         wall, cpu = time.perf_counter() - t0, cpu_s(resource.RUSAGE_CHILDREN) - c0
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     out = {
         "processes": processes,
         "contexts": contexts,
@@ -224,8 +223,7 @@ def replay(ticks: Path, reference: Path, processes: int, n: int, contexts: bool 
         "ticks_per_s_wall": n / wall,
         "cpu_s": cpu,  # every process of the replay, start-up included
         "ticks_per_cpu_s": n / cpu,
-        # the largest child so far: replays run before any other subprocess, the largest one first
-        "peak_rss_mib": peak_kib / 1024 if peak_kib > before else None,
+        "peak_rss_mib": peak_rss_mib(done.stderr) if processes == 1 else None,  # (a parent's is not the run's)
     }
     line = re.search(r"ticks in\s+([\d,]+)\s+\(([\d,]+) ticks/s end to end, ([\d.]+) s\)", done.stdout)
     if contexts:  # (the summary comes with contexts)

@@ -173,3 +173,44 @@ def test_outside_the_range_a_lookup_is_an_error_not_a_guess() -> None:
     with pytest.raises(CalendarRangeError):
         next_trading_day(LAST_DATE)
     assert trading_date(utc(1998, 6, 1, 12, 0)) == date(1998, 6, 1)  # a time zone conversion needs no calendar
+
+
+def test_the_library_table_is_cached_on_disk_and_rebuilt_when_unreadable(tmp_path, monkeypatch):
+    from schemas import session
+
+    monkeypatch.setenv("HRMCOND_CACHE_DIR", str(tmp_path / "cache"))
+    built = session._library_table()
+    path = session.library_cache_path()
+    assert path.parent == tmp_path / "cache" and not path.exists()
+
+    def load() -> tuple[np.ndarray, ...]:
+        session._library.cache_clear()
+        try:
+            return session._library()
+        finally:
+            session._library.cache_clear()  # the next user builds its own (from this test's file otherwise)
+
+    for table in (load(), load()):  # written by the first, read back by the second
+        assert path.exists()
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(table, built, strict=True))
+    path.write_bytes(b"not an npz")  # a torn or foreign file: built again and replaced
+    assert all(np.array_equal(a, b) for a, b in zip(load(), built, strict=True))
+    with np.load(path) as saved:
+        assert np.array_equal(saved["closes"], built[2])
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_the_calendar_works_where_its_cache_cannot_be_written(tmp_path, monkeypatch):
+    from schemas import session
+
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    monkeypatch.setenv("HRMCOND_CACHE_DIR", str(blocked / "cache"))  # a directory under a file: cannot exist
+    session._library.cache_clear()
+    try:
+        assert session._library_hours(date(2024, 7, 3)) == (
+            int(datetime(2024, 7, 3, 13, 30, tzinfo=UTC).timestamp() * 1e9),
+            int(datetime(2024, 7, 3, 17, 0, tzinfo=UTC).timestamp() * 1e9),
+        )  # 09:30-13:00 New York (EDT): an early close
+    finally:
+        session._library.cache_clear()

@@ -330,9 +330,14 @@ class SymbolLogic(StatefulLogic):
                 keys.append((ts, tick.seq))
         if keys and (len(set(keys)) < len(keys) or not st.seen.isdisjoint(keys)):
             return False
-        for tick in ticks:
-            heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
-            st.seq += 1
+        if ticks[0].ts_ns >= st.newest_ns and all(isinstance(t, Trade | WireTrade | Quote | WireQuote) for t in ticks):
+            # as a block (:meth:`_accept_block`'s conditions hold): a bar's rows go to the feature state at once
+            st.blocks.append([TickBlock(ticks[0].symbol, _columns(ticks)), 0, st.seq])
+            st.seq += len(ticks)
+        else:
+            for tick in ticks:
+                heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
+                st.seq += 1
         if keys:
             # the identities item by item would remember: those not yet older than the watermark at the last tick
             # with a seq (where it last forgot some: _remember)
@@ -380,9 +385,9 @@ class SymbolLogic(StatefulLogic):
                 [t for t, _, _ in st.pending] + [int(b.columns.ts_ns[-1]) for b, _, _ in st.blocks] + [st.released_ns]
             )
             self._advance(last, out)
+            self._apply_held(out)  # first: held rows may be what opens the last bar (bar_end_ns is 0 till then)
             if st.bar_end_ns:
                 self._close_through(st.bar_end_ns, out)
-            self._apply_held(out)
         return out, StatefulLogic.RETAIN
 
     def snapshot(self) -> SymbolState | None:
@@ -665,6 +670,31 @@ class SymbolLogic(StatefulLogic):
             st.features_end_ns = start + self.bar_ns
         elif not st.features_end_ns:
             st.features_end_ns = ts_ns - ts_ns % self.bar_ns + self.bar_ns
+
+
+def _columns(ticks: Sequence[Tick]) -> Ticks:
+    """Trades and quotes as the columns a :class:`TickBlock` holds (the inverse of :func:`_ticks`)."""
+    nan = float("nan")
+    values = np.array(
+        [
+            (t.price, t.size, nan, nan, nan, nan)
+            if isinstance(t, Trade | WireTrade)
+            else (nan, nan, t.bid, t.bid_size, t.ask, t.ask_size)  # type: ignore[union-attr]
+            for t in ticks
+        ],
+        dtype=np.float64,
+    ).reshape(len(ticks), 6)
+    price, size, bid, bid_size, ask, ask_size = (np.ascontiguousarray(c) for c in values.T)
+    return Ticks(
+        np.fromiter((t.ts_ns for t in ticks), np.int64, len(ticks)),
+        np.fromiter((isinstance(t, Trade | WireTrade) for t in ticks), bool, len(ticks)),
+        price,
+        size,
+        bid,
+        bid_size,
+        ask,
+        ask_size,
+    )
 
 
 def _tick(value: Tick | Received) -> Tick:

@@ -277,13 +277,23 @@ def test_produced_ticks_are_numbered_per_symbol(sim_files):
 
 
 class CountingLogic(SymbolLogic):
-    """Counts the ticks the features actually take."""
+    """Counts the ticks the bar step applies: one by one, or a run of block rows at once (a list of ticks in
+    order is taken as a block), whose fallback to one by one is not counted twice."""
 
     applied = 0
+    in_rows = False
 
     def _apply(self, tick, out) -> None:
         super()._apply(tick, out)
-        CountingLogic.applied += 1
+        CountingLogic.applied += not self.in_rows
+
+    def _apply_rows(self, block, lo, hi, out) -> None:
+        CountingLogic.applied += hi - lo
+        self.in_rows = True
+        try:
+            super()._apply_rows(block, lo, hi, out)
+        finally:
+            self.in_rows = False
 
 
 def hostile_ticks():

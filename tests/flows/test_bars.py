@@ -236,15 +236,21 @@ def test_a_block_gives_what_its_ticks_give():
                 clock = end
             items.append(block)
         results, half = [], len(items) // 2
-        for per_call, as_blocks in ((1, True), (7, True), (1, False)):
+        for per_call, mode in ((1, "blocks"), (7, "blocks"), (1, "runs"), (1, "one by one")):
             logic, out = SymbolLogic(cfg()), []
             for lo, hi in ((0, half), (half, len(items))):
                 if lo:  # the snapshot at the same item every time (a pattern's vector, a view, pickles as a copy)
                     logic = SymbolLogic(cfg(), state=pickle.loads(pickle.dumps(logic.snapshot())))
                 for i in range(lo, hi, per_call):
                     call = items[i : min(i + per_call, hi)]
-                    one_by_one = not as_blocks and isinstance(call[0], TickBlock)
-                    out += logic.on_item(call[0].ticks() if one_by_one else call)[0]
+                    if mode == "blocks" or not isinstance(call[0], TickBlock):
+                        out += logic.on_item(call)[0]
+                    elif mode == "runs":  # a list of ticks, as the live source brings them (_accept_run)
+                        out += logic.on_item(call[0].ticks())[0]
+                    else:  # the oracle: the per-tick path, not one call that takes a run or a block at once
+                        for tick in call[0].ticks():
+                            logic._on_tick(tick, out)
+                        logic._apply_held(out)
             out += logic.on_eof()[0]
             results.append([pickle.dumps(b) for b in bars(out)])
-        assert len(results[0]) > 380 and results[0] == results[1] == results[2]
+        assert len(results[0]) > 380 and results[0] == results[1] == results[2] == results[3]

@@ -14,8 +14,10 @@ them: HAR (least squares of the forward log RV on the trailing 5-bar, 30-bar and
 
 Scores (conditioning/scores.py): per test row, the squared error of the forward log RV and the direction's
 log loss (bits); gains are the mean loss decrease against ``none`` with a 95% interval from resampling seeds
-and symbol-days. Leakage of the trained contexts: the MI audit at 4, 8, 16, 32 k-means codes and a linear
-probe trained on one test day to name the symbol on the other (chance = 1 / symbols), with positive controls.
+and symbol-days. The regime classifier against the market's planted regimes (conditioning/regime_eval.py:
+per-class recall on bars whose lookback lies inside one regime). Leakage of the trained contexts: the MI audit
+at 4, 8, 16, 32 k-means codes and a linear probe trained on one test day to name the symbol on the other
+(chance = 1 / symbols), with positive controls.
 
 Real samples (``../shared/data``, when present): the seed models trained on the simulation, applied to the
 real days as they are (out of domain: another market's scales), film against none.
@@ -39,6 +41,7 @@ from results_file import write_results
 
 from conditioning.artifacts import load_model
 from conditioning.audit import audit_leakage
+from conditioning.regime_eval import evaluate_regimes
 from conditioning.scores import bootstrap_mean, log_loss_bits, ols_predict, probe_accuracy, r_squared, squared_error
 from conditioning.sim.market import MarketConfig, simulate_market
 from conditioning.value import Data, TrainSettings, contexts, load_data, predict, train
@@ -208,9 +211,11 @@ def run(args, cfg, system, workdir: Path) -> dict:
     )
     t0 = time.perf_counter()
     path = args.dataset or workdir / "sim.parquet"
+    regimes = None
     if args.dataset is None:
         sim = simulate_market(market)
         build_dataset(cfg, sim.ticks, sim.reference, path)
+        regimes = evaluate_regimes(sim, cfg.model.dir)
     data = load_data([path])
     real = None if args.no_real else real_data(cfg, workdir)
     build_s = time.perf_counter() - t0
@@ -231,6 +236,15 @@ def run(args, cfg, system, workdir: Path) -> dict:
     modes = [*TRAINED, "film_shuffled"]
     results: dict = {"test": score(data, te, tr, {m: [r["test"][m] for r in runs] for m in modes}, args)}
     results["training_loss_first_last_20_steps"] = [r["losses"] for r in runs]
+    if regimes is not None:
+        results["regimes_vs_truth"] = {
+            "recall": regimes.recall,
+            "mutual_information_bits": regimes.mutual_information_bits,
+            "truth_entropy_bits": regimes.truth_entropy_bits,
+            "bars": {c.truth: c.n_bars for c in regimes.classes},
+            "lookback_bars": regimes.lookback_bars,
+            "warmup_bars": regimes.warmup_bars,
+        }
     results["leakage_trained_context"] = leakage(
         runs[0]["leak_ctx"], data.symbol[every], data.date[every], args.permutations, args.test_days
     )

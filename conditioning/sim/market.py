@@ -61,6 +61,8 @@ _CALM, _VOLATILE, _TRENDING, _MEAN_REVERTING, _ILLIQUID = range(len(REGIMES))
 
 #: Per-second log-price volatility of a calm stretch: ~15% a year (0.15 / sqrt(252 x 23,400)).
 CALM_SIGMA = 6.2e-5
+#: Opening price levels are log-normal around USD 50 (``MarketConfig.price_log_sd``), clipped to USD 5-800.
+PRICE_LEVEL = 50.0
 #: Per regime, in REGIMES order: volatility multiple, activity multiple, spread range in ticks (inclusive).
 _SIGMA_MULT = np.array([1.0, 5.0, 1.0, 3.0, 1.0])
 _ACTIVITY_MULT = np.array([1.0, 2.0, 1.0, 1.0, 1 / 6])
@@ -90,6 +92,16 @@ class MarketConfig:
     chunk_s: int = 300
     #: Stage the SSR trigger (symbol 0) and the LULD pause (symbol 1) on the first day.
     scenarios: bool = True
+    #: Log-sd of the symbols' opening price levels around USD 50. At 0.1 (90% within USD 42-59) every symbol's
+    #: USD 0.01 tick is a comparable share of its price. At 0.8 (the earlier default, USD 5-800) the tick was
+    #: 0.2% of a USD 5 price and 0.001% of a USD 800 one, so how often one-minute returns are exactly zero, how
+    #: discrete the rest are and how much bid-ask bounce adds to the measured variance were lasting traits of
+    #: each symbol's price level, not of its regime: they survive every scale-free feature (the pattern's
+    #: normalised returns carry them), so trained contexts could name symbols by them (docs/models.md, leakage
+    #: of the trained contexts), and the forward log RV held a per-symbol level only absolute trailing variances
+    #: could see. A wide spread is still the market for showing that level features identify a stock
+    #: (tests/conditioning/test_leakage_pipeline.py).
+    price_log_sd: float = 0.1
 
     def __post_init__(self) -> None:
         problems = [
@@ -99,6 +111,7 @@ class MarketConfig:
                 ("n_days", self.n_days, self.n_days >= 1, ">= 1"),
                 ("trades_per_day", self.trades_per_day, self.trades_per_day > 0, "> 0"),
                 ("quotes_per_trade", self.quotes_per_trade, self.quotes_per_trade > 0, "> 0"),
+                ("price_log_sd", self.price_log_sd, self.price_log_sd >= 0, ">= 0"),
                 ("chunk_s", self.chunk_s, 1 <= self.chunk_s <= SESSION_S, f"in 1..{SESSION_S} seconds"),
                 ("start", self.start, full_session(self.start), "a trading day with a full session"),
             )
@@ -224,7 +237,7 @@ def iter_simulated_ticks(config: MarketConfig) -> Iterator[SimulatedChunk]:
     n = config.n_symbols
     names = np.array([config.symbol(i) for i in range(n)], dtype=object)
     tiers = np.where(rng.random(n) < 0.6, 1, 2)
-    log_price = np.log(np.clip(np.exp(rng.normal(np.log(50.0), 0.8, n)), 5.0, 800.0))
+    log_price = np.log(np.clip(np.exp(rng.normal(np.log(PRICE_LEVEL), config.price_log_sd, n)), 5.0, 800.0))
     prev_close = np.exp(log_price + rng.normal(0.0, 0.01, n))
     if config.scenarios:
         tiers[:2] = 1

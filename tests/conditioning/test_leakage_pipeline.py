@@ -36,7 +36,10 @@ from schemas.records import ContextRecord
 from schemas.session import trading_date
 
 #: 4 ids x 4 days = 16 episodes: every id spans 4 episodes, so the block permutation has something to permute.
-MARKET = MarketConfig(n_symbols=4, n_days=4, seed=23, start=dt.date(2024, 3, 4), scenarios=False)
+#: Price levels spread over USD 5-800 (``price_log_sd`` 0.8, the simulator's earlier default): the levels then
+#: identify the stock (one tick over a low price is a wide relative spread every day), which is what the
+#: baselines must remove, and the context is audited on the harder market.
+MARKET = MarketConfig(n_symbols=4, n_days=4, seed=23, start=dt.date(2024, 3, 4), scenarios=False, price_log_sd=0.8)
 SPEC_MAX_BITS = 0.1
 
 

@@ -228,6 +228,8 @@ class PatternLibrary:
         """Write ``patterns.npz``: the live entries' ring rows (unit vectors and metadata) and ``total``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        # a format-2 index left there would never be read again, but a model's manifest would vouch for it
+        (directory / "patterns.hnsw").unlink(missing_ok=True)
         with self._update_lock:  # whole updates only; queries go on
             n = self.size
             np.savez(

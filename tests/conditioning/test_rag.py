@@ -512,5 +512,7 @@ def test_loads_the_hnsw_format_2(rng, tmp_path):
     np.testing.assert_array_equal(old._unit, rag._unit)
     assert_index_holds_exactly(old, 200, 700)
     assert saved_bytes(old, tmp_path / "re") == saved_bytes(rag, tmp_path / "3")
+    old.save_library(tmp_path / "2")  # saved over itself: format 3, the index it no longer reads goes
+    assert [p.name for p in (tmp_path / "2").iterdir()] == ["patterns.npz"]
     for r in (rag, old):
         r.close()

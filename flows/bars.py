@@ -321,16 +321,18 @@ class SymbolLogic(StatefulLogic):
         if not clock or ticks[0].ts_ns < st.released_ns:  # (released_ns >= newest_ns - lateness_ns)
             return False
         reach, prev, keys = clock, ticks[0].ts_ns, []  # reach: the symbol's clock before each tick
+        statuses = False  # (a block holds trades and quotes only)
         for tick in ticks:
             ts = tick.ts_ns
             if isinstance(tick, Reference | WireReference) or ts < prev or ts > reach + self.ahead_ns:
                 return False
+            statuses = statuses or isinstance(tick, Status | WireStatus)
             prev, reach = ts, max(reach, ts)
             if tick.seq is not None:
                 keys.append((ts, tick.seq))
         if keys and (len(set(keys)) < len(keys) or not st.seen.isdisjoint(keys)):
             return False
-        if ticks[0].ts_ns >= st.newest_ns and all(isinstance(t, Trade | WireTrade | Quote | WireQuote) for t in ticks):
+        if ticks[0].ts_ns >= st.newest_ns and not statuses:
             # as a block (:meth:`_accept_block`'s conditions hold): a bar's rows go to the feature state at once
             st.blocks.append([TickBlock(ticks[0].symbol, _columns(ticks)), 0, st.seq])
             st.seq += len(ticks)

@@ -52,9 +52,10 @@ def market():
 
 @pytest.fixture(scope="module")
 def long_market():
-    """Ten times the ticks of ``market``: a run that takes seconds, so a freeze can land while it still has work
-    (over the small market a batch-consuming run read its whole input, and wrote its output, in one go)."""
-    return simulate_market(MarketConfig(n_symbols=5, seed=5, trades_per_day=5_000))
+    """Forty times the ticks of ``market``: a run that takes seconds, so a freeze can land while it still has work
+    (over the small market a batch-consuming run read its whole input, and wrote its output, in one go; once the
+    live bar step took runs as columns, a quarter of this input was done before the freeze began)."""
+    return simulate_market(MarketConfig(n_symbols=5, seed=5, trades_per_day=20_000))
 
 
 def new_topics(kafka_topics) -> dict[str, str]:

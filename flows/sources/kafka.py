@@ -31,6 +31,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 from bytewax.inputs import (
     AbortExecution,
     DynamicSource,
@@ -41,7 +42,8 @@ from bytewax.inputs import (
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from flows.bars import Received, by_symbol
+from conditioning.features.columns import Ticks
+from flows.bars import Messages, Received, TickBlock, by_symbol, columns_of
 from flows.clock import EventClock
 from flows.config import AppConfig
 from flows.kafka import client_callbacks
@@ -55,6 +57,8 @@ from schemas.wire import WireTick, decode_batch, decode_each
 log = logging.getLogger(__name__)
 
 _EOF = KafkaError._PARTITION_EOF
+#: The kinds of tick a :class:`~flows.bars.TickBlock` holds.
+_BLOCK_KINDS = frozenset(("trade", "quote"))
 #: Most messages taken per poll.
 BATCH = 1_000
 #: How long a partition with nothing to read waits before it is polled again (Bytewax would spin otherwise).
@@ -187,7 +191,8 @@ class _TickPartition(StatefulSourcePartition):
         self.awake = None
         self.watch.answered(now)
         # At the head when the batch ends with a partition-EOF event (messages after one: more arrived meanwhile).
-        eof = {i for i, msg in enumerate(msgs) if (err := msg.error()) is not None and err.code() == _EOF}
+        errors = [(i, err) for i, msg in enumerate(msgs) if (err := msg.error()) is not None]
+        eof = {i for i, err in errors if err.code() == _EOF}
         self.at_head = len(msgs) - 1 in eof
         msgs = [msg for i, msg in enumerate(msgs) if i not in eof] if eof else msgs
         for msg in reversed(msgs):
@@ -196,18 +201,82 @@ class _TickPartition(StatefulSourcePartition):
                 assert offset is not None  # a delivered message has one
                 self.offset = offset + 1
                 break
-        out: list = []
-        for item in decode_messages(msgs, self.limits):
-            if isinstance(item, Received):
-                out.extend(self.clock.observe(item.tick))
-            out.append(item)
-        out = by_symbol(out)
+        out = self._blocks(msgs) if len(errors) == len(eof) else None  # (consumer errors: one by one)
+        if out is None:  # message by message
+            out = []
+            for item in decode_messages(msgs, self.limits):
+                if isinstance(item, Received):
+                    out.extend(self.clock.observe(item.tick))
+                out.append(item)
+            out = by_symbol(out)
         self.newest_ns, self.newest_at = self.clock.now_ns, now
         # the high watermark of the last fetch response: known locally, no request
         _, high = self.consumer.get_watermark_offsets(self.tp, cached=True)
         if high >= 0 and self.offset >= 0:
             METRICS.consumer_lag.labels(self.name).set(max(0, high - self.offset))
         return out
+
+    def _blocks(self, msgs: list[Message]) -> list | None:
+        """The batch as :func:`~flows.bars.by_symbol` lists of it would be, but each symbol's ticks between two
+        heartbeats as one :class:`~flows.bars.TickBlock` (with its messages), and the clock moved once per
+        heartbeat, not per tick: where every message is a trade or a quote that decodes, within
+        ``pipeline.wire``, under its symbol's key, and none is far ahead of the clock (so each tick moves it, as
+        :meth:`EventClock.observe` would). None, having done nothing, where the batch is not like that."""
+        clock = self.clock
+        if not clock.now_ns or not msgs:  # (a partition's first tick may be far ahead: it waits for the next)
+            return None
+        raws = [msg.value() or b"" for msg in msgs]
+        try:
+            ticks = decode_batch(raws, self.limits)
+        except ValueError:
+            return None
+        symbols = [tick.symbol for tick in ticks]
+        index: dict[str, int] = {}
+        codes = np.fromiter((index.setdefault(symbol, len(index)) for symbol in symbols), np.int64, len(ticks))
+        keys = {(msg.key(), symbol) for msg, symbol in zip(msgs, symbols, strict=True)}
+        if any(key != symbol.encode() for key, symbol in keys) or not all(tick.kind in _BLOCK_KINDS for tick in ticks):
+            return None  # (a message without a key has key None)
+        columns = columns_of(ticks)
+        ts = columns.ts_ns
+        # the clock before each tick, and after the last: the newest time so far
+        before = np.maximum.accumulate(np.concatenate(([clock.now_ns], ts)))
+        if clock.max_ahead_ns is not None and (ts > before[:-1] + clock.max_ahead_ns).any():
+            return None
+        # the ticks at which the watermark reaches the next bar boundary: its heartbeats go before them
+        watermark, cuts, next_beat = before[1:] - clock.lateness_ns, [], clock.next_beat_ns
+        while (i := int(np.searchsorted(watermark, next_beat))) < len(ts):
+            cuts.append(i)
+            next_beat = int(watermark[i]) // clock.bar_ns * clock.bar_ns + clock.bar_ns
+        offsets = [msg.offset() for msg in msgs]
+        names = list(index)
+        lists: dict[str, list] = {}
+        for k, (a, b) in enumerate(zip([0, *cuts], [*cuts, len(ts)], strict=True)):
+            if k:  # the heartbeats before tick a, with the clock as observing it would leave it
+                clock.now_ns = int(before[a])
+                for beat in clock.advance(int(ts[a])):
+                    lists.setdefault(beat.symbol, []).append(beat)
+            if a == b:  # (the first tick crossed a boundary)
+                continue
+            # ticks a..b-1 grouped by symbol, in stream order within each
+            order = a + np.argsort(codes[a:b], kind="stable")
+            grouped = codes[order]
+            starts = np.flatnonzero(np.concatenate(([True], grouped[1:] != grouped[:-1]))).tolist() + [b - a]
+            for lo, hi in zip(starts[:-1], starts[1:], strict=True):
+                rows = order[lo:hi]
+                at, symbol = rows.tolist(), names[int(grouped[lo])]
+                origin = Messages(
+                    [ticks[j] for j in at],
+                    [raws[j] for j in at],
+                    self.tp.topic,
+                    self.tp.partition,
+                    [offsets[j] for j in at],
+                )
+                block = TickBlock(symbol, Ticks(*(c[rows] for c in columns.arrays())), origin)
+                lists.setdefault(symbol, []).append(block)
+                clock.symbols[symbol] = max(clock.symbols.get(symbol, 0), int(block.columns.ts_ns.max()))
+        clock.now_ns = int(before[-1])
+        clock.suspect_ns, clock.suspects_in_row = 0, 0  # every tick was near the clock
+        return list(lists.items())
 
     def _idle(self, now: float) -> list:
         """Nothing was read: at a confirmed head, let event time run on with the wall clock."""

@@ -49,6 +49,7 @@ are counted and skipped: LULD/SSR and the features are defined on the regular se
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import time
 from collections.abc import Iterable, Sequence
@@ -378,16 +379,16 @@ class SymbolLogic(StatefulLogic):
         return keys
 
     def _remember_run(self, ticks: Sequence[Tick], keys: list[tuple[int, int]]) -> None:
-        """Remember the identities ``keys`` of a run taken in one step as item by item would: those not yet older
-        than the watermark at the run's last tick with a seq (where it last forgot some: _remember). Before the
-        run moves the symbol's clock."""
+        """Remember the identities ``keys`` (in time order) of a run taken in one step as item by item would:
+        those not yet older than the watermark at the run's last tick with a seq (where it last forgot some:
+        _remember). Before the run moves the symbol's clock."""
         if not keys:
             return
         st = self._st
         last = next(i for i in range(len(ticks) - 1, -1, -1) if ticks[i].seq is not None)
         before = st.newest_ns if last == 0 else max(st.newest_ns, ticks[last - 1].ts_ns)
         forget_below = st.released_ns if last == 0 else max(st.released_ns, before - self.lateness_ns)
-        for key in keys:
+        for key in keys[bisect.bisect_left(keys, (forget_below,)) :]:  # (the older ones would be forgotten at once)
             st.seen.add(key)
             heapq.heappush(st.seen_by_time, key)
         while st.seen_by_time and st.seen_by_time[0][0] < forget_below:

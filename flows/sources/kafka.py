@@ -111,6 +111,15 @@ def decode_messages(msgs: list[Message], limits: WireLimits = DEFAULT_LIMITS) ->
     return out
 
 
+def _within(c: Ticks, limits: WireLimits) -> bool:
+    """:func:`schemas.wire.within` of every row of trades and quotes, a column at a time (NaN, a trade's bid
+    and ask and a quote's price and size, compares false)."""
+    lo, hi, size = limits.min_price, limits.max_price, limits.max_size
+    trade = (c.price >= lo) & (c.price <= hi) & (c.size <= size)
+    quote = (c.bid >= lo) & (c.bid <= hi) & (c.ask >= lo) & (c.ask <= hi) & (np.maximum(c.bid_size, c.ask_size) <= size)
+    return bool(np.where(c.is_trade, trade, quote).all())
+
+
 def _refused(msg: Message, raw: bytes, key: str | None, tick: WireTick | TickDecodeError, now: int) -> DeadLetter:
     where: dict[str, Any] = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
     if isinstance(tick, TickDecodeError):
@@ -227,7 +236,7 @@ class _TickPartition(StatefulSourcePartition):
             return None
         raws = [msg.value() or b"" for msg in msgs]
         try:
-            ticks = decode_batch(raws, self.limits)
+            ticks = decode_batch(raws, None)
         except ValueError:
             return None
         symbols = [tick.symbol for tick in ticks]
@@ -237,6 +246,8 @@ class _TickPartition(StatefulSourcePartition):
         if any(key != symbol.encode() for key, symbol in keys) or not all(tick.kind in _BLOCK_KINDS for tick in ticks):
             return None  # (a message without a key has key None)
         columns = columns_of(ticks)
+        if not _within(columns, self.limits):
+            return None
         ts = columns.ts_ns
         # the clock before each tick, and after the last: the newest time so far
         before = np.maximum.accumulate(np.concatenate(([clock.now_ns], ts)))

@@ -722,7 +722,7 @@ def columns_of(ticks: Sequence[Tick]) -> Ticks:
     """Trades and quotes as the columns a :class:`TickBlock` holds (the inverse of :func:`_ticks`), a column at a
     time: a trade's bid and ask columns are NaN, a quote's price and size."""
     n = len(ticks)
-    trade = [isinstance(t, Trade | WireTrade) for t in ticks]
+    trade = [t.kind == "trade" for t in ticks]
     is_trade, is_quote = np.array(trade, bool).reshape(n), ~np.array(trade, bool).reshape(n)
     trades = list(compress(ticks, trade))
     quotes = list(compress(ticks, is_quote.tolist()))
@@ -733,7 +733,7 @@ def columns_of(ticks: Sequence[Tick]) -> Ticks:
         return out
 
     return Ticks(
-        np.fromiter((t.ts_ns for t in ticks), np.int64, n),
+        np.array([t.ts_ns for t in ticks], np.int64).reshape(n),
         is_trade,
         column(trades, is_trade, "price"),
         column(trades, is_trade, "size"),

@@ -7,6 +7,13 @@ original bytes) and puts the clock's heartbeats at the stream positions where it
 boundary. Everything it emits is therefore a function of the partition's content and the offset it resumed
 from, which is what makes a resumed run's output equal to an uninterrupted one's.
 
+A batch of trades and quotes that all decode, under their symbols' keys and near the clock, goes out as each
+symbol's :class:`~flows.bars.TickBlock` of columns between two heartbeats, carrying its messages (the bar step
+takes an in-order block whole, or else its rows as received); the clock finds where its heartbeats go with one
+pass over the batch's times instead of a step per tick. Any other batch (a refused message, a consumer error, a
+status or reference tick, a tick far ahead) goes message by message: the same output, item for item
+(tests/flows/test_kafka_blocks.py).
+
 The wall clock enters in one place only. At the head of the partition, with nothing more to read, event time
 has moved on at least as far as the wall clock since the newest tick (less ``pipeline.idle_close_ms`` of
 grace for feed delays), so quiet symbols still close their bars. That is taken only while the broker
@@ -52,13 +59,13 @@ from flows.metrics import METRICS
 from schemas.errors import HrmcondError, TickDecodeError
 from schemas.records import DeadLetter
 from schemas.ticks import DEFAULT_LIMITS, WireLimits
-from schemas.wire import WireTick, decode_batch, decode_each
+from schemas.wire import WireQuote, WireTick, WireTrade, decode_batch, decode_each
 
 log = logging.getLogger(__name__)
 
 _EOF = KafkaError._PARTITION_EOF
 #: The kinds of tick a :class:`~flows.bars.TickBlock` holds.
-_BLOCK_KINDS = frozenset(("trade", "quote"))
+_BLOCK_KINDS = frozenset((WireTrade, WireQuote))
 #: Most messages taken per poll.
 BATCH = 1_000
 #: How long a partition with nothing to read waits before it is polled again (Bytewax would spin otherwise).
@@ -239,12 +246,15 @@ class _TickPartition(StatefulSourcePartition):
             ticks = decode_batch(raws, None)
         except ValueError:
             return None
+        if not set(map(type, ticks)) <= _BLOCK_KINDS:
+            return None
         symbols = [tick.symbol for tick in ticks]
-        index: dict[str, int] = {}
-        codes = np.fromiter((index.setdefault(symbol, len(index)) for symbol in symbols), np.int64, len(ticks))
-        keys = {(msg.key(), symbol) for msg, symbol in zip(msgs, symbols, strict=True)}
-        if any(key != symbol.encode() for key, symbol in keys) or not all(tick.kind in _BLOCK_KINDS for tick in ticks):
-            return None  # (a message without a key has key None)
+        names = list(dict.fromkeys(symbols))
+        index = {symbol: code for code, symbol in enumerate(names)}
+        encoded = {symbol: symbol.encode() for symbol in names}
+        if [msg.key() for msg in msgs] != list(map(encoded.__getitem__, symbols)):
+            return None  # a message under another key, or none
+        codes = np.array(list(map(index.__getitem__, symbols)), np.int64)
         columns = columns_of(ticks)
         if not _within(columns, self.limits):
             return None
@@ -259,7 +269,6 @@ class _TickPartition(StatefulSourcePartition):
             cuts.append(i)
             next_beat = int(watermark[i]) // clock.bar_ns * clock.bar_ns + clock.bar_ns
         offsets = [msg.offset() for msg in msgs]
-        names = list(index)
         lists: dict[str, list] = {}
         for k, (a, b) in enumerate(zip([0, *cuts], [*cuts, len(ts)], strict=True)):
             if k:  # the heartbeats before tick a, with the clock as observing it would leave it

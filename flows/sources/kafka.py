@@ -279,19 +279,18 @@ class _TickPartition(StatefulSourcePartition):
                 continue
             # ticks a..b-1 grouped by symbol, in stream order within each
             order = a + np.argsort(codes[a:b], kind="stable")
-            grouped = codes[order]
+            grouped, sorted_columns, at = codes[order], [c[order] for c in columns.arrays()], order.tolist()
             starts = np.flatnonzero(np.concatenate(([True], grouped[1:] != grouped[:-1]))).tolist() + [b - a]
             for lo, hi in zip(starts[:-1], starts[1:], strict=True):
-                rows = order[lo:hi]
-                at, symbol = rows.tolist(), names[int(grouped[lo])]
+                rows, symbol = at[lo:hi], names[int(grouped[lo])]
                 origin = Messages(
-                    [ticks[j] for j in at],
-                    [raws[j] for j in at],
+                    [ticks[j] for j in rows],
+                    [raws[j] for j in rows],
                     self.tp.topic,
                     self.tp.partition,
-                    [offsets[j] for j in at],
+                    [offsets[j] for j in rows],
                 )
-                block = TickBlock(symbol, Ticks(*(c[rows] for c in columns.arrays())), origin)
+                block = TickBlock(symbol, Ticks(*(c[lo:hi] for c in sorted_columns)), origin)
                 lists.setdefault(symbol, []).append(block)
                 clock.symbols[symbol] = max(clock.symbols.get(symbol, 0), int(block.columns.ts_ns.max()))
         clock.now_ns = int(before[-1])

@@ -5,8 +5,10 @@ small reorder buffer and are released in event-time order once the symbol's wate
 ``newest tick - allowed_lateness``, passes them; a bar ``[end - bar, end)`` closes when the watermark
 reaches ``end``. A tick older than what was already released (or than a closed bar) is *late*: it comes back
 as a dead letter (reason ``late``) instead of being applied out of order or lost. Live ticks arrive as
-:class:`Received`, so that such a dead letter carries the original message and its topic/partition/offset.
-Replay's arrive as :class:`TickBlock` columns: a block that is in order goes into the buffer whole, and
+:class:`Received`, so that such a dead letter carries the original message and its topic/partition/offset, or
+mostly as :class:`TickBlock` columns that carry their messages (:class:`Messages`), taken one by one as
+:class:`Received` wherever a block cannot go in whole. Replay's arrive as :class:`TickBlock` columns: a block
+that is in order goes into the buffer whole, and
 leaves it a bar of the grid at a time, through the feature state's columnar path (``SymbolFeatures.on_ticks``),
 with exactly the result of its ticks one by one (tests/flows/test_bars.py, tests/conditioning/features/
 test_state_columns.py).

@@ -5,8 +5,10 @@ small reorder buffer and are released in event-time order once the symbol's wate
 ``newest tick - allowed_lateness``, passes them; a bar ``[end - bar, end)`` closes when the watermark
 reaches ``end``. A tick older than what was already released (or than a closed bar) is *late*: it comes back
 as a dead letter (reason ``late``) instead of being applied out of order or lost. Live ticks arrive as
-:class:`Received`, so that such a dead letter carries the original message and its topic/partition/offset.
-Replay's arrive as :class:`TickBlock` columns: a block that is in order goes into the buffer whole, and
+:class:`Received`, so that such a dead letter carries the original message and its topic/partition/offset, or
+mostly as :class:`TickBlock` columns that carry their messages (:class:`Messages`), taken one by one as
+:class:`Received` wherever a block cannot go in whole. Replay's arrive as :class:`TickBlock` columns: a block
+that is in order goes into the buffer whole, and
 leaves it a bar of the grid at a time, through the feature state's columnar path (``SymbolFeatures.on_ticks``),
 with exactly the result of its ticks one by one (tests/flows/test_bars.py, tests/conditioning/features/
 test_state_columns.py).
@@ -49,10 +51,12 @@ are counted and skipped: LULD/SSR and the features are defined on the regular se
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 
 import numpy as np
 from bytewax.operators import StatefulLogic
@@ -116,15 +120,36 @@ class Received:
         return self.tick.kind
 
 
+@dataclass(frozen=True, slots=True)
+class Messages:
+    """The Kafka messages a live :class:`TickBlock`'s rows were decoded from, row for row: what the bar step
+    needs to take the rows one by one as :class:`Received` (a refused one is dead-lettered with its original
+    bytes and offset) and to recognise a re-sent tick (``seq``)."""
+
+    ticks: Sequence[Tick]
+    raws: Sequence[bytes]
+    topic: str
+    partition: int
+    offsets: Sequence[int]
+
+    def received(self) -> list[Received]:
+        return [
+            Received(tick, raw, self.topic, self.partition, offset)
+            for tick, raw, offset in zip(self.ticks, self.raws, self.offsets, strict=True)
+        ]
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class TickBlock:
-    """Trades and quotes of one symbol as columns, in stream order: replay's rows of a record batch that passed
-    validation, between two of the file clock's heartbeats (flows/sources/table.py). No ``seq``. The bar step
+    """Trades and quotes of one symbol as columns, in stream order, between two heartbeats of their clock:
+    replay's rows of a record batch that passed validation (flows/sources/table.py; no ``seq``), or live, a
+    symbol's messages of a consumed batch (flows/sources/kafka.py), with the ``origin`` messages. The bar step
     takes a block whole where tick by tick would do the same (:meth:`SymbolLogic._accept_block`), else as the
     ticks :meth:`ticks` makes of it."""
 
     symbol: str
     columns: Ticks
+    origin: Messages | None = None
 
     def __len__(self) -> int:
         return len(self.columns)
@@ -132,6 +157,10 @@ class TickBlock:
     def ticks(self, lo: int = 0, hi: int | None = None) -> list[Tick]:
         """Rows ``lo..hi-1`` as the wire ticks they stand for (what the Kafka path would have decoded)."""
         return _ticks(self.symbol, self.columns.rows(lo, len(self) if hi is None else hi))
+
+    def items(self) -> Sequence[Tick | Received]:
+        """The block as the bar step takes it one by one: as received (live), else :meth:`ticks`."""
+        return self.ticks() if self.origin is None else self.origin.received()
 
 
 def _ticks(symbol: str, columns: Ticks) -> list[Tick]:
@@ -243,7 +272,7 @@ class SymbolLogic(StatefulLogic):
                 run = []
                 if not self._accept_block(value, out):
                     self._apply_held(out)
-                    self._on_ticks(value.ticks(), out)
+                    self._on_ticks(value.items(), out)
             else:
                 run.append(value)
         self._on_ticks(run, out)
@@ -320,7 +349,7 @@ class SymbolLogic(StatefulLogic):
         clock = self._clock()
         if not clock or ticks[0].ts_ns < st.released_ns:  # (released_ns >= newest_ns - lateness_ns)
             return False
-        reach, prev, keys = clock, ticks[0].ts_ns, []  # reach: the symbol's clock before each tick
+        reach, prev = clock, ticks[0].ts_ns  # reach: the symbol's clock before each tick
         statuses = False  # (a block holds trades and quotes only)
         for tick in ticks:
             ts = tick.ts_ns
@@ -328,38 +357,50 @@ class SymbolLogic(StatefulLogic):
                 return False
             statuses = statuses or isinstance(tick, Status | WireStatus)
             prev, reach = ts, max(reach, ts)
-            if tick.seq is not None:
-                keys.append((ts, tick.seq))
-        if keys and (len(set(keys)) < len(keys) or not st.seen.isdisjoint(keys)):
+        if (keys := self._new_identities(ticks)) is None:
             return False
         if ticks[0].ts_ns >= st.newest_ns and not statuses:
             # as a block (:meth:`_accept_block`'s conditions hold): a bar's rows go to the feature state at once
-            st.blocks.append([TickBlock(ticks[0].symbol, _columns(ticks)), 0, st.seq])
+            st.blocks.append([TickBlock(ticks[0].symbol, columns_of(ticks)), 0, st.seq])
             st.seq += len(ticks)
         else:
             for tick in ticks:
                 heapq.heappush(st.pending, (tick.ts_ns, st.seq, tick))
                 st.seq += 1
-        if keys:
-            # the identities item by item would remember: those not yet older than the watermark at the last tick
-            # with a seq (where it last forgot some: _remember)
-            last = max(i for i, t in enumerate(ticks) if t.seq is not None)
-            before = st.newest_ns if last == 0 else max(st.newest_ns, ticks[last - 1].ts_ns)
-            forget_below = st.released_ns if last == 0 else max(st.released_ns, before - self.lateness_ns)
-            for key in keys:
-                st.seen.add(key)
-                heapq.heappush(st.seen_by_time, key)
-            while st.seen_by_time and st.seen_by_time[0][0] < forget_below:
-                st.seen.discard(heapq.heappop(st.seen_by_time))
+        self._remember_run(ticks, keys)
         st.newest_ns = max(st.newest_ns, ticks[-1].ts_ns)
         self._advance(st.newest_ns - self.lateness_ns, out)
         return True
 
+    def _new_identities(self, ticks: Sequence[Tick]) -> list[tuple[int, int]] | None:
+        """``(ts_ns, seq)`` of the run's ticks that carry a ``seq``; None where one repeats (in the run, or one
+        received before): then item by item decides which is a duplicate."""
+        keys = [(t.ts_ns, t.seq) for t in ticks if t.seq is not None]
+        if keys and (len(set(keys)) < len(keys) or not self._st.seen.isdisjoint(keys)):
+            return None
+        return keys
+
+    def _remember_run(self, ticks: Sequence[Tick], keys: list[tuple[int, int]]) -> None:
+        """Remember the identities ``keys`` (in time order) of a run taken in one step as item by item would:
+        those not yet older than the watermark at the run's last tick with a seq (where it last forgot some:
+        _remember). Before the run moves the symbol's clock."""
+        if not keys:
+            return
+        st = self._st
+        last = next(i for i in range(len(ticks) - 1, -1, -1) if ticks[i].seq is not None)
+        before = st.newest_ns if last == 0 else max(st.newest_ns, ticks[last - 1].ts_ns)
+        forget_below = st.released_ns if last == 0 else max(st.released_ns, before - self.lateness_ns)
+        for key in keys[bisect.bisect_left(keys, (forget_below,)) :]:  # (the older ones would be forgotten at once)
+            st.seen.add(key)
+            heapq.heappush(st.seen_by_time, key)
+        while st.seen_by_time and st.seen_by_time[0][0] < forget_below:
+            st.seen.discard(heapq.heappop(st.seen_by_time))
+
     def _accept_block(self, block: TickBlock, out: list) -> bool:
         """Take a block in one step where tick by tick would do exactly the same (:meth:`_accept_run`'s
-        conditions; a block has neither reference data nor ``seq``), and nothing of it is older than the ticks
-        buffered before it (so the buffered blocks stay in time order). Returns False, having done nothing,
-        where the block is not like that."""
+        conditions; a block has no reference data, and a ``seq`` only live, in its ``origin``), and nothing of
+        it is older than the ticks buffered before it (so the buffered blocks stay in time order). Returns
+        False, having done nothing, where the block is not like that."""
         st = self.state
         if st is None or st.suspects or not len(block):
             return False
@@ -369,6 +410,11 @@ class SymbolLogic(StatefulLogic):
             return False
         if len(ts) > 1 and ((ts[1:] < ts[:-1]).any() or (ts[1:] > np.maximum(ts[:-1], clock) + self.ahead_ns).any()):
             return False
+        if block.origin is not None:
+            if (keys := self._new_identities(block.origin.ticks)) is None:
+                return False
+            self._remember_run(block.origin.ticks, keys)
+            block = TickBlock(block.symbol, block.columns)  # the messages are needed on arrival only
         st.blocks.append([block, 0, st.seq])
         st.seq += len(block)
         st.newest_ns = int(ts[-1])
@@ -674,28 +720,29 @@ class SymbolLogic(StatefulLogic):
             st.features_end_ns = ts_ns - ts_ns % self.bar_ns + self.bar_ns
 
 
-def _columns(ticks: Sequence[Tick]) -> Ticks:
-    """Trades and quotes as the columns a :class:`TickBlock` holds (the inverse of :func:`_ticks`)."""
-    nan = float("nan")
-    values = np.array(
-        [
-            (t.price, t.size, nan, nan, nan, nan)
-            if isinstance(t, Trade | WireTrade)
-            else (nan, nan, t.bid, t.bid_size, t.ask, t.ask_size)  # type: ignore[union-attr]
-            for t in ticks
-        ],
-        dtype=np.float64,
-    ).reshape(len(ticks), 6)
-    price, size, bid, bid_size, ask, ask_size = (np.ascontiguousarray(c) for c in values.T)
+def columns_of(ticks: Sequence[Tick]) -> Ticks:
+    """Trades and quotes as the columns a :class:`TickBlock` holds (the inverse of :func:`_ticks`), a column at a
+    time: a trade's bid and ask columns are NaN, a quote's price and size."""
+    n = len(ticks)
+    trade = [t.kind == "trade" for t in ticks]
+    is_trade, is_quote = np.array(trade, bool).reshape(n), ~np.array(trade, bool).reshape(n)
+    trades = list(compress(ticks, trade))
+    quotes = list(compress(ticks, is_quote.tolist()))
+
+    def column(rows: list, mask: np.ndarray, name: str) -> np.ndarray:
+        out = np.full(n, np.nan)
+        out[mask] = [getattr(t, name) for t in rows]
+        return out
+
     return Ticks(
-        np.fromiter((t.ts_ns for t in ticks), np.int64, len(ticks)),
-        np.fromiter((isinstance(t, Trade | WireTrade) for t in ticks), bool, len(ticks)),
-        price,
-        size,
-        bid,
-        bid_size,
-        ask,
-        ask_size,
+        np.array([t.ts_ns for t in ticks], np.int64).reshape(n),
+        is_trade,
+        column(trades, is_trade, "price"),
+        column(trades, is_trade, "size"),
+        column(quotes, is_quote, "bid"),
+        column(quotes, is_quote, "bid_size"),
+        column(quotes, is_quote, "ask"),
+        column(quotes, is_quote, "ask_size"),
     )
 
 

@@ -7,6 +7,13 @@ original bytes) and puts the clock's heartbeats at the stream positions where it
 boundary. Everything it emits is therefore a function of the partition's content and the offset it resumed
 from, which is what makes a resumed run's output equal to an uninterrupted one's.
 
+A batch of trades and quotes that all decode, under their symbols' keys and near the clock, goes out as each
+symbol's :class:`~flows.bars.TickBlock` of columns between two heartbeats, carrying its messages (the bar step
+takes an in-order block whole, or else its rows as received); the clock finds where its heartbeats go with one
+pass over the batch's times instead of a step per tick. Any other batch (a refused message, a consumer error, a
+status or reference tick, a tick far ahead) goes message by message: the same output, item for item
+(tests/flows/test_kafka_blocks.py).
+
 The wall clock enters in one place only. At the head of the partition, with nothing more to read, event time
 has moved on at least as far as the wall clock since the newest tick (less ``pipeline.idle_close_ms`` of
 grace for feed delays), so quiet symbols still close their bars. That is taken only while the broker
@@ -31,6 +38,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 from bytewax.inputs import (
     AbortExecution,
     DynamicSource,
@@ -41,7 +49,8 @@ from bytewax.inputs import (
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from flows.bars import Received, by_symbol
+from conditioning.features.columns import Ticks
+from flows.bars import Messages, Received, TickBlock, by_symbol, columns_of
 from flows.clock import EventClock
 from flows.config import AppConfig
 from flows.kafka import client_callbacks
@@ -50,11 +59,13 @@ from flows.metrics import METRICS
 from schemas.errors import HrmcondError, TickDecodeError
 from schemas.records import DeadLetter
 from schemas.ticks import DEFAULT_LIMITS, WireLimits
-from schemas.wire import WireTick, decode_batch, decode_each
+from schemas.wire import WireQuote, WireTick, WireTrade, decode_batch, decode_each
 
 log = logging.getLogger(__name__)
 
 _EOF = KafkaError._PARTITION_EOF
+#: The kinds of tick a :class:`~flows.bars.TickBlock` holds.
+_BLOCK_KINDS = frozenset((WireTrade, WireQuote))
 #: Most messages taken per poll.
 BATCH = 1_000
 #: How long a partition with nothing to read waits before it is polled again (Bytewax would spin otherwise).
@@ -105,6 +116,15 @@ def decode_messages(msgs: list[Message], limits: WireLimits = DEFAULT_LIMITS) ->
             # a delivered message has its topic, partition and offset (librdkafka's stubs say "or None")
             out.append(Received(tick, raw, msg.topic(), msg.partition(), msg.offset()))  # type: ignore[arg-type]
     return out
+
+
+def _within(c: Ticks, limits: WireLimits) -> bool:
+    """:func:`schemas.wire.within` of every row of trades and quotes, a column at a time (NaN, a trade's bid
+    and ask and a quote's price and size, compares false)."""
+    lo, hi, size = limits.min_price, limits.max_price, limits.max_size
+    trade = (c.price >= lo) & (c.price <= hi) & (c.size <= size)
+    quote = (c.bid >= lo) & (c.bid <= hi) & (c.ask >= lo) & (c.ask <= hi) & (np.maximum(c.bid_size, c.ask_size) <= size)
+    return bool(np.where(c.is_trade, trade, quote).all())
 
 
 def _refused(msg: Message, raw: bytes, key: str | None, tick: WireTick | TickDecodeError, now: int) -> DeadLetter:
@@ -187,7 +207,8 @@ class _TickPartition(StatefulSourcePartition):
         self.awake = None
         self.watch.answered(now)
         # At the head when the batch ends with a partition-EOF event (messages after one: more arrived meanwhile).
-        eof = {i for i, msg in enumerate(msgs) if (err := msg.error()) is not None and err.code() == _EOF}
+        errors = [(i, err) for i, msg in enumerate(msgs) if (err := msg.error()) is not None]
+        eof = {i for i, err in errors if err.code() == _EOF}
         self.at_head = len(msgs) - 1 in eof
         msgs = [msg for i, msg in enumerate(msgs) if i not in eof] if eof else msgs
         for msg in reversed(msgs):
@@ -196,18 +217,85 @@ class _TickPartition(StatefulSourcePartition):
                 assert offset is not None  # a delivered message has one
                 self.offset = offset + 1
                 break
-        out: list = []
-        for item in decode_messages(msgs, self.limits):
-            if isinstance(item, Received):
-                out.extend(self.clock.observe(item.tick))
-            out.append(item)
-        out = by_symbol(out)
+        out = self._blocks(msgs) if len(errors) == len(eof) else None  # (consumer errors: one by one)
+        if out is None:  # message by message
+            out = []
+            for item in decode_messages(msgs, self.limits):
+                if isinstance(item, Received):
+                    out.extend(self.clock.observe(item.tick))
+                out.append(item)
+            out = by_symbol(out)
         self.newest_ns, self.newest_at = self.clock.now_ns, now
         # the high watermark of the last fetch response: known locally, no request
         _, high = self.consumer.get_watermark_offsets(self.tp, cached=True)
         if high >= 0 and self.offset >= 0:
             METRICS.consumer_lag.labels(self.name).set(max(0, high - self.offset))
         return out
+
+    def _blocks(self, msgs: list[Message]) -> list | None:
+        """The batch as :func:`~flows.bars.by_symbol` lists of it would be, but each symbol's ticks between two
+        heartbeats as one :class:`~flows.bars.TickBlock` (with its messages), and the clock moved once per
+        heartbeat, not per tick: where every message is a trade or a quote that decodes, within
+        ``pipeline.wire``, under its symbol's key, and none is far ahead of the clock (so each tick moves it, as
+        :meth:`EventClock.observe` would). None, having done nothing, where the batch is not like that."""
+        clock = self.clock
+        if not clock.now_ns or not msgs:  # (a partition's first tick may be far ahead: it waits for the next)
+            return None
+        raws = [msg.value() or b"" for msg in msgs]
+        try:
+            ticks = decode_batch(raws, None)
+        except ValueError:
+            return None
+        if not set(map(type, ticks)) <= _BLOCK_KINDS:
+            return None
+        symbols = [tick.symbol for tick in ticks]
+        names = list(dict.fromkeys(symbols))
+        index = {symbol: code for code, symbol in enumerate(names)}
+        encoded = {symbol: symbol.encode() for symbol in names}
+        if [msg.key() for msg in msgs] != list(map(encoded.__getitem__, symbols)):
+            return None  # a message under another key, or none
+        codes = np.array(list(map(index.__getitem__, symbols)), np.int64)
+        columns = columns_of(ticks)
+        if not _within(columns, self.limits):
+            return None
+        ts = columns.ts_ns
+        # the clock before each tick, and after the last: the newest time so far
+        before = np.maximum.accumulate(np.concatenate(([clock.now_ns], ts)))
+        if clock.max_ahead_ns is not None and (ts > before[:-1] + clock.max_ahead_ns).any():
+            return None
+        # the ticks at which the watermark reaches the next bar boundary: its heartbeats go before them
+        watermark, cuts, next_beat = before[1:] - clock.lateness_ns, [], clock.next_beat_ns
+        while (i := int(np.searchsorted(watermark, next_beat))) < len(ts):
+            cuts.append(i)
+            next_beat = int(watermark[i]) // clock.bar_ns * clock.bar_ns + clock.bar_ns
+        offsets = [msg.offset() for msg in msgs]
+        lists: dict[str, list] = {}
+        for k, (a, b) in enumerate(zip([0, *cuts], [*cuts, len(ts)], strict=True)):
+            if k:  # the heartbeats before tick a, with the clock as observing it would leave it
+                clock.now_ns = int(before[a])
+                for beat in clock.advance(int(ts[a])):
+                    lists.setdefault(beat.symbol, []).append(beat)
+            if a == b:  # (the first tick crossed a boundary)
+                continue
+            # ticks a..b-1 grouped by symbol, in stream order within each
+            order = a + np.argsort(codes[a:b], kind="stable")
+            grouped, sorted_columns, at = codes[order], [c[order] for c in columns.arrays()], order.tolist()
+            starts = np.flatnonzero(np.concatenate(([True], grouped[1:] != grouped[:-1]))).tolist() + [b - a]
+            for lo, hi in zip(starts[:-1], starts[1:], strict=True):
+                rows, symbol = at[lo:hi], names[int(grouped[lo])]
+                origin = Messages(
+                    [ticks[j] for j in rows],
+                    [raws[j] for j in rows],
+                    self.tp.topic,
+                    self.tp.partition,
+                    [offsets[j] for j in rows],
+                )
+                block = TickBlock(symbol, Ticks(*(c[lo:hi] for c in sorted_columns)), origin)
+                lists.setdefault(symbol, []).append(block)
+                clock.symbols[symbol] = max(clock.symbols.get(symbol, 0), int(block.columns.ts_ns.max()))
+        clock.now_ns = int(before[-1])
+        clock.suspect_ns, clock.suspects_in_row = 0, 0  # every tick was near the clock
+        return list(lists.items())
 
     def _idle(self, now: float) -> list:
         """Nothing was read: at a confirmed head, let event time run on with the wall clock."""

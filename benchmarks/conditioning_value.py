@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test-days", type=int, default=2)
     p.add_argument("--embargo-days", type=int, default=1)
     p.add_argument("--market-seed", type=int, default=5)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=4, help="4: two full rounds of the 2 seed workers")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--boot", type=int, default=2000)

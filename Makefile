@@ -71,7 +71,7 @@ model: $(VENV)/.installed-demo
 	    --model $(MODEL_DIR) --seed 0 --steps 300
 
 # Does the context help an HRM out of sample? Simulated market + real samples, several seeds, 95% intervals:
-# benchmarks/results/conditioning_value.json (about 20 minutes on 2 cores; not part of `make test`).
+# benchmarks/results/conditioning_value.json (about 25 minutes on 2 idle cores (estimate for 60 symbols x 8 days, 4 seeds); not part of `make test`).
 evaluate: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/conditioning_value.py
 

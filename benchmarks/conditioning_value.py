@@ -270,12 +270,12 @@ def run(args, cfg, system, workdir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--symbols", type=int, default=30)
+    p.add_argument("--symbols", type=int, default=60, help="60: 20 unseen symbols x 2 days = 40 test symbol-days")
     p.add_argument("--days", type=int, default=8)
     p.add_argument("--test-days", type=int, default=2)
     p.add_argument("--embargo-days", type=int, default=1)
     p.add_argument("--market-seed", type=int, default=5)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=4, help="4: two full rounds of the 2 seed workers")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--boot", type=int, default=2000)

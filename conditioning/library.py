@@ -79,17 +79,17 @@ BLOCK = 64
 
 def _distinct_rows(query: np.ndarray, starts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``query [B, D]`` (with their window start) that first show each distinct value, and for every row
-    the position of its value among those: ``first [U]``, ``inverse [B]`` with ``query[first][inverse] == query``."""
-    seen: dict[bytes, int] = {}
-    inverse = np.array(
-        [
-            seen.setdefault(query[i].tobytes() + (b"" if starts is None else starts[i].tobytes()), len(seen))
-            for i in range(len(query))
-        ],
-        dtype=np.int64,
-    )
-    first = np.unique(inverse, return_index=True)[1]
-    return first, inverse
+    the position of its value among those: ``first [U]`` ascending, ``inverse [B]`` with ``query[first][inverse] ==
+    query`` (values compared as bytes)."""
+    key = np.ascontiguousarray(query).view(np.uint8).reshape(len(query), -1)  # [B, 4 D]
+    if starts is not None:
+        key = np.concatenate([key, np.ascontiguousarray(starts, dtype=np.int64).view(np.uint8).reshape(-1, 8)], 1)
+    rows = np.ascontiguousarray(key).view(np.dtype((np.void, key.shape[1]))).ravel()  # [B] one value a row
+    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)  # in byte order
+    order = np.argsort(first)  # -> in order of first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse.ravel()]
 
 
 def _outcome_stats(outcome: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,17 +109,16 @@ def _similarity(unit: np.ndarray, library: np.ndarray) -> np.ndarray:
 
 def _band(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 2 of the search (module docstring): ``sim [S, nb * BLOCK]`` (at least k finite values a row) -> ``(row,
-    col)`` of every value within ``2 * SIM_ERROR`` of its row's k-th largest or above: ``[P]`` each.
+    col)`` ``[P]`` each: every value at or above its row's k-th largest minus ``2 * SIM_ERROR``, and a few below.
 
-    By blocks of ``BLOCK`` columns: a row's k largest values lie in its k blocks of largest maximum (a block
-    outside them has at least k blocks at or above its maximum), so the k-th largest of those blocks' values is
-    the row's; the band is then read from the blocks whose maximum reaches it."""
+    By blocks of ``BLOCK`` columns: the k-th largest block maximum is at most the row's k-th largest value (those k
+    blocks hold k values at or above it), so reading the blocks whose maximum reaches it minus the margin, and in
+    them the values that do, finds the band (and the values between the two edges, which the exact step sorts
+    out). Cheaper than a top-k of the whole row: one maximum per block, a top-k of ``nb`` maxima."""
     rows = len(sim)
     blocks = sim.view(rows, -1, BLOCK)  # [S, nb, BLOCK]
     best = blocks.amax(dim=2)  # [S, nb]
-    top = torch.topk(best, min(k, best.shape[1]), dim=1).indices  # [S, k]
-    kth = torch.topk(blocks[torch.arange(rows)[:, None], top].reshape(rows, -1), k, dim=1).values[:, -1]  # [S]
-    low = kth - 2 * SIM_ERROR
+    low = torch.topk(best, min(k, best.shape[1]), dim=1).values[:, -1] - 2 * SIM_ERROR  # [S]
     row, block = torch.nonzero(best >= low[:, None], as_tuple=True)  # [Q] blocks reaching the band
     hit, col = torch.nonzero(blocks[row, block] >= low[row, None], as_tuple=True)  # [P]
     return row[hit], block[hit] * BLOCK + col

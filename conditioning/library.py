@@ -118,7 +118,11 @@ def _band(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     rows = len(sim)
     blocks = sim.view(rows, -1, BLOCK)  # [S, nb, BLOCK]
     best = blocks.amax(dim=2)  # [S, nb]
-    low = torch.topk(best, min(k, best.shape[1]), dim=1).values[:, -1] - 2 * SIM_ERROR  # [S]
+    kth = torch.full((rows,), -torch.inf) if best.shape[1] < k else torch.topk(best, k, dim=1).values[:, -1]
+    few = kth == -torch.inf  # fewer than k blocks hold a usable value (a small library): the row's own k-th
+    if few.any():
+        kth[few] = torch.topk(sim[few], k, dim=1).values[:, -1]
+    low = kth - 2 * SIM_ERROR  # [S]
     row, block = torch.nonzero(best >= low[:, None], as_tuple=True)  # [Q] blocks reaching the band
     hit, col = torch.nonzero(blocks[row, block] >= low[row, None], as_tuple=True)  # [P]
     return row[hit], block[hit] * BLOCK + col

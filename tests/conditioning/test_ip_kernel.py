@@ -103,3 +103,18 @@ def test_search_answers_as_hnswlib_s_brute_force_index(rng):
         np.testing.assert_array_equal(got.labels[i], labels[0].astype(np.int64) % n_max)
         assert np.array_equal(got.similarity[i], (1.0 - dist[0]).astype(np.float32))
     rag.close()
+
+
+def test_a_library_of_fewer_blocks_than_k_answers_as_hnswlib(rng):
+    """300 entries are 5 blocks of 64 (conditioning/library.py): fewer than k = 10, so each row's own k-th is used."""
+    vectors = clustered_vectors(rng, 300, clusters=5)
+    patterns = make_patterns(vectors)
+    rag = PatternRAG(128, 256, max_patterns=300)
+    rag.update_pattern_library(patterns)
+    index, _ = mirror(patterns, 300)
+    queries = vectors[:40] + 0.1 * rng.standard_normal((40, 128)).astype(np.float32)
+    got = rag.retrieve(torch.from_numpy(queries), timeout_ms=10_000)
+    labels, dist = index.knn_query(unit_vectors(queries), k=10, num_threads=1)
+    np.testing.assert_array_equal(got.labels, labels.astype(np.int64))
+    assert np.array_equal(got.similarity, (1.0 - dist).astype(np.float32))
+    rag.close()

@@ -29,9 +29,8 @@ def unit_vectors(x: np.ndarray) -> np.ndarray:
     """``x [n, D]`` float32 -> ``x / |x|`` as hnswlib's ``normalize_vector`` computes it, bit for bit: the float32
     sum of squares accumulated in index order, then ``x * (1 / (sqrt(sum) + 1e-30))``. A zero row stays zero."""
     x = np.asarray(x, dtype=np.float32)
-    sum_sq = np.zeros(len(x), dtype=np.float32)
-    for column in x.T:  # in order: a pairwise or blocked sum would round differently
-        sum_sq += column * column
+    # a running sum, in order (a pairwise or blocked sum would round differently); float32 squares, float32 sums
+    sum_sq = np.cumsum(x * x, axis=1, dtype=np.float32)[:, -1]
     return x * (np.float32(1.0) / (np.sqrt(sum_sq) + np.float32(1e-30)))[:, None]
 
 

@@ -201,6 +201,7 @@ class PatternLibrary:
         # unit_vectors of the patterns, and zero rows up to a whole number of blocks (the search reads blocks)
         self._unit = np.zeros((-(-n // BLOCK) * BLOCK, self.pattern_dim), dtype=np.float32)
         self._by_end = np.zeros(0, dtype=np.int64)  # [size] live rows by outcome_end_ns (point in time)
+        self._entry = np.zeros(len(self._unit), dtype=np.int64)  # [N'] each row's entry number (the tie-break)
         self._outcome_mean = np.zeros(OUTCOME_DIM, dtype=np.float32)
         self._outcome_std = np.ones(OUTCOME_DIM, dtype=np.float32)
 
@@ -264,6 +265,7 @@ class PatternLibrary:
             by_end, (mean, std) = np.argsort(all_ends, kind="stable"), _outcome_stats(all_outcome)
             with self._lock.write():
                 self._unit[rows], self._outcome[rows], self._outcome_end_ns[rows] = unit, outcome, ends
+                self._entry[rows] = np.arange(total - len(patterns), total)
                 self._symbol[rows] = [p.symbol for p in patterns]
                 self._start_ns[rows] = [p.start_ns for p in patterns]
                 self._end_ns[rows] = [p.end_ns for p in patterns]
@@ -340,6 +342,7 @@ class PatternLibrary:
             for key in ("start_ns", "end_ns", "outcome_end_ns", "outcome"):
                 getattr(self, f"_{key}")[:n] = meta[key]
             self._by_end = np.argsort(self._outcome_end_ns[:n], kind="stable")
+            self._entry[live % self.max_patterns] = live
             self._outcome_mean, self._outcome_std = _outcome_stats(self._outcome[:n])
 
     # ------------------------------------------------------------------ queries (readers)
@@ -387,9 +390,7 @@ class PatternLibrary:
         sim[:, n:] = -np.inf
         for i, count in enumerate(() if usable is None else usable):
             sim[i, self._by_end[count:]] = -np.inf  # outcome not yet known at the window start
-        first = self._total - n
-        entry = first + (np.arange(len(library)) - first) % self.max_patterns  # [N'] entry number of each row
-        return _nearest(unit, library, sim, entry, k)
+        return _nearest(unit, library, sim, self._entry[: len(library)], k)
 
     def _search(self, query: np.ndarray, starts: np.ndarray | None, deadline: float) -> Retrieval:
         if not self._lock.acquire_read(timeout=max(0.0, deadline - time.monotonic())):

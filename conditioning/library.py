@@ -1,6 +1,6 @@
-"""The pattern library: the k nearest stored patterns of a query and their known outcomes (exact search with numpy:
-a float32 matrix product for candidates, hnswlib's own arithmetic for the answer; the torch head that turns them
-into a context is conditioning/rag.py).
+"""The pattern library: the k nearest stored patterns of a query and their known outcomes (exact search: a float32
+matrix product for candidates, hnswlib's own arithmetic for the answer; the torch head that turns them into a
+context is conditioning/rag.py).
 
 Search. Exact k-NN in cosine space (``d = 1 - cos``; the pattern vectors are z-scored shapes, so direction
 matters and scale does not) over the live entries, as an hnswlib index would answer it: entries and queries are
@@ -8,22 +8,23 @@ normalised by :func:`unit_vectors` and distances are those of hnswlib's AVX-512 
 (conditioning/ip_kernel.py, both bit for bit); the answer is the k smallest ``(distance, entry number)`` pairs,
 the order hnswlib's brute-force index keeps. A batch ``[B, D]`` is searched in three steps:
 
-1. ``sim = unit(query) @ unit(library).T`` ``[B, N]``, one float32 matrix product (BLAS; its sums run in another
+1. ``sim = unit(query) @ unit(library).T`` ``[B, N]``, one float32 matrix product (torch; its sums run in another
    order than the kernel's, but for unit vectors both are within ``E = 3e-5`` of the exact cosine: the error of a
-   float32 dot product of 128 terms is at most ``128 * 2^-24 / (1 - 128 * 2^-24) ~ 7.6e-6``, twice for two sums,
-   plus the rounding of ``1 - s``, doubled again for margin); entries a row may not use get ``-inf``;
-2. per row, the top ``k + MARGIN`` of ``sim`` (``torch.topk``) and the band ``sim >= v_k - 2E`` (``v_k`` the k-th
-   largest): every true neighbour lies in it (its exact distance is at most the k-th's, so its ``sim`` is within
-   ``2E`` of ``v_k``); where the band reaches past the top ``k + MARGIN`` (ties, flat profiles) the row's band is
-   read from the whole row;
+   float32 dot product of 128 terms is at most ``128 * 2^-24 / (1 - 128 * 2^-24) ~ 7.6e-6`` whatever the order,
+   twice that between two orders, plus the rounding of ``1 - s``, doubled again for margin); entries a row may not
+   use get ``-inf``;
+2. per row, a lower bound ``v`` on its k-th largest ``sim`` (the k-th largest maximum of its blocks of ``BLOCK``
+   entries) and the band ``sim >= v - 2E``, read from the blocks whose maximum reaches it: every true neighbour
+   lies in it (its exact distance is at most the k-th's, so its ``sim`` is within ``2E`` of the k-th largest);
 3. the band's exact distances (:func:`ip_distances`), sorted by ``(distance, entry)``: the first k.
 
 A zero query (a window without data: no shape) is at distance exactly 1 from every entry, so its neighbours are
 the k oldest entries it may use, with no product. Rows are searched independently, so a batch of ``2 *
 PARALLEL_ROWS`` rows or more is split into one part a core, each on a thread of its own (torch and numpy let go of
-the GIL). At N = 10k a row costs ~0.05 ms of CPU in a batch of 256 (the product, ~2.6 MFLOP a row, ~40%; the band
-and the exact step the rest), where a scan through hnswlib's brute-force index cost ~0.3 ms a row; an insert is a
-row of the ring arrays.
+the GIL). At N = 10k a search costs ~0.07 ms of CPU a row in a batch of 256 (the product, ~2.6 MFLOP a row, ~40%;
+the band and the exact step the rest), ~0.15 ms in a batch of 32 and ~1.2 ms for one row alone (its product reads
+the whole 5 MB library), where hnswlib's brute-force index cost ~0.23 ms a row and 0.6-1.0 ms for one (same
+machine, interleaved); an insert is a row of the ring arrays.
 
 Library. The newest ``max_patterns`` (N) entries. Entry number ``e`` (0, 1, 2, ... in insertion order, never
 reused) lives in row ``e % N`` of ring arrays (unit vector, outcome, window), so the live entries ``[total - N,
@@ -78,6 +79,8 @@ LIBRARY_FORMAT = 3
 SIM_ERROR = 3e-5
 #: Library rows per block in the search for a row's k-th largest similarity (step 2).
 BLOCK = 64
+#: Below this many rows, a row's k-th largest similarity comes from a partition of the row, not from blocks.
+SMALL_ROWS = 4
 #: A batch is split into parts of at least this many rows, one part a core (:meth:`PatternLibrary._knn`).
 PARALLEL_ROWS = 16
 
@@ -140,7 +143,11 @@ def _nearest(
     N']`` their matrix product (``-inf`` where a row may not use an entry; at least k usable a row; ``N'`` a
     multiple of ``BLOCK``), ``entry [N']`` the entry number of each library row -> library rows ``[S, k]`` and
     distances ``[S, k]``: the k smallest ``(distance, entry)`` pairs of each row."""
-    row, cand = (t.numpy() for t in _band(torch.from_numpy(sim), k))
+    if len(sim) < SMALL_ROWS:  # a few rows: partition each (the blocks' top-k costs more in calls than it saves)
+        low = np.partition(sim, sim.shape[1] - k, axis=1)[:, sim.shape[1] - k] - np.float32(2 * SIM_ERROR)
+        row, cand = np.nonzero(sim >= low[:, None])
+    else:
+        row, cand = (t.numpy() for t in _band(torch.from_numpy(sim), k))
     dist = ip_distances(unit[row], library[cand])  # [P] exact
     order = np.lexsort((entry[cand], dist, row))  # by row, then (distance, entry)
     row, cand, dist = row[order], cand[order], dist[order]

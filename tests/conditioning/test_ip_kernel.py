@@ -91,6 +91,9 @@ def test_search_answers_as_hnswlib_s_brute_force_index(rng):
     labels, dist = index.knn_query(unit_vectors(queries), k=10, num_threads=1)
     np.testing.assert_array_equal(got.labels, labels.astype(np.int64) % n_max)
     assert np.array_equal(got.similarity, (1.0 - dist).astype(np.float32))
+    few = rag.retrieve(torch.from_numpy(queries[5:8]), timeout_ms=10_000)  # under SMALL_ROWS: the partition path
+    np.testing.assert_array_equal(few.labels, got.labels[5:8])
+    assert np.array_equal(few.similarity, got.similarity[5:8])
     # Point in time with more than EXACT_MAX eligible: against an index over the eligible entries only.
     starts = patterns[first + EXACT_MAX + 500].start_ns + rng.integers(0, 1_000, len(queries)) * 60_000_000_000
     windows = np.stack([starts, starts + 1], axis=1)

@@ -115,6 +115,14 @@ def _similarity(unit: np.ndarray, library: np.ndarray) -> np.ndarray:
     return torch.mm(torch.from_numpy(unit), torch.from_numpy(library).T).numpy()
 
 
+def _same_torch_threads() -> None:
+    """A pool thread's start: give it the intra-op thread count torch was set to. The count set by
+    ``torch.set_num_threads`` in one thread does not reach the BLAS of another (its OpenMP setting is per thread), so
+    a product on a fresh thread ran on every core: one row's search took 25 ms instead of 0.3 on a loaded 2-core
+    machine, its threads spinning."""
+    torch.set_num_threads(torch.get_num_threads())
+
+
 def _band(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 2 of the search (module docstring): ``sim [S, nb * BLOCK]`` (at least k finite values a row) -> ``(row,
     col)`` ``[P]`` each: every value at or above its row's k-th largest minus ``2 * SIM_ERROR``, and a few below.
@@ -429,14 +437,18 @@ class PatternLibrary:
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_guard:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="pattern-rag")
+                self._pool = ThreadPoolExecutor(
+                    self._workers, thread_name_prefix="pattern-rag", initializer=_same_torch_threads
+                )
             return self._pool
 
     def _scanners(self) -> ThreadPoolExecutor:
         """One thread a core for the parts of a large batch (not the query pool: a search waits on its parts)."""
         with self._pool_guard:
             if self._scan_pool is None:
-                self._scan_pool = ThreadPoolExecutor(self._cores, thread_name_prefix="pattern-scan")
+                self._scan_pool = ThreadPoolExecutor(
+                    self._cores, thread_name_prefix="pattern-scan", initializer=_same_torch_threads
+                )
             return self._scan_pool
 
     def search(self, query: np.ndarray, timeout_ms: float = 60, query_windows: np.ndarray | None = None) -> Retrieval:

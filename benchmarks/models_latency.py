@@ -20,10 +20,15 @@ p99 exclusive-lock hold; then the same stream again with a thread querying (B=64
 apart): query p50/p99/max and how many failed open. ``update_point_reference``: what an HNSW index (hnswlib,
 M=16, ef_construction=200) on a full 10k library costs per pattern, re-adding an existing label
 (``updatePoint``, graph repair) and inserting a fresh one: the library's two earlier designs (docs/models.md).
+
+``BENCH_PARTS=batches`` runs the per-batch-size part alone (``online`` the other); ``BENCH_LABEL=<label>`` writes
+``models_latency_<label>.json`` (e.g. the same benchmark over another checkout's code, back to back:
+``PYTHONPATH=<checkout> BENCH_LABEL=main``).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -45,6 +50,8 @@ TOKENS = 64
 ONLINE_STREAM = 20_000
 ONLINE_CALLS = (64, 1_000)
 MODEL_DIR = Path(__file__).resolve().parent.parent / "conditioning" / "pretrained" / "default"
+LABEL = os.environ.get("BENCH_LABEL")
+PARTS = set(os.environ.get("BENCH_PARTS", "batches,online").split(","))
 
 
 def timed(fn, iters: int, warmup: int = 5) -> dict[str, float]:
@@ -166,6 +173,12 @@ def update_point_reference(patterns: list[Pattern], n_library: int, n: int = 1_0
     return out
 
 
+def _library_file() -> str:
+    import conditioning.library
+
+    return str(conditioning.library.__file__)
+
+
 def main() -> None:
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -184,7 +197,7 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     with torch.no_grad():
-        for b in BATCHES:
+        for b in BATCHES if "batches" in PARTS else ():
             tokens, ctx = torch.randn(b, TOKENS, 512), torch.randn(b, 256)
             feats = {
                 "regime_features": torch.randn(b, 20),
@@ -201,10 +214,12 @@ def main() -> None:
                 "system_fail_open_timeout": timed(lambda f=feats: stuck.condition(f), 40, warmup=1),
                 "system_fail_open_rag_disabled": timed(lambda f=feats: regime_only.condition(f), 200),
             }
-    online_patterns = shipped_patterns(ONLINE_STREAM, np.random.default_rng(1))
-    n_library = len(online_patterns) - ONLINE_STREAM
-    online = {f"call={call}": online_updates(online_patterns, n_library, call) for call in ONLINE_CALLS}
-    online["update_point_reference"] = update_point_reference(online_patterns, n_library)
+    online: dict[str, dict] = {}
+    if "online" in PARTS:
+        online_patterns = shipped_patterns(ONLINE_STREAM, np.random.default_rng(1))
+        n_library = len(online_patterns) - ONLINE_STREAM
+        online = {f"call={call}": online_updates(online_patterns, n_library, call) for call in ONLINE_CALLS}
+        online["update_point_reference"] = update_point_reference(online_patterns, n_library)
     report = {
         "budgets_ms": {"film": 5, "regime": 20, "rag": 60, "end_to_end": 100, "fail_open": 80},
         "setup": {
@@ -213,12 +228,13 @@ def main() -> None:
             "film_tokens": TOKENS,
             "rag_library": len(patterns),
             "rag_timeout_ms": cfg.rag.timeout_ms,
-            "online_library": f"{MODEL_DIR.name}: {n_library} patterns + {ONLINE_STREAM} near-repeats",
+            "online_library": f"{MODEL_DIR.name}: its patterns + {ONLINE_STREAM} near-repeats",
+            "code": {"label": LABEL or "this checkout", "library_from": _library_file()},
         },
         "results": results,
         "online_updates": online,
     }
-    write_results("models_latency", report)
+    write_results(f"models_latency_{LABEL}" if LABEL else "models_latency", report)
     for batch, rows in results.items():
         print(batch, {k: f"{v['p50_ms']:.3f}/{v['p99_ms']:.3f}" for k, v in rows.items()})
     for name, row in online.items():

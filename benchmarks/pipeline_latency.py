@@ -27,6 +27,10 @@ reported: in replay, event time is history, not now.
 step in one batch. One ``drafts`` call on ``CATCH_UP_BARS`` bars of the simulated day (12 bar ends of 20
 symbols), retrieval healthy and stuck: with one deadline per batch the stuck case costs one ``timeout_ms``, not
 one per chunk, and the chunks after the deadline fail open.
+
+``BENCH_PARTS=catch_up`` runs the catch-up part alone (on the simulated day's bars; ``replay`` the replays);
+``BENCH_LABEL=<label>`` writes ``pipeline_latency_<label>.json`` (e.g. another checkout's code, back to back:
+``PYTHONPATH=<checkout> BENCH_LABEL=main``).
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ from schemas.records import ContextRecord
 SHARED = Path(os.environ.get("HRMCOND_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SLOW_EXTRA_MS = 40
 CATCH_UP_BARS = 240
+LABEL = os.environ.get("BENCH_LABEL")
+PARTS = set(os.environ.get("BENCH_PARTS", "replay,catch_up").split(","))
 
 
 def all_flags_config() -> AppConfig:
@@ -159,24 +165,29 @@ def main() -> None:
 
     cfg = all_flags_config()
     workloads = {}
-    taq = read_taq(SHARED / "taq_XXX_20180102-03_trades.csv.gz", SHARED / "taq_XXX_20180102-03_quotes.csv.gz")
-    workloads["taq_real_1_symbol_2_days"] = (taq, ())
+    if "replay" in PARTS:
+        taq = read_taq(SHARED / "taq_XXX_20180102-03_trades.csv.gz", SHARED / "taq_XXX_20180102-03_quotes.csv.gz")
+        workloads["taq_real_1_symbol_2_days"] = (taq, ())
     market = simulate_market(MarketConfig(n_symbols=20, n_days=1, seed=7, start=dt.date(2024, 3, 4)))
     workloads["sim_20_symbols_1_day"] = (market.ticks, market.reference)
     results = {}
     sim_bars: list = []
     for name, (ticks, reference) in workloads.items():
         seen = sim_bars if name.startswith("sim") else None
+        if seen is None and "replay" not in PARTS:
+            continue  # the catch-up alone needs the simulated day's bars only
         results[f"{name}/primary"] = run(cfg, ticks, reference, slow_rag=False, seen=seen)
         print(name, "primary", json.dumps({k: results[f"{name}/primary"][k] for k in ("batch_ms", "rag_status")}))
-    no_breaker = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"rag_breaker_after": 0})})
-    results["sim_20_symbols_1_day/fail_open_slow_rag"] = run(no_breaker, market.ticks, market.reference, slow_rag=True)
-    results["sim_20_symbols_1_day/fail_open_slow_rag_breaker"] = run(cfg, market.ticks, market.reference, slow_rag=True)
-    for name in ("fail_open_slow_rag", "fail_open_slow_rag_breaker"):
-        print(name, json.dumps(results[f"sim_20_symbols_1_day/{name}"]["batch_ms"]))
-    stalled = sim_bars[len(sim_bars) // 2 :][:CATCH_UP_BARS]  # mid-day: full lookback windows
-    catch = {"healthy": catch_up(cfg, stalled, slow_rag=False), "stuck": catch_up(cfg, stalled, slow_rag=True)}
-    print("catch-up", json.dumps(catch))
+    if "replay" in PARTS:
+        no_breaker = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"rag_breaker_after": 0})})
+        for name, run_cfg in (("fail_open_slow_rag", no_breaker), ("fail_open_slow_rag_breaker", cfg)):
+            results[f"sim_20_symbols_1_day/{name}"] = run(run_cfg, market.ticks, market.reference, slow_rag=True)
+            print(name, json.dumps(results[f"sim_20_symbols_1_day/{name}"]["batch_ms"]))
+    catch = {}
+    if "catch_up" in PARTS:
+        stalled = sim_bars[len(sim_bars) // 2 :][:CATCH_UP_BARS]  # mid-day: full lookback windows
+        catch = {"healthy": catch_up(cfg, stalled, slow_rag=False), "stuck": catch_up(cfg, stalled, slow_rag=True)}
+        print("catch-up", json.dumps(catch))
     report = {
         "budgets_ms": {"primary": 100, "fail_open": 80},
         "setup": {
@@ -187,12 +198,13 @@ def main() -> None:
             "model": str(cfg.model.dir.name),
             "bar_ms": cfg.pipeline.bar_ms,
             "workers": 1,
+            "code": {"label": LABEL or "this checkout", "flows_from": build_replay_flow.__code__.co_filename},
         },
         "results": results,
         "catch_up": catch,
-        "fail_open_budget": fail_open_budget(results),
+        "fail_open_budget": fail_open_budget(results) if "replay" in PARTS else {},
     }
-    write_results("pipeline_latency", report)
+    write_results(f"pipeline_latency_{LABEL}" if LABEL else "pipeline_latency", report)
     for name, r in results.items():
         print(
             f"{name}: batch p50/p99 {r['batch_ms']['p50_ms']:.2f}/{r['batch_ms']['p99_ms']:.2f} ms "

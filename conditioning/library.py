@@ -1,40 +1,50 @@
-"""The pattern library: the k nearest stored patterns of a query and their known outcomes (exact search with hnswlib's
-brute-force index + numpy, no torch; the torch head that turns them into a context is conditioning/rag.py).
+"""The pattern library: the k nearest stored patterns of a query and their known outcomes (exact search: a float32
+matrix product for candidates, hnswlib's own arithmetic for the answer; the torch head that turns them into a
+context is conditioning/rag.py).
 
 Search. Exact k-NN in cosine space (``d = 1 - cos``; the pattern vectors are z-scored shapes, so direction
-matters and scale does not) over the live entries: an ``hnswlib.BFIndex`` in inner-product space holding unit
-vectors, queried with unit vectors. Both are normalised by :func:`unit_vectors`, a bit-exact copy of hnswlib's
-own ``normalize_vector``, and the distances come from hnswlib's SIMD inner product, so every distance is the one
-an hnswlib HNSW index over the same patterns reports; ties are broken by entry number, as there.
+matters and scale does not) over the live entries, as an hnswlib index would answer it: entries and queries are
+normalised by :func:`unit_vectors` and distances are those of hnswlib's AVX-512 inner-product kernel
+(conditioning/ip_kernel.py, both bit for bit); the answer is the k smallest ``(distance, entry number)`` pairs,
+the order hnswlib's brute-force index keeps. A batch ``[B, D]`` is searched in three steps:
 
-Why exact, not HNSW (docs/models.md, "Pattern library: exact search"): the pipeline adds one pattern and asks
-one query per bar. An exact query over N = 10k entries costs ~0.27 ms (N dot products of 128 floats) and an
-insert ~2 us; an HNSW insert at ``M = 16``, ``ef_construction = 200`` cost ~0.35 ms and, with the rebuilds an
-evicting index needs (mark_deleted keeps the space; a full rebuild every N/2 inserts), ~0.9 ms a pattern
-amortised, for a query of ~0.13 ms whose recall@10 on the pipeline's own queries was 0.88 (flat distance
-profiles: all 10 found for 46% of bars). Exact costs linearly in N: past ~30k entries an HNSW index would again
-be cheaper per bar.
+1. ``sim = unit(query) @ unit(library).T`` ``[B, N]``, one float32 matrix product (torch; its sums run in another
+   order than the kernel's, but for unit vectors both are within ``E = 3e-5`` of the exact cosine: the error of a
+   float32 dot product of 128 terms is at most ``128 * 2^-24 / (1 - 128 * 2^-24) ~ 7.6e-6`` whatever the order,
+   twice that between two orders, plus the rounding of ``1 - s``, doubled again for margin); entries a row may not
+   use get ``-inf``;
+2. per row, a lower bound ``v`` on its k-th largest ``sim`` (the k-th largest maximum of its blocks of ``BLOCK``
+   entries) and the band ``sim >= v - 2E``, read from the blocks whose maximum reaches it: every true neighbour
+   lies in it (its exact distance is at most the k-th's, so its ``sim`` is within ``2E`` of the k-th largest);
+3. the band's exact distances (:func:`ip_distances`), sorted by ``(distance, entry)``: the first k.
+
+A zero query (a window without data: no shape) is at distance exactly 1 from every entry, so its neighbours are
+the k oldest entries it may use, with no product. Rows are searched independently, so a batch of ``2 *
+PARALLEL_ROWS`` rows or more is split into one part a core, each on a thread of its own (torch and numpy let go of
+the GIL). At N = 10k a search costs ~0.07 ms of CPU a row in a batch of 256 (the product, ~2.6 MFLOP a row, ~40%;
+the band and the exact step the rest), ~0.15 ms in a batch of 32 and ~1.2 ms for one row alone (its product reads
+the whole 5 MB library), where hnswlib's brute-force index cost ~0.23 ms a row and 0.6-1.0 ms for one (same
+machine, interleaved); an insert is a row of the ring arrays.
 
 Library. The newest ``max_patterns`` (N) entries. Entry number ``e`` (0, 1, 2, ... in insertion order, never
-reused) is its label in the index; its metadata (outcome, window, unit vector) lives in row ``e % N`` of ring
-arrays, so the live entries ``[total - N, total)`` occupy distinct rows and ``Retrieval.labels`` are rows.
-An update deletes the entries it evicts from the index (``delete_vector``: the last slot moves into the hole)
-and adds the new ones; the index then holds exactly the live entries, whatever the order of the calls.
+reused) lives in row ``e % N`` of ring arrays (unit vector, outcome, window), so the live entries ``[total - N,
+total)`` occupy distinct rows and ``Retrieval.labels`` are rows.
 
 Point in time. An entry is added only once its outcome is known (``as_of_ns`` enforces it when given). A
 query with a window ``[start_ns, end_ns)`` uses only entries whose outcome was known before the window
 started, ``outcome_end_ns <= start_ns``: this excludes entries overlapping the window (embargo) and, in a
-backtest over a full-history library, every later entry. When few entries are eligible (``EXACT_MAX``) they are
-searched with numpy over the ``_unit`` copies; otherwise the nearest 4k are fetched and filtered, and a row left
-with fewer than k is searched again over the eligible entries only, with an hnswlib filter.
+backtest over a full-history library, every later entry. An update also keeps the live rows sorted by
+``outcome_end_ns`` (off the query path), so a row's eligible entries are counted with one binary search and the
+others are a tail of that order. A row with at most ``EXACT_MAX`` eligible entries is searched over those alone
+with a numpy matrix-vector product (its distances are numpy's, not the kernel's: the replay outputs of the real
+samples, whose windows predate the shipped library, depend on them); the others as above.
 
-Concurrency and deadline. hnswlib is not safe under concurrent ``add_items`` and ``knn_query``, so every
-access to the index holds a readers-writer lock (queries share it, updates are exclusive, writers are
-preferred over newly arriving readers); an update holds it for a few microseconds a pattern. Updates, loads
-and saves are serialised by a second (writers') lock, so a save sees whole updates. A running C++ query cannot
-be cancelled: queries run on a small worker pool and the caller waits for at most ``timeout_ms``. On a miss it
-gets ``None`` (status ``timeout``) while the worker finishes and releases the lock itself, in a ``finally``; a
-query still queued when its caller gives up never runs.
+Concurrency and deadline. Queries share a readers-writer lock and updates hold it exclusively, so a query sees
+whole updates; an update computes everything first (rows, the sorted order, the outcome statistics) and holds the
+lock only to store it. Updates, loads and saves are serialised by a second (writers') lock, so a save sees whole
+updates. Queries run on a small worker pool and the caller waits for at most ``timeout_ms``. On a miss it gets
+``None`` (status ``timeout``) while the worker finishes and releases the lock itself, in a ``finally``; a query
+still queued when its caller gives up never runs.
 
 Saved format (``LIBRARY_FORMAT`` 3): ``patterns.npz``, the ring rows of the live entries (unit vector, outcome,
 window, symbol) and ``total``. Format 2 (an HNSW index ``patterns.hnsw`` beside the metadata, which the shipped
@@ -43,60 +53,114 @@ model still has) loads too: its unit vectors are read from the index.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import hnswlib
 import numpy as np
+import torch
 
 from conditioning.features.types import Pattern
+from conditioning.ip_kernel import LANES, ip_distances, unit_vectors
 from conditioning.rwlock import RWLock
 from schemas.layout import OUTCOME_DIM
 from schemas.records import RagStatus
 
-OVERFETCH = 4
-#: Up to this many eligible entries, the point-in-time fallback is an exact numpy search over them (an hnswlib
-#: filter calls back into Python for every entry it visits, which is slow when few entries pass).
+#: Up to this many eligible entries, a point-in-time row is searched over them alone (module docstring).
 EXACT_MAX = 4_096
 LIBRARY_FORMAT = 3
-#: From this many query rows on, a search uses every core (:meth:`PatternLibrary._knn`).
-PARALLEL_ROWS = 8
-
-
-def unit_vectors(x: np.ndarray) -> np.ndarray:
-    """``x [n, D]`` float32 -> ``x / |x|`` as hnswlib's ``normalize_vector`` computes it, bit for bit: the float32
-    sum of squares accumulated in index order, then ``x * (1 / (sqrt(sum) + 1e-30))``."""
-    x = np.asarray(x, dtype=np.float32)
-    sum_sq = np.zeros(len(x), dtype=np.float32)
-    for column in x.T:  # in order: a pairwise or blocked sum would round differently
-        sum_sq += column * column
-    return x * (np.float32(1.0) / (np.sqrt(sum_sq) + np.float32(1e-30)))[:, None]
-
-
-def _known_by(outcome_end_ns: np.ndarray, start_ns: int, label: int) -> bool:
-    """hnswlib filter: the entry's outcome was known when the query window started (label -> ring row)."""
-    return bool(outcome_end_ns[label % len(outcome_end_ns)] <= start_ns)
+#: Bound on |matrix-product cosine - kernel cosine| for unit vectors (module docstring, step 1).
+SIM_ERROR = 3e-5
+#: Library rows per block in the search for a row's k-th largest similarity (step 2).
+BLOCK = 64
+#: Below this many rows, a row's k-th largest similarity comes from a partition of the row, not from blocks.
+SMALL_ROWS = 4
+#: A batch is split into parts of at least this many rows, one part a core (:meth:`PatternLibrary._knn`).
+PARALLEL_ROWS = 16
 
 
 def _distinct_rows(query: np.ndarray, starts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``query [B, D]`` (with their window start) that first show each distinct value, and for every row
-    the position of its value among those: ``first [U]``, ``inverse [B]`` with ``query[first][inverse] == query``."""
-    seen: dict[bytes, int] = {}
-    inverse = np.array(
-        [
-            seen.setdefault(query[i].tobytes() + (b"" if starts is None else starts[i].tobytes()), len(seen))
-            for i in range(len(query))
-        ],
-        dtype=np.int64,
-    )
-    first = np.unique(inverse, return_index=True)[1]
-    return first, inverse
+    the position of its value among those: ``first [U]`` ascending, ``inverse [B]`` with ``query[first][inverse] ==
+    query`` (values compared as bytes)."""
+    key = np.ascontiguousarray(query).view(np.uint8).reshape(len(query), -1)  # [B, 4 D]
+    if starts is not None:
+        key = np.concatenate([key, np.ascontiguousarray(starts, dtype=np.int64).view(np.uint8).reshape(-1, 8)], 1)
+    rows = np.ascontiguousarray(key).view(np.dtype((np.void, key.shape[1]))).ravel()  # [B] one value a row
+    _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)  # in byte order
+    order = np.argsort(first)  # -> in order of first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse.ravel()]
+
+
+def _outcome_stats(outcome: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Live outcomes ``[N, OUTCOME_DIM]`` -> their mean and std (floored at 1e-8), what summaries standardise by."""
+    return outcome.mean(axis=0), np.maximum(outcome.std(axis=0), 1e-8).astype(np.float32)
+
+
+def _similarity(unit: np.ndarray, library: np.ndarray) -> np.ndarray:
+    """Step 1 of the search: ``unit [S, D] @ library [N, D].T`` in float32 -> ``[S, N]``. torch's product runs on
+    its own intra-op threads (the pipeline sets how many); numpy's BLAS would start every core's thread, which
+    spin and contend with the dataflow. torch computes in float32 only at matmul precision "highest" (its
+    default): "high" or "medium" let it round the inputs to bfloat16, past ``SIM_ERROR``; numpy then."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return unit @ library.T
+    return torch.mm(torch.from_numpy(unit), torch.from_numpy(library).T).numpy()
+
+
+def _same_torch_threads() -> None:
+    """A pool thread's start: give it the intra-op thread count torch was set to. The count set by
+    ``torch.set_num_threads`` in one thread does not reach the BLAS of another (its OpenMP setting is per thread), so
+    a product on a fresh thread ran on every core: one row's search took 25 ms instead of 0.3 on a loaded 2-core
+    machine, its threads spinning."""
+    torch.set_num_threads(torch.get_num_threads())
+
+
+def _band(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 2 of the search (module docstring): ``sim [S, nb * BLOCK]`` (at least k finite values a row) -> ``(row,
+    col)`` ``[P]`` each: every value at or above its row's k-th largest minus ``2 * SIM_ERROR``, and a few below.
+
+    By blocks of ``BLOCK`` columns: the k-th largest block maximum is at most the row's k-th largest value (those k
+    blocks hold k values at or above it), so reading the blocks whose maximum reaches it minus the margin, and in
+    them the values that do, finds the band (and the values between the two edges, which the exact step sorts
+    out). Cheaper than a top-k of the whole row: one maximum per block, a top-k of ``nb`` maxima."""
+    rows = len(sim)
+    blocks = sim.view(rows, -1, BLOCK)  # [S, nb, BLOCK]
+    best = blocks.amax(dim=2)  # [S, nb]
+    kth = torch.full((rows,), -torch.inf) if best.shape[1] < k else torch.topk(best, k, dim=1).values[:, -1]
+    few = kth == -torch.inf  # fewer than k blocks hold a usable value (a small library): the row's own k-th
+    if few.any():
+        kth[few] = torch.topk(sim[few], k, dim=1).values[:, -1]
+    low = kth - 2 * SIM_ERROR  # [S]
+    row, block = torch.nonzero(best >= low[:, None], as_tuple=True)  # [Q] blocks reaching the band
+    hit, col = torch.nonzero(blocks[row, block] >= low[row, None], as_tuple=True)  # [P]
+    return row[hit], block[hit] * BLOCK + col
+
+
+def _nearest(
+    unit: np.ndarray, library: np.ndarray, sim: np.ndarray, entry: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 2 and 3 of the search: ``unit [S, D]`` nonzero query rows, ``library [N', D]`` unit rows, ``sim [S,
+    N']`` their matrix product (``-inf`` where a row may not use an entry; at least k usable a row; ``N'`` a
+    multiple of ``BLOCK``), ``entry [N']`` the entry number of each library row -> library rows ``[S, k]`` and
+    distances ``[S, k]``: the k smallest ``(distance, entry)`` pairs of each row."""
+    if len(sim) < SMALL_ROWS:  # a few rows: partition each (the blocks' top-k costs more in calls than it saves)
+        low = np.partition(sim, sim.shape[1] - k, axis=1)[:, sim.shape[1] - k] - np.float32(2 * SIM_ERROR)
+        row, cand = np.nonzero(sim >= low[:, None])
+    else:
+        row, cand = (t.numpy() for t in _band(torch.from_numpy(sim), k))
+    dist = ip_distances(unit[row], library[cand])  # [P] exact
+    order = np.lexsort((entry[cand], dist, row))  # by row, then (distance, entry)
+    row, cand, dist = row[order], cand[order], dist[order]
+    take = np.arange(len(row)) - np.searchsorted(row, np.arange(len(unit)))[row] < k  # the first k of each row
+    return cand[take].reshape(len(unit), k), dist[take].reshape(len(unit), k)
 
 
 @dataclass(frozen=True)
@@ -127,27 +191,32 @@ class PatternLibrary:
         ):
             if value < 1:
                 raise ValueError(f"{type(self).__name__}: {name} must be >= 1, got {value}")
+        if pattern_dim % LANES:
+            raise ValueError(f"{type(self).__name__}: pattern_dim must be a multiple of {LANES}, got {pattern_dim}")
         self.pattern_dim = pattern_dim
         self.max_patterns, self.k = max_patterns, k
         self._lock = RWLock()
         self._update_lock = threading.Lock()  # one mutator (update, clear, load) or save at a time
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None
+        self._scan_pool: ThreadPoolExecutor | None = None
+        self._cores = os.cpu_count() or 1
         self._pool_guard = threading.Lock()
         self._reset_library()
 
     # ------------------------------------------------------------------ library (writers)
     def _reset_library(self) -> None:
         n = self.max_patterns
-        self._index = hnswlib.BFIndex(space="ip", dim=self.pattern_dim)  # unit vectors: 1 - ip is the cosine distance
-        self._index.init_index(max_elements=n)
         self._total = 0  # entries ever added = the next entry number; entry e lives in row e % max_patterns
         self._symbol = np.zeros(n, dtype=object)
         self._start_ns = np.zeros(n, dtype=np.int64)
         self._end_ns = np.zeros(n, dtype=np.int64)
         self._outcome_end_ns = np.zeros(n, dtype=np.int64)
         self._outcome = np.zeros((n, OUTCOME_DIM), dtype=np.float32)
-        self._unit = np.zeros((n, self.pattern_dim), dtype=np.float32)  # the index's unit vectors, for numpy search
+        # unit_vectors of the patterns, and zero rows up to a whole number of blocks (the search reads blocks)
+        self._unit = np.zeros((-(-n // BLOCK) * BLOCK, self.pattern_dim), dtype=np.float32)
+        self._by_end = np.zeros(0, dtype=np.int64)  # [size] live rows by outcome_end_ns (point in time)
+        self._entry = np.zeros(len(self._unit), dtype=np.int64)  # [N'] each row's entry number (the tie-break)
         self._outcome_mean = np.zeros(OUTCOME_DIM, dtype=np.float32)
         self._outcome_std = np.ones(OUTCOME_DIM, dtype=np.float32)
 
@@ -189,7 +258,7 @@ class PatternLibrary:
         """Add patterns (oldest first); beyond ``max_patterns`` the oldest entries are evicted.
 
         All patterns are validated before any is added, so a bad one leaves the library untouched. The update
-        is applied whole under the exclusive lock (microseconds a pattern): queries see all of it or none.
+        is prepared outside the exclusive lock and stored whole under it: queries see all of it or none.
         """
         for p in patterns:
             self._check(p, as_of_ns)
@@ -200,31 +269,23 @@ class PatternLibrary:
         skipped = max(0, len(patterns) - n_max)  # evicted within this call: never stored
         patterns = patterns[skipped:]
         unit = unit_vectors(np.stack([np.asarray(p.vector, dtype=np.float32) for p in patterns]))  # [n, D]
-        with self._update_lock:
-            labels = self._total + skipped + np.arange(len(patterns), dtype=np.int64)  # [n] entry numbers
-            evicted = range(self._total - self.size, min(self._total, int(labels[-1]) + 1 - n_max))
+        outcome = np.stack([np.asarray(p.outcome, dtype=np.float32) for p in patterns])  # [n, OUTCOME_DIM]
+        ends = np.array([p.outcome_end_ns for p in patterns], dtype=np.int64)
+        with self._update_lock:  # the only writer: the arrays change under the exclusive lock alone
+            total = self._total + skipped + len(patterns)
+            rows = np.arange(total - len(patterns), total, dtype=np.int64) % n_max
+            size = min(total, n_max)
+            all_ends, all_outcome = self._outcome_end_ns[:size].copy(), self._outcome[:size].copy()
+            all_ends[rows], all_outcome[rows] = ends, outcome
+            by_end, (mean, std) = np.argsort(all_ends, kind="stable"), _outcome_stats(all_outcome)
             with self._lock.write():
-                for label in evicted:
-                    self._index.delete_vector(label)
-                self._index.add_items(unit, labels)
-                self._set_rows(labels % n_max, patterns, unit)
-                self._total = int(labels[-1]) + 1
-                self._refresh_outcome_stats()
-
-    def _set_rows(self, rows: np.ndarray, patterns: list[Pattern], unit: np.ndarray) -> None:
-        self._unit[rows] = unit
-        self._symbol[rows] = [p.symbol for p in patterns]
-        self._start_ns[rows] = [p.start_ns for p in patterns]
-        self._end_ns[rows] = [p.end_ns for p in patterns]
-        self._outcome_end_ns[rows] = [p.outcome_end_ns for p in patterns]
-        self._outcome[rows] = np.stack([np.asarray(p.outcome, dtype=np.float32) for p in patterns])
-
-    def _refresh_outcome_stats(self) -> None:
-        if not self.size:
-            return
-        live = self._outcome[: self.size]  # [N, OUTCOME_DIM]
-        self._outcome_mean = live.mean(axis=0)
-        self._outcome_std = np.maximum(live.std(axis=0), 1e-8).astype(np.float32)
+                self._unit[rows], self._outcome[rows], self._outcome_end_ns[rows] = unit, outcome, ends
+                self._entry[rows] = np.arange(total - len(patterns), total)
+                self._symbol[rows] = [p.symbol for p in patterns]
+                self._start_ns[rows] = [p.start_ns for p in patterns]
+                self._end_ns[rows] = [p.end_ns for p in patterns]
+                self._total, self._by_end = total, by_end
+                self._outcome_mean, self._outcome_std = mean, std
 
     def save_library(self, directory: str | Path) -> None:
         """Write ``patterns.npz``: the live entries' ring rows (unit vectors and metadata) and ``total``."""
@@ -295,32 +356,65 @@ class PatternLibrary:
             self._unit[:n], self._symbol[:n] = unit, meta["symbol"]  # saved in row order
             for key in ("start_ns", "end_ns", "outcome_end_ns", "outcome"):
                 getattr(self, f"_{key}")[:n] = meta[key]
-            self._index.add_items(self._unit[live % self.max_patterns], live)
-            self._refresh_outcome_stats()
+            self._by_end = np.argsort(self._outcome_end_ns[:n], kind="stable")
+            self._entry[live % self.max_patterns] = live
+            self._outcome_mean, self._outcome_std = _outcome_stats(self._outcome[:n])
 
     # ------------------------------------------------------------------ queries (readers)
-    def _knn(self, query: np.ndarray, k: int, filter=None) -> tuple[np.ndarray, np.ndarray]:
-        """The one call into hnswlib's search, ``query`` unit rows; the read lock is held. (A seam for tests that
-        slow it down.) A batch is spread over every core (rows are searched independently, so the answers are
-        the same): an exact scan costs ~0.3 ms a row, and a batch of bars that close together must fit the
-        deadline. A filtered search calls back into Python for each entry, so it stays on one thread."""
-        threads = 1 if filter is not None or len(query) < PARALLEL_ROWS else -1
-        return self._index.knn_query(query, k=k, num_threads=threads, filter=filter)
+    def _knn(
+        self, query: np.ndarray, unit: np.ndarray, starts: np.ndarray | None, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The search of a batch, the read lock held (a seam for tests that slow it down or break it): ``query [B,
+        D]`` as given, ``unit`` its unit rows, ``starts [B]`` the window starts (None: every entry is eligible) ->
+        library rows ``[B, k]`` int64 (-1 where a row has fewer eligible entries) and distances ``[B, k]``."""
+        n, rows = self.size, len(query)
+        labels = np.full((rows, k), -1, dtype=np.int64)
+        dist = np.ones((rows, k), dtype=np.float32)
+        few = np.zeros(rows, dtype=bool)  # rows searched over their few eligible entries alone
+        usable = None
+        if starts is not None:
+            usable = np.searchsorted(self._outcome_end_ns[self._by_end], starts, side="right")  # [B] eligible
+            few = usable <= EXACT_MAX
+            for i in np.flatnonzero(few):
+                want = min(k, int(usable[i]))
+                labels[i, :want], dist[i, :want] = self._exact_known(query[i], int(starts[i]), want, n)
+        zero = ~unit.any(axis=1) & ~few
+        if zero.any():  # every entry at distance exactly 1 (module docstring): the oldest eligible ones
+            oldest = self._live() % self.max_patterns  # [n] rows, oldest entry first
+            for i in np.flatnonzero(zero):
+                labels[i] = (oldest if starts is None else oldest[self._outcome_end_ns[oldest] <= starts[i]])[:k]
+        scan = np.flatnonzero(~few & ~zero)
+        # A large batch is split over every core (torch and numpy let go of the GIL; rows are searched independently,
+        # so the answers are the same): the bars of a catch-up must fit the deadline.
+        parts = [p for p in np.array_split(scan, min(self._cores, max(1, len(scan) // PARALLEL_ROWS))) if len(p)]
+
+        def search(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return self._scan(unit[part], None if usable is None else usable[part], k)
+
+        found = self._scanners().map(search, parts) if len(parts) > 1 else map(search, parts)
+        for part, (part_labels, part_dist) in zip(parts, found, strict=True):
+            labels[part], dist[part] = part_labels, part_dist
+        return labels, dist
+
+    def _scan(self, unit: np.ndarray, usable: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Steps 1-3 (module docstring) for nonzero unit rows ``unit [S, D]``, of which row i may use the
+        ``usable[i]`` entries first in outcome-time order (None: all) -> library rows and distances ``[S, k]``."""
+        n = self.size
+        library = self._unit[: -(-n // BLOCK) * BLOCK]  # [N', D]: the live rows, then zero rows
+        sim = _similarity(unit, library)  # [S, N']
+        sim[:, n:] = -np.inf
+        for i, count in enumerate(() if usable is None else usable):
+            sim[i, self._by_end[count:]] = -np.inf  # outcome not yet known at the window start
+        return _nearest(unit, library, sim, self._entry[: len(library)], k)
 
     def _search(self, query: np.ndarray, starts: np.ndarray | None, deadline: float) -> Retrieval:
         if not self._lock.acquire_read(timeout=max(0.0, deadline - time.monotonic())):
-            return Retrieval("timeout")  # a writer held the index past the deadline; the caller has gone
+            return Retrieval("timeout")  # a writer held the library past the deadline; the caller has gone
         try:
             n = self.size
             if n == 0:
                 return Retrieval("empty")
-            k = min(self.k, n)
-            unit = unit_vectors(query)
-            if starts is None:
-                labels, dist = self._knn(unit, k)  # [B, k]
-                labels = labels.astype(np.int64) % self.max_patterns  # entry numbers -> rows
-            else:
-                labels, dist = self._point_in_time(query, unit, starts, k, n)
+            labels, dist = self._knn(query, unit_vectors(query), starts, min(self.k, n))
             valid = labels >= 0
             safe = np.where(valid, labels, 0)
             return Retrieval(
@@ -331,33 +425,6 @@ class PatternLibrary:
             )
         finally:
             self._lock.release_read()
-
-    def _point_in_time(self, query, unit, starts, k, n):
-        """Per row, the k nearest entries known when its window started (``outcome_end_ns <= start_ns``), padded with
-        -1: rows [B, k], distances [B, k]. ``unit``: the rows as the index reads them. Few eligible: numpy over
-        them; else the nearest 4k of the index, filtered, and where that leaves fewer than k, a search of the
-        index over the eligible only."""
-        eligible = np.count_nonzero(self._outcome_end_ns[:n] <= starts[:, None], axis=1)  # [B]
-        out_l = np.full((len(query), k), -1, dtype=np.int64)
-        out_d = np.ones((len(query), k), dtype=np.float32)
-        many = np.flatnonzero(eligible > EXACT_MAX)
-        if len(many):
-            labels, dist = self._knn(unit[many], min(n, k * OVERFETCH))  # [M, kf]
-            labels = labels.astype(np.int64) % self.max_patterns  # entry numbers -> rows
-            ok = self._outcome_end_ns[labels] <= starts[many, None]  # [M, kf]
-        for i in range(len(query)):
-            want = min(k, int(eligible[i]))
-            if eligible[i] <= EXACT_MAX:
-                keep_l, keep_d = self._exact_known(query[i], int(starts[i]), want, n)
-            else:
-                j = int(np.searchsorted(many, i))
-                keep_l, keep_d = labels[j, ok[j]][:k], dist[j, ok[j]][:k]
-            if len(keep_l) < want:  # the nearest 4k were mostly too recent
-                known = partial(_known_by, self._outcome_end_ns, int(starts[i]))
-                keep_l, keep_d = self._knn(unit[i : i + 1], want, known)
-                keep_l, keep_d = keep_l[0].astype(np.int64) % self.max_patterns, keep_d[0]
-            out_l[i, : len(keep_l)], out_d[i, : len(keep_d)] = keep_l, keep_d
-        return out_l, out_d
 
     def _exact_known(self, query: np.ndarray, start_ns: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact cosine k-NN among the entries known by ``start_ns``: rows ``[k]`` int64, distances ``[k]``."""
@@ -370,8 +437,19 @@ class PatternLibrary:
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_guard:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="pattern-rag")
+                self._pool = ThreadPoolExecutor(
+                    self._workers, thread_name_prefix="pattern-rag", initializer=_same_torch_threads
+                )
             return self._pool
+
+    def _scanners(self) -> ThreadPoolExecutor:
+        """One thread a core for the parts of a large batch (not the query pool: a search waits on its parts)."""
+        with self._pool_guard:
+            if self._scan_pool is None:
+                self._scan_pool = ThreadPoolExecutor(
+                    self._cores, thread_name_prefix="pattern-scan", initializer=_same_torch_threads
+                )
+            return self._scan_pool
 
     def search(self, query: np.ndarray, timeout_ms: float = 60, query_windows: np.ndarray | None = None) -> Retrieval:
         """k nearest valid neighbours of each query, or a failed ``Retrieval`` (timeout/empty/error).
@@ -428,3 +506,6 @@ class PatternLibrary:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
+            if self._scan_pool is not None:
+                self._scan_pool.shutdown(wait=False)
+                self._scan_pool = None

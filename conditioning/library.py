@@ -358,7 +358,8 @@ class PatternLibrary:
                 getattr(self, f"_{key}")[:n] = meta[key]
             self._by_end = np.argsort(self._outcome_end_ns[:n], kind="stable")
             self._entry[live % self.max_patterns] = live
-            self._outcome_mean, self._outcome_std = _outcome_stats(self._outcome[:n])
+            if n:  # (an empty library keeps the reset's 0 and 1)
+                self._outcome_mean, self._outcome_std = _outcome_stats(self._outcome[:n])
 
     # ------------------------------------------------------------------ queries (readers)
     def _knn(

@@ -68,7 +68,7 @@ def summarise() -> Path:
 
 
 def _throughput_table(name: str, r: dict) -> list[str]:
-    live, raw, rep, rep2 = r.get("live"), r.get("raw_consume"), r["replay"], r["replay_2_processes"]
+    live, raw, rep, rep2 = r.get("live"), r.get("raw_consume"), r.get("replay"), r.get("replay_2_processes")
     half, sat = r.get("latency_half_max"), r.get("latency_saturation")
 
     def lat(x: dict) -> str:
@@ -104,13 +104,14 @@ def _throughput_table(name: str, r: dict) -> list[str]:
             f"| raw consume, one consumer per partition | {raw['ticks_per_s']:,.0f} ticks/s |",
             f"| live / raw | {live['ratio_to_raw']:.2f} |",
         ]
-    rows += [
-        f"| replay from parquet, one process | {rep['ticks_per_s_wall']:,.0f} ticks/s wall "
-        f"({rep.get('ticks_per_s_reported', 0):,} as the replay reports it){per_cpu(rep)}, "
-        f"peak RSS {rep['peak_rss_mib']:,.0f} MiB |",
-        f"| replay, `--processes 2` | {rep2['ticks_per_s_wall']:,.0f} ticks/s wall, {rep2['speedup']:.2f}x one"
-        f"{per_cpu(rep2)} |",
-    ]
+    if rep and rep2:  # (a BENCH_PARTS=live run has none)
+        rows += [
+            f"| replay from parquet, one process | {rep['ticks_per_s_wall']:,.0f} ticks/s wall "
+            f"({rep.get('ticks_per_s_reported', 0):,} as the replay reports it){per_cpu(rep)}, "
+            f"peak RSS {rep['peak_rss_mib']:,.0f} MiB |",
+            f"| replay, `--processes 2` | {rep2['ticks_per_s_wall']:,.0f} ticks/s wall, {rep2['speedup']:.2f}x one"
+            f"{per_cpu(rep2)} |",
+        ]
     if feats := r.get("replay_features_only"):
         rows.append(
             f"| replay, features only (no model, no library), one process | {feats['ticks_per_s_wall']:,.0f} ticks/s "

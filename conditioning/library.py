@@ -123,6 +123,11 @@ def _same_torch_threads() -> None:
     torch.set_num_threads(torch.get_num_threads())
 
 
+def _torch_pool(threads: int, name: str) -> ThreadPoolExecutor:
+    """A thread pool whose threads run torch with the intra-op thread count it was set to."""
+    return ThreadPoolExecutor(threads, thread_name_prefix=name, initializer=_same_torch_threads)
+
+
 def _band(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 2 of the search (module docstring): ``sim [S, nb * BLOCK]`` (at least k finite values a row) -> ``(row,
     col)`` ``[P]`` each: every value at or above its row's k-th largest minus ``2 * SIM_ERROR``, and a few below.
@@ -368,7 +373,7 @@ class PatternLibrary:
         """The search of a batch, the read lock held (a seam for tests that slow it down or break it): ``query [B,
         D]`` as given, ``unit`` its unit rows, ``starts [B]`` the window starts (None: every entry is eligible) ->
         library rows ``[B, k]`` int64 (-1 where a row has fewer eligible entries) and distances ``[B, k]``."""
-        n, rows = self.size, len(query)
+        rows = len(query)
         labels = np.full((rows, k), -1, dtype=np.int64)
         dist = np.ones((rows, k), dtype=np.float32)
         few = np.zeros(rows, dtype=bool)  # rows searched over their few eligible entries alone
@@ -378,7 +383,8 @@ class PatternLibrary:
             few = usable <= EXACT_MAX
             for i in np.flatnonzero(few):
                 want = min(k, int(usable[i]))
-                labels[i, :want], dist[i, :want] = self._exact_known(query[i], int(starts[i]), want, n)
+                known = np.sort(self._by_end[: int(usable[i])])  # the rows eligible, in row order
+                labels[i, :want], dist[i, :want] = self._exact_known(query[i], known, want)
         zero = ~unit.any(axis=1) & ~few
         if zero.any():  # every entry at distance exactly 1 (module docstring): the oldest eligible ones
             oldest = self._live() % self.max_patterns  # [n] rows, oldest entry first
@@ -427,9 +433,9 @@ class PatternLibrary:
         finally:
             self._lock.release_read()
 
-    def _exact_known(self, query: np.ndarray, start_ns: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact cosine k-NN among the entries known by ``start_ns``: rows ``[k]`` int64, distances ``[k]``."""
-        labels = np.flatnonzero(self._outcome_end_ns[:n] <= start_ns)  # [E]
+    def _exact_known(self, query: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact cosine k-NN among the library rows ``labels [E]`` (ascending): rows ``[k]`` int64, distances
+        ``[k]``."""
         norm = float(np.linalg.norm(query))
         dist = 1.0 - self._unit[labels] @ (query / norm if norm > 0 else query)  # [E]
         order = np.argsort(dist, kind="stable")[:k]
@@ -437,19 +443,13 @@ class PatternLibrary:
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_guard:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    self._workers, thread_name_prefix="pattern-rag", initializer=_same_torch_threads
-                )
+            self._pool = self._pool or _torch_pool(self._workers, "pattern-rag")
             return self._pool
 
     def _scanners(self) -> ThreadPoolExecutor:
         """One thread a core for the parts of a large batch (not the query pool: a search waits on its parts)."""
         with self._pool_guard:
-            if self._scan_pool is None:
-                self._scan_pool = ThreadPoolExecutor(
-                    self._cores, thread_name_prefix="pattern-scan", initializer=_same_torch_threads
-                )
+            self._scan_pool = self._scan_pool or _torch_pool(self._cores, "pattern-scan")
             return self._scan_pool
 
     def search(self, query: np.ndarray, timeout_ms: float = 60, query_windows: np.ndarray | None = None) -> Retrieval:
@@ -457,7 +457,7 @@ class PatternLibrary:
 
         ``query [B, pattern_dim]`` float32, a copy the search may keep (a timed-out worker outlives the call);
         ``query_windows [B, 2]`` int64 ``(start_ns, end_ns)`` of each query's window enables the point-in-time
-        filter. Bad input raises ``ValueError``; index failures
+        filter. Bad input raises ``ValueError``; search failures
         never raise (status ``error`` with the cause).
         """
         if query.ndim != 2 or query.shape[1] != self.pattern_dim:
@@ -493,12 +493,12 @@ class PatternLibrary:
         except FutureTimeout:
             future.cancel()  # still queued: it never runs; running: it finishes and releases the lock itself
             return Retrieval("timeout")
-        except Exception as err:  # hnswlib raised inside the worker: fail open, keep the cause
+        except Exception as err:  # the search raised inside the worker: fail open, keep the cause
             return Retrieval("error", error=err)
 
     @property
     def querying(self) -> bool:
-        """A query holds the index (between a caller's searches: one that timed out, its caller gone)."""
+        """A query holds the library (between a caller's searches: one that timed out, its caller gone)."""
         return self._lock.reading
 
     def close(self) -> None:

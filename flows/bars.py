@@ -725,7 +725,8 @@ def columns_of(ticks: Sequence[Tick]) -> Ticks:
     time: a trade's bid and ask columns are NaN, a quote's price and size."""
     n = len(ticks)
     trade = [t.kind == "trade" for t in ticks]
-    is_trade, is_quote = np.array(trade, bool).reshape(n), ~np.array(trade, bool).reshape(n)
+    is_trade = np.array(trade, bool).reshape(n)
+    is_quote = ~is_trade
     trades = list(compress(ticks, trade))
     quotes = list(compress(ticks, is_quote.tolist()))
 

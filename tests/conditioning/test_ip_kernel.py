@@ -72,6 +72,14 @@ def mirror(patterns, max_patterns: int) -> tuple[hnswlib.BFIndex, np.ndarray]:
     return bf_index(unit, np.arange(first, len(patterns))), ends
 
 
+def assert_answers_as(index: hnswlib.BFIndex, labels, similarity, queries: np.ndarray, n_max: int) -> None:
+    """A retrieval's ``labels`` and ``similarity`` ``[B, 10]`` of ``queries [B, D]`` are the neighbours (rows =
+    entry % ``n_max``) and distances of ``index``, bit for bit."""
+    want, dist = index.knn_query(unit_vectors(queries), k=10, num_threads=1)
+    np.testing.assert_array_equal(labels, want.astype(np.int64) % n_max)
+    assert np.array_equal(similarity, (1.0 - dist).astype(np.float32))
+
+
 def test_search_answers_as_hnswlib_s_brute_force_index(rng):
     """Neighbours (rows = entry % max_patterns) and distances, bit for bit, after the ring has wrapped, with
     near-duplicates (ties broken by entry number), repeated and zero queries, with and without windows."""
@@ -88,9 +96,7 @@ def test_search_answers_as_hnswlib_s_brute_force_index(rng):
     queries[:3] = vectors[8_500]
     queries[3:5] = 0.0
     got = rag.retrieve(torch.from_numpy(queries), timeout_ms=10_000)
-    labels, dist = index.knn_query(unit_vectors(queries), k=10, num_threads=1)
-    np.testing.assert_array_equal(got.labels, labels.astype(np.int64) % n_max)
-    assert np.array_equal(got.similarity, (1.0 - dist).astype(np.float32))
+    assert_answers_as(index, got.labels, got.similarity, queries, n_max)
     few = rag.retrieve(torch.from_numpy(queries[5:8]), timeout_ms=10_000)  # under SMALL_ROWS: the partition path
     np.testing.assert_array_equal(few.labels, got.labels[5:8])
     assert np.array_equal(few.similarity, got.similarity[5:8])
@@ -102,9 +108,7 @@ def test_search_answers_as_hnswlib_s_brute_force_index(rng):
         known = np.flatnonzero(ends <= starts[i])
         assert len(known) > EXACT_MAX
         only = bf_index(unit_vectors(np.stack([patterns[first + j].vector for j in known])), first + known)
-        labels, dist = only.knn_query(unit_vectors(queries[i : i + 1]), k=10, num_threads=1)
-        np.testing.assert_array_equal(got.labels[i], labels[0].astype(np.int64) % n_max)
-        assert np.array_equal(got.similarity[i], (1.0 - dist[0]).astype(np.float32))
+        assert_answers_as(only, got.labels[i : i + 1], got.similarity[i : i + 1], queries[i : i + 1], n_max)
     rag.close()
 
 
@@ -117,7 +121,5 @@ def test_a_library_of_fewer_blocks_than_k_answers_as_hnswlib(rng):
     index, _ = mirror(patterns, 300)
     queries = vectors[:40] + 0.1 * rng.standard_normal((40, 128)).astype(np.float32)
     got = rag.retrieve(torch.from_numpy(queries), timeout_ms=10_000)
-    labels, dist = index.knn_query(unit_vectors(queries), k=10, num_threads=1)
-    np.testing.assert_array_equal(got.labels, labels.astype(np.int64))
-    assert np.array_equal(got.similarity, (1.0 - dist).astype(np.float32))
+    assert_answers_as(index, got.labels, got.similarity, queries, 300)
     rag.close()

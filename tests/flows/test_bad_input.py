@@ -23,6 +23,8 @@ from schemas.session import session_day
 from schemas.ticks import Quote, Reference, Status, Trade, decode_tick, encode_tick
 from schemas.wire import WireTrade, as_model
 
+from .kafka_fakes import FakeMessage
+
 OPEN = 1_514_903_400_000_000_000  # 2018-01-02 09:30:00 ET
 S = 1_000_000_000
 MIN = 60 * S
@@ -37,33 +39,8 @@ def wire(t_ns: int, price: float = 100.0, symbol: str = "AAA", **extra) -> bytes
     return json.dumps({"kind": "trade", "symbol": symbol, "ts_ns": t_ns, "price": price, "size": 100} | extra).encode()
 
 
-class Message:
-    """What the live source reads from confluent-kafka (its ``Message`` cannot be built from Python)."""
-
-    def __init__(self, raw: bytes, key: bytes | None, offset: int):
-        self.raw, self._key, self._offset = raw, key, offset
-
-    def error(self):
-        return None
-
-    def key(self):
-        return self._key
-
-    def value(self):
-        return self.raw
-
-    def topic(self):
-        return "ticks"
-
-    def partition(self):
-        return 1
-
-    def offset(self):
-        return self._offset
-
-
-def message(raw: bytes, key: bytes | None = b"AAA", offset: int = 0) -> Message:
-    return Message(raw, key, offset)
+def message(raw: bytes, key: bytes | None = b"AAA", offset: int = 0) -> FakeMessage:
+    return FakeMessage(offset, raw, key, partition=1)
 
 
 def received(t_ns: int, price: float = 100.0, offset: int = 0, **extra) -> Received:

@@ -14,49 +14,11 @@ from flows.config import load_config
 from flows.feature_records import feature_record
 from schemas.records import DeadLetter
 
+from .kafka_fakes import FakeConsumer, FakeMessage
+
 OPEN = 1_709_562_600_000_000_000  # 2024-03-04 09:30 ET
 S = 10**9
 SYMBOLS = ("AAA", "BBB", "CCC")
-
-
-class Message:
-    def __init__(self, offset: int, key: bytes | None, value: bytes):
-        self._offset, self._key, self._value = offset, key, value
-
-    def error(self):
-        return None
-
-    def offset(self):
-        return self._offset
-
-    def value(self):
-        return self._value
-
-    def key(self):
-        return self._key
-
-    def topic(self):
-        return "ticks"
-
-    def partition(self):
-        return 0
-
-
-class Consumer:
-    def __init__(self, conf):
-        self.batches: list[list[Message]] = []
-
-    def assign(self, parts):
-        pass
-
-    def consume(self, n, timeout):
-        return self.batches.pop(0) if self.batches else []
-
-    def get_watermark_offsets(self, tp, timeout=None, cached=False):
-        return 0, 0
-
-    def close(self):
-        pass
 
 
 def stream(rng: np.random.Generator, n: int = 4000) -> list[tuple[bytes | None, bytes]]:
@@ -95,11 +57,11 @@ def stream(rng: np.random.Generator, n: int = 4000) -> list[tuple[bytes | None, 
 
 def read(monkeypatch, messages, sizes, blocks: bool) -> tuple[list, source._TickPartition]:
     """Everything the partition emits for ``messages`` consumed in batches of ``sizes``."""
-    monkeypatch.setattr(source, "Consumer", Consumer)
+    monkeypatch.setattr(source, "Consumer", FakeConsumer)
     if not blocks:
         monkeypatch.setattr(source._TickPartition, "_blocks", lambda self, msgs: None)
     part = source._TickPartition(load_config("deploy/local.yaml", env={}), "ticks", 0, 1, until_eof=False, resume=None)
-    msgs = [Message(i, key, value) for i, (key, value) in enumerate(messages)]
+    msgs = [FakeMessage(i, value, key) for i, (key, value) in enumerate(messages)]
     cuts = np.cumsum(sizes)
     part.consumer.batches = [msgs[a:b] for a, b in zip([0, *cuts], [*cuts, len(msgs)], strict=False) if a < b]
     out: list = []

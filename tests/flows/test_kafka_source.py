@@ -7,63 +7,16 @@ import logging
 
 import pytest
 from bytewax.inputs import AbortExecution
-from confluent_kafka import KafkaError, KafkaException
 
 import flows.sources.kafka as source
 from flows.bars import Heartbeat
 from flows.config import load_config
 from flows.lifecycle import STOP
 
+from .kafka_fakes import FakeConsumer, FakeMessage
+
 OPEN = 1_709_562_600_000_000_000  # 2024-03-04 09:30 ET
 S = 10**9
-
-
-class FakeMessage:
-    def __init__(self, offset: int, value: bytes | None, eof: bool = False):
-        self._offset, self._value, self._eof = offset, value, eof
-
-    def error(self):
-        return KafkaError(KafkaError._PARTITION_EOF) if self._eof else None
-
-    def offset(self):
-        return self._offset
-
-    def value(self):
-        return self._value
-
-    def key(self):
-        return b"AAA"
-
-    def topic(self):
-        return "ticks"
-
-    def partition(self):
-        return 0
-
-
-class FakeConsumer:
-    """Serves queued batches; answers watermark queries with ``high`` unless ``frozen``."""
-
-    def __init__(self, conf):
-        self.batches: list[list[FakeMessage]] = []
-        self.high = 0
-        self.frozen = False
-        self.queries = 0  # watermark queries sent to the broker (not answered from the last fetch)
-
-    def assign(self, parts):
-        pass
-
-    def consume(self, n, timeout):
-        return self.batches.pop(0) if self.batches else []
-
-    def get_watermark_offsets(self, tp, timeout=None, cached=False):
-        self.queries += not cached
-        if self.frozen and not cached:
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
-        return 0, self.high
-
-    def close(self):
-        pass
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ M=16, ef_construction=200) on a full 10k library costs per pattern, re-adding an
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_file import write_results
+from results_file import LABEL, bench_parts, write_results
 
 from conditioning.config import ConditioningConfig
 from conditioning.features.types import Pattern
@@ -50,8 +49,7 @@ TOKENS = 64
 ONLINE_STREAM = 20_000
 ONLINE_CALLS = (64, 1_000)
 MODEL_DIR = Path(__file__).resolve().parent.parent / "conditioning" / "pretrained" / "default"
-LABEL = os.environ.get("BENCH_LABEL")
-PARTS = set(os.environ.get("BENCH_PARTS", "batches,online").split(","))
+PARTS = bench_parts("batches,online")
 
 
 def timed(fn, iters: int, warmup: int = 5) -> dict[str, float]:
@@ -234,7 +232,7 @@ def main() -> None:
         "results": results,
         "online_updates": online,
     }
-    write_results(f"models_latency_{LABEL}" if LABEL else "models_latency", report)
+    write_results("models_latency", report)
     for batch, rows in results.items():
         print(batch, {k: f"{v['p50_ms']:.3f}/{v['p99_ms']:.3f}" for k, v in rows.items()})
     for name, row in online.items():

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results_file import write_results
+from results_file import LABEL, bench_parts, write_results
 
 from conditioning.sim.market import MarketConfig, simulate_market
 from flows.config import AppConfig, load_config
@@ -57,8 +57,7 @@ from schemas.records import ContextRecord
 SHARED = Path(os.environ.get("HRMCOND_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SLOW_EXTRA_MS = 40
 CATCH_UP_BARS = 240
-LABEL = os.environ.get("BENCH_LABEL")
-PARTS = set(os.environ.get("BENCH_PARTS", "replay,catch_up").split(","))
+PARTS = bench_parts("replay,catch_up")
 
 
 def all_flags_config() -> AppConfig:
@@ -204,7 +203,7 @@ def main() -> None:
         "catch_up": catch,
         "fail_open_budget": fail_open_budget(results) if "replay" in PARTS else {},
     }
-    write_results(f"pipeline_latency_{LABEL}" if LABEL else "pipeline_latency", report)
+    write_results("pipeline_latency", report)
     for name, r in results.items():
         print(
             f"{name}: batch p50/p99 {r['batch_ms']['p50_ms']:.2f}/{r['batch_ms']['p99_ms']:.2f} ms "

@@ -9,6 +9,15 @@ import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: ``BENCH_LABEL=<label>``: results go to ``<name>_<label>.json`` instead of ``<name>.json`` (e.g. the same benchmark
+#: over another checkout's code, back to back: ``PYTHONPATH=<checkout> BENCH_LABEL=main``).
+LABEL = os.environ.get("BENCH_LABEL")
+
+
+def bench_parts(default: str) -> set[str]:
+    """The parts of a benchmark to run (a quick look at one of them): ``BENCH_PARTS``, comma-separated, else all of
+    ``default``."""
+    return set(os.environ.get("BENCH_PARTS", default).split(","))
 
 
 def machine() -> dict:
@@ -35,10 +44,10 @@ def _cpuinfo() -> str:
 
 
 def write_results(name: str, result: dict, *, echo: bool = False) -> Path:
-    """Write ``result`` (with ``host``, the machine, added) to ``benchmarks/results/<name>.json`` (and to stdout with
-    ``echo``); returns the path."""
+    """Write ``result`` (with ``host``, the machine, added) to ``benchmarks/results/<name>.json`` (``<name>_<LABEL>``
+    with a label) and to stdout with ``echo``; returns the path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = RESULTS / (f"{name}_{LABEL}.json" if LABEL else f"{name}.json")
     text = json.dumps({**result, "host": machine()}, indent=2) + "\n"
     path.write_text(text)
     if echo:

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 from peak_rss import command, peak_rss_mib
-from results_file import write_results
+from results_file import LABEL, bench_parts, write_results
 
 from conditioning.sim.market import MarketConfig, full_session, simulate_market
 from flows.broker import EmbeddedBroker
@@ -62,14 +62,11 @@ CONFIG = ROOT / "deploy" / "local.yaml"
 SYMBOLS = int(os.environ.get("BENCH_SYMBOLS", "40"))
 TRADES_PER_DAY = float(os.environ.get("BENCH_TRADES_PER_DAY", "10000"))
 PARTITIONS = 4
-#: Results go to ``throughput.json``, or ``throughput_<label>.json`` (e.g. the same benchmark over another
-#: checkout's code: ``PYTHONPATH=<checkout> BENCH_LABEL=main``).
-LABEL = os.environ.get("BENCH_LABEL")
 #: The latency runs end once no context has come for this long after the last tick was produced.
 QUIET_S = float(os.environ.get("BENCH_QUIET_S", "15"))
-#: The parts to run (a quick look at one of them): any of ``replay,live,latency``. Latency without live paces at
-#: ``BENCH_RATE`` ticks/s (live's half maximum otherwise).
-PARTS = set(os.environ.get("BENCH_PARTS", "replay,live,latency").split(","))
+#: The parts to run: any of ``replay,live,latency``. Latency without live paces at ``BENCH_RATE`` ticks/s (live's half
+#: maximum otherwise).
+PARTS = bench_parts("replay,live,latency")
 RATE = os.environ.get("BENCH_RATE")
 #: Paced production sends the messages due every this many seconds in one burst.
 PACE_S = 0.002
@@ -333,7 +330,6 @@ def main() -> None:
         "input": {"symbols": SYMBOLS, "days": 1, "ticks": n, "partitions": PARTITIONS},
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-    name = f"throughput_{LABEL}" if LABEL else "throughput"
     result["code"] = {"label": LABEL or "this checkout", "flows_from": str(Path(build_live_flow.__code__.co_filename))}
     if "replay" in PARTS:
         with tempfile.TemporaryDirectory() as tmp:
@@ -346,7 +342,7 @@ def main() -> None:
             result["replay_2_processes"] = replay(ticks, reference, 2, n)
         result["replay_2_processes"]["speedup"] = result["replay"]["wall_s"] / result["replay_2_processes"]["wall_s"]
         print("replay", result["replay"], result["replay_2_processes"], result["replay_features_only"], flush=True)
-        write_results(name, result)  # as it goes: a later part that fails leaves the earlier figures
+        write_results("throughput", result)  # as it goes: a later part that fails leaves the earlier figures
     with EmbeddedBroker() as broker:
         if "live" in PARTS:
             msgs = encoded(market)
@@ -364,7 +360,7 @@ def main() -> None:
             run["ratio_to_raw"] = run["ticks_per_s"] / result["raw_consume"]["ticks_per_s"]
             result["live"] = run
             print("live", run, result["raw_consume"], flush=True)
-            write_results(name, result)
+            write_results("throughput", result)
         if "latency" not in PARTS:
             return
         half = float(RATE) if RATE else result["live"]["ticks_per_s_after_startup"] / 2
@@ -373,7 +369,7 @@ def main() -> None:
         print("latency at half", result["latency_half_max"], flush=True)
         result["latency_saturation"] = latency(bench_config(broker.bootstrap_servers), ahead, None)
         print("latency", result["latency_half_max"], result["latency_saturation"], flush=True)
-    write_results(name, result, echo=True)
+    write_results("throughput", result, echo=True)
 
 
 if __name__ == "__main__":
